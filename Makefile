@@ -1,0 +1,43 @@
+# Sandcastle — the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+## setup: the virtualenv with everything installed, and bubblewrap (apt) when missing
+setup: $(STAMP)
+	@command -v bwrap >/dev/null || { \
+	  echo "installing bubblewrap (the local sandbox)…"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+	@command -v bwrap >/dev/null || { echo "bubblewrap is required: apt-get install bubblewrap"; exit 1; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## demo: a real run, offline — a playbook writes and runs a script on a CSV in the local sandbox
+demo: setup
+	cd examples/demo && ../../$(BIN)/sandcastle run \
+	  "Analyse sales.csv: revenue per region and the best-selling product" \
+	  --file sales.csv --playbook playbook.json
+
+## test: the whole suite (unit, integration with the real ASL and bubblewrap, e2e)
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check functions tests
+	$(BIN)/ruff format --check functions tests
+
+## bench: figures, not pass/fail
+bench: setup
+	$(BIN)/python -m tests.benchmarks
+
+clean:
+	rm -rf $(VENV) .sandcastle .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The model policy: what decides the next tool calls."""

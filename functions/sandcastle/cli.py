@@ -1,0 +1,246 @@
+"""``sandcastle``: run agents on the embedded local runtime from a terminal.
+
+    sandcastle run "Count the rows of ~/input/data.csv" --file data.csv
+    sandcastle run "Analyse the sales" --file sales.csv --playbook playbook.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import itertools
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from sandcastle.errors import InvalidRunRequest
+from sandcastle.runs.models import Event, EventKind, Run, RunRequest, RunStatus
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return args.command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandcastle", description="Run code-writing AI agents in sandboxes.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run an agent on the local runtime and follow it")
+    run.add_argument("instructions", help="what the agent should do")
+    run.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
+                     help="an input file, placed at ~/input/<name> in the sandbox (repeatable)")
+    run.add_argument("--playbook", type=Path, metavar="FILE",
+                     help="a JSON list of tool calls ({tool, arguments}) to execute instead of asking a model")
+    run.add_argument("--model", help="model name for the OpenAI-compatible endpoint")
+    run.add_argument("--max-steps", type=int, help="model turns at most")
+    run.add_argument("--max-tool-calls", type=int, help="tool calls at most")
+    run.add_argument("--timeout", type=int, dest="timeout_s", help="seconds the run may take")
+    run.add_argument("--json", action="store_true", help="print the run and its transcript as JSON at the end")
+    run.set_defaults(command=_run_command)
+    return parser
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    try:
+        request = _build_request(args)
+    except (InvalidRunRequest, ValidationError, OSError, ValueError) as error:
+        print(f"sandcastle: {_describe(error)}", file=sys.stderr)
+        return 2
+
+    from sandcastle.local.runtime import LocalRuntime, default_home
+
+    with LocalRuntime(log_file=default_home() / "logs" / "functions.log") as runtime:
+        try:
+            run = runtime.submit(request)
+        except (InvalidRunRequest, ValidationError) as error:
+            print(f"sandcastle: {_describe(error)}", file=sys.stderr)
+            return 2
+        printer = EventPrinter(sys.stdout)
+        printer.header(run)
+        with Spinner(sys.stderr) as spinner:
+            for event in runtime.follow(run.run_id, timeout_s=run.budgets.timeout_s + 120):
+                spinner.pause()
+                printer.event(event)
+                spinner.resume(thinking=event.kind in (EventKind.USER, EventKind.TOOL_RESULT))
+        final = runtime.get_run(run.run_id)
+        if final.status is RunStatus.RUNNING:
+            execution = runtime.execution(run.run_id)
+            print(f"execution ended {execution['status']} without ending the run", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"run": final.model_dump(mode="json"),
+                              "events": [e.model_dump(mode="json") for e in runtime.events(run.run_id)]}, indent=2))
+        return 0 if final.status is RunStatus.SUCCEEDED else 1
+
+
+def _build_request(args: argparse.Namespace) -> RunRequest:
+    files = []
+    for path in args.file:
+        if not path.is_file():
+            raise InvalidRunRequest(f"{path}: no such file", field="--file")
+        files.append({"name": path.name, "content_base64": base64.b64encode(path.read_bytes()).decode()})
+    playbook = None
+    if args.playbook:
+        if not args.playbook.is_file():
+            raise InvalidRunRequest(f"{args.playbook}: no such file", field="--playbook")
+        try:
+            playbook = json.loads(args.playbook.read_text())
+        except json.JSONDecodeError as error:
+            raise InvalidRunRequest(f"{args.playbook} is not valid JSON: {error}", field="--playbook") from error
+    budgets = {
+        name: value
+        for name, value in (("max_steps", args.max_steps), ("max_tool_calls", args.max_tool_calls),
+                            ("timeout_s", args.timeout_s))
+        if value is not None
+    }
+    return RunRequest.model_validate(
+        {"instructions": args.instructions, "files": files, "playbook": playbook, "model": args.model,
+         "budgets": budgets, "source": "cli"}
+    )
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in issue['loc']) or 'request'}: {issue['msg']}" for issue in error.errors()
+        )
+    return str(error)
+
+
+class EventPrinter:
+    """Renders transcript events for a terminal: one line per step, tool and result."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._calls: dict[str, dict[str, Any]] = {}
+
+    def header(self, run: Run) -> None:
+        model = run.model or run.model_backend
+        self._line(f"run {run.run_id} · model {model} · budgets {run.budgets.max_steps} steps, "
+                   f"{run.budgets.max_tool_calls} tool calls, {run.budgets.timeout_s} s")
+
+    def event(self, event: Event) -> None:
+        data = event.data
+        if event.kind is EventKind.SYSTEM:
+            self._line(f"sandbox ready · tools: {', '.join(data.get('tools', []))}")
+        elif event.kind is EventKind.USER:
+            self._line(f"▶ {data['text']}")
+        elif event.kind is EventKind.ASSISTANT:
+            if data.get("text"):
+                self._line(f"[step {event.step}] 🤖 {data['text']}")
+            for call in data.get("tool_calls", []):
+                self._calls[call["id"]] = call
+                self._line(f"[step {event.step}] → {call['name']} {_brief_arguments(call['arguments'])}")
+        elif event.kind is EventKind.TOOL_RESULT:
+            self._result(event)
+        elif event.kind is EventKind.ERROR:
+            self._line(f"✗ {data.get('type')}: {data.get('message')}")
+        elif event.kind is EventKind.END:
+            self._end(data)
+
+    def _result(self, event: Event) -> None:
+        data = event.data
+        name = data.get("tool", "?")
+        if data.get("error"):
+            self._line(f"[step {event.step}]   ✗ {name}: {data['error']}")
+            return
+        output = data.get("output", {})
+        duration = data.get("duration_ms", 0)
+        if "exit_code" in output:
+            status = "timed out" if output.get("timed_out") else f"exit {output['exit_code']}"
+            mark = "✓" if output.get("exit_code") == 0 else "✗"
+            self._line(f"[step {event.step}]   {mark} {name}: {status} in {duration} ms")
+            for stream in ("stdout", "stderr"):
+                text = (output.get(stream) or {}).get("text", "").rstrip()
+                for line in text.splitlines()[:20]:
+                    self._line(f"      {line}")
+        else:
+            self._line(f"[step {event.step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
+                       f" in {duration} ms")
+
+    def _end(self, data: dict[str, Any]) -> None:
+        usage = data.get("usage") or {}
+        self._line("")
+        self._line(f"status: {data['status']}" + (f" ({data['stop_reason']})" if data.get("stop_reason") else ""))
+        if data.get("error"):
+            self._line(f"error: {data['error']['type']}: {data['error']['message']}")
+        if data.get("result"):
+            self._line("answer:")
+            for line in data["result"].splitlines():
+                self._line(f"  {line}")
+        self._line(
+            f"usage: {usage.get('steps', 0)} steps, {usage.get('tool_calls', 0)} tool calls "
+            f"({usage.get('tool_ms', 0)} ms in tools), {usage.get('input_tokens', 0)} input + "
+            f"{usage.get('output_tokens', 0)} output tokens"
+        )
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def _brief_arguments(arguments: str, limit: int = 100) -> str:
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError:
+        return f"(invalid JSON) {arguments[:limit]}"
+    if isinstance(parsed, dict):
+        if "command" in parsed:
+            text = str(parsed["command"])
+        elif "path" in parsed:
+            text = str(parsed["path"])
+        else:
+            text = json.dumps(parsed)
+    else:
+        text = json.dumps(parsed)
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Spinner:
+    """A spinner on a terminal while the model thinks; silent when the output is not a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.enabled = out.isatty()
+        self._thinking = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def __enter__(self) -> Spinner:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self.pause()
+
+    def pause(self) -> None:
+        self._thinking.clear()
+        if self.enabled:
+            with self._lock:
+                self.out.write("\r\033[K")
+                self.out.flush()
+
+    def resume(self, *, thinking: bool) -> None:
+        if thinking:
+            self._thinking.set()
+
+    def _spin(self) -> None:
+        for frame in itertools.cycle("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"):
+            if self._stop.wait(0.1):
+                return
+            if self._thinking.is_set():
+                with self._lock:
+                    self.out.write(f"\r{frame} thinking…")
+                    self.out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""The local runtime: AWS emulated in-process by moto, the real ASL executing, handlers dispatched in-process.
+
+    with LocalRuntime() as runtime:
+        run = runtime.submit(RunRequest(instructions="...", playbook=[...]))
+        for event in runtime.follow(run.run_id):
+            print(event.kind, event.data)
+
+Everything is derived from ``template.yaml``: tables (keys, indexes, TTL), buckets, each
+function's handler string and environment, the state machine definition and its
+substitutions. A Lambda invocation — from the state machine or from ``invoke`` — is routed by
+the function's ``Handler`` string to the in-process Python function, with a Lambda-like
+context. The emulated AWS lives as long as the runtime object: state is in memory.
+
+Differences from the cloud, on purpose: the sandbox backend is ``local`` (bubblewrap) unless
+``E2B_API_KEY`` is set; Powertools tracing and metrics are off; a function's ``Timeout`` is
+reported through ``get_remaining_time_in_millis`` but not enforced.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
+from sandcastle.runs.models import Event, Run, RunRequest
+from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
+STATE_MACHINE = "AgentRunStateMachine"
+
+#: Resource names the runtime always sets; any other variable already in the environment wins
+#: over the template's value (so OPENAI_BASE_URL, DEFAULT_MODEL, ... can be set by the user).
+_RESOURCE_VARIABLES = frozenset({"TABLE_NAME", "ARTIFACTS_BUCKET", "STATE_MACHINE_ARN"})
+
+
+def default_home() -> Path:
+    """Where the local runtime keeps sandboxes and logs: ``$SANDCASTLE_HOME`` or ``./.sandcastle``."""
+    return Path(os.environ.get("SANDCASTLE_HOME", ".sandcastle"))
+
+
+@dataclass
+class LocalLambdaContext:
+    """What a handler sees of the Lambda context."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    timeout_s: int
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_s - (time.monotonic() - self._started)) * 1000))
+
+
+@dataclass
+class Stats:
+    """What the runtime counted: Lambda invocations per function, AWS API calls per operation."""
+
+    invocations: Counter[str] = field(default_factory=Counter)
+    api_calls: Counter[str] = field(default_factory=Counter)
+    largest_payload_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_handler: threading.local = field(default_factory=threading.local)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.invocations.clear()
+            self.api_calls.clear()
+            self.largest_payload_bytes = 0
+
+
+class LocalRuntime:
+    """The stack of ``template.yaml``, emulated in this process."""
+
+    def __init__(
+        self,
+        *,
+        template_path: Path = DEFAULT_TEMPLATE,
+        home: Path | None = None,
+        region: str = "us-east-1",
+        environment: dict[str, str] | None = None,
+        log_level: str = "WARNING",
+        log_file: Path | None = None,
+    ) -> None:
+        self.home = (home or default_home()).resolve()
+        self.region = region
+        self.template = Template.load(template_path, region=region)
+        self.functions: dict[str, FunctionSpec] = self.template.functions()
+        self._by_name = {spec.name: spec for spec in self.functions.values()}
+        self._extra_environment = dict(environment or {})
+        self._log_level = log_level
+        self._log_file = log_file
+        self._handlers: dict[str, Callable[[dict, Any], Any]] = {}
+        self._saved_environ: dict[str, str] | None = None
+        self._mock: Any = None
+        self._patch: Any = None
+        self.stats = Stats()
+
+    # --- lifecycle ---
+
+    def __enter__(self) -> LocalRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        import boto3
+        from moto import mock_aws
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+
+        self._saved_environ = dict(os.environ)
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_SESSION_TOKEN": "testing",
+                "AWS_DEFAULT_REGION": self.region,
+                "AWS_REGION": self.region,
+            }
+        )
+        self._mock = mock_aws(
+            config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+        )
+        self._mock.start()
+        try:
+            boto3.setup_default_session(region_name=self.region)
+            boto3.DEFAULT_SESSION.events.register("before-call", self._count_api_call)
+            self._create_tables()
+            self._create_buckets()
+            self._create_state_machines()
+            os.environ.update(self._function_environment())
+            runtime = self
+
+            def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
+                return runtime._dispatch(function_name, body, response_headers)
+
+            self._patch = mock.patch.object(LambdaSimpleBackend, "invoke", invoke)
+            self._patch.start()
+            reset_dependencies()
+            for spec in self.functions.values():
+                self._handler(spec)
+            self._route_logs()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._patch is not None:
+            self._patch.stop()
+            self._patch = None
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+        if self._saved_environ is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_environ)
+            self._saved_environ = None
+        import boto3
+
+        boto3.DEFAULT_SESSION = None
+        reset_dependencies()
+
+    # --- what callers use ---
+
+    @property
+    def deps(self) -> Dependencies:
+        """The same dependencies the handlers use in this process."""
+        return get_dependencies()
+
+    @property
+    def state_machine_arn(self) -> str:
+        return self.template.arn(STATE_MACHINE)
+
+    def invoke(self, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Invoke a function (logical id or name) through the emulated Lambda API, as AWS would."""
+        spec = self.functions.get(function) or self._by_name[function]
+        response = self.deps_client("lambda").invoke(FunctionName=spec.arn, Payload=json.dumps(payload).encode())
+        body = json.loads(response["Payload"].read() or b"null")
+        if response.get("FunctionError"):
+            raise LambdaInvocationError(body.get("errorType", "Error"), body.get("errorMessage", ""))
+        return body
+
+    def deps_client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=self.region)
+
+    def submit(self, request: RunRequest) -> Run:
+        """Submit a run (validated, stored QUEUED, its execution started)."""
+        from sandcastle.runs.submit import submit_run
+
+        return submit_run(request, self.deps)
+
+    def get_run(self, run_id: str) -> Run:
+        return self.deps.store.get_run(run_id)
+
+    def events(self, run_id: str, after: str | None = None) -> list[Event]:
+        return self.deps.store.list_events(run_id, after=after)
+
+    def execution(self, run_id: str) -> dict[str, Any]:
+        """The Step Functions execution of a run (named by its run id)."""
+        arn = f"arn:aws:states:{self.region}:{ACCOUNT_ID}:execution:{self.template.physical_name(STATE_MACHINE)}:{run_id}"
+        return self.deps.stepfunctions.describe_execution(executionArn=arn)
+
+    def follow(self, run_id: str, *, timeout_s: float = 600, poll_s: float = 0.05) -> Iterator[Event]:
+        """Yield the run's events as they land, until it ends (or its execution stops without ending it)."""
+        after: str | None = None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.events(run_id, after=after):
+                after = event.key
+                yield event
+            if self.get_run(run_id).status.terminal:
+                for event in self.events(run_id, after=after):
+                    yield event
+                return
+            if self.execution(run_id)["status"] != "RUNNING" and not self.get_run(run_id).status.terminal:
+                time.sleep(poll_s * 4)  # FailRun may be writing its last events
+                if not self.get_run(run_id).status.terminal:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} did not end within {timeout_s} s")
+            time.sleep(poll_s)
+
+    def wait(self, run_id: str, *, timeout_s: float = 600) -> Run:
+        """Block until the run ends; return it."""
+        for _ in self.follow(run_id, timeout_s=timeout_s):
+            pass
+        return self.get_run(run_id)
+
+    # --- building the stack ---
+
+    def _create_tables(self) -> None:
+        client = self.deps_client("dynamodb")
+        for logical_id, resource in self.template.of_type("AWS::DynamoDB::Table").items():
+            properties = self.template.resolve(resource["Properties"])
+            name = self.template.physical_name(logical_id)
+            request: dict[str, Any] = {
+                "TableName": name,
+                "KeySchema": properties["KeySchema"],
+                "AttributeDefinitions": properties["AttributeDefinitions"],
+                "BillingMode": properties.get("BillingMode", "PAY_PER_REQUEST"),
+            }
+            if properties.get("GlobalSecondaryIndexes"):
+                request["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
+            client.create_table(**request)
+            ttl = properties.get("TimeToLiveSpecification")
+            if ttl and ttl.get("Enabled"):
+                client.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]},
+                )
+
+    def _create_buckets(self) -> None:
+        client = self.deps_client("s3")
+        for logical_id in self.template.of_type("AWS::S3::Bucket"):
+            client.create_bucket(Bucket=self.template.physical_name(logical_id))
+
+    def _create_state_machines(self) -> None:
+        client = self.deps_client("stepfunctions")
+        for logical_id, resource in self.template.of_type("AWS::Serverless::StateMachine").items():
+            client.create_state_machine(
+                name=self.template.physical_name(logical_id),
+                definition=self.template.state_machine_definition(logical_id),
+                roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{logical_id}Role",
+                type=resource["Properties"].get("Type", "STANDARD"),
+            )
+
+    def _function_environment(self) -> dict[str, str]:
+        """One environment for all functions (they share this process): the template's, merged."""
+        merged: dict[str, str] = {}
+        for spec in self.functions.values():
+            for name, value in spec.environment.items():
+                if value == "":
+                    continue
+                if name in merged and merged[name] != value:
+                    raise ValueError(
+                        f"functions set {name} differently ({merged[name]!r} vs {value!r}); "
+                        "the local runtime runs them in one process and needs one value"
+                    )
+                merged[name] = value
+        environment = {
+            name: value
+            for name, value in merged.items()
+            if name in _RESOURCE_VARIABLES or name not in self._saved_environ_or_empty
+        }
+        environment.update(
+            {
+                "SANDBOX_ROOT": str(self.home / "sandboxes"),
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_DISABLED": "true",
+                "POWERTOOLS_LOG_LEVEL": self._log_level,
+            }
+        )
+        if "SANDBOX_BACKEND" not in self._saved_environ_or_empty:
+            environment["SANDBOX_BACKEND"] = "e2b" if self._saved_environ_or_empty.get("E2B_API_KEY") else "local"
+        environment.update(self._extra_environment)
+        return environment
+
+    @property
+    def _saved_environ_or_empty(self) -> dict[str, str]:
+        return self._saved_environ or {}
+
+    # --- Lambda dispatch ---
+
+    def _dispatch(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
+        name = function_name.rsplit(":function:", 1)[-1].split(":", 1)[0]
+        spec = self._by_name.get(name)
+        if spec is None:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(
+                {"errorType": "ResourceNotFoundException", "errorMessage": f"no function {function_name} in template.yaml"}
+            ).encode()
+        raw = body.decode() if isinstance(body, bytes) else (body or "null")
+        with self.stats._lock:
+            self.stats.invocations[spec.logical_id] += 1
+            self.stats.largest_payload_bytes = max(self.stats.largest_payload_bytes, len(raw))
+        context = LocalLambdaContext(
+            function_name=spec.name,
+            invoked_function_arn=spec.arn,
+            memory_limit_in_mb=spec.memory_mb,
+            timeout_s=spec.timeout_s,
+            log_group_name=f"/aws/lambda/{spec.name}",
+        )
+        self.stats._in_handler.active = True
+        try:
+            result = self._handler(spec)(json.loads(raw), context)
+        except Exception as error:  # a Lambda function error: the state machine sees its type
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}).encode()
+        finally:
+            self.stats._in_handler.active = False
+        payload = json.dumps(result)
+        with self.stats._lock:
+            self.stats.largest_payload_bytes = max(self.stats.largest_payload_bytes, len(payload))
+        return payload.encode()
+
+    def _handler(self, spec: FunctionSpec) -> Callable[[dict, Any], Any]:
+        if spec.handler not in self._handlers:
+            module_name, _, attribute = spec.handler.rpartition(".")
+            self._handlers[spec.handler] = getattr(importlib.import_module(module_name), attribute)
+        return self._handlers[spec.handler]
+
+    def _route_logs(self) -> None:
+        """Send the functions' logs to ``log_file`` (when given) instead of stdout.
+
+        The expected ``RunFailed`` Fail state is logged by moto's interpreter as an error; the
+        run's own transcript records every failure, so that logger is quietened.
+        """
+        logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
+        if self._log_file is None:
+            return
+        self._log_file.parent.mkdir(parents=True, exist_ok=True)
+        service_logger = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "service_undefined"))
+        for handler in list(service_logger.handlers):
+            file_handler = logging.FileHandler(self._log_file)
+            file_handler.setFormatter(handler.formatter)
+            service_logger.removeHandler(handler)
+            service_logger.addHandler(file_handler)
+
+    def _count_api_call(self, model: Any, **_: Any) -> None:
+        """Count the AWS calls handlers make (not the runtime's own polling)."""
+        if not getattr(self.stats._in_handler, "active", False):
+            return
+        with self.stats._lock:
+            self.stats.api_calls[f"{model.service_model.service_name}.{model.name}"] += 1
+
+
+class LambdaInvocationError(Exception):
+    """A function invoked through ``LocalRuntime.invoke`` raised ``error_type``."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message

@@ -1,0 +1,205 @@
+"""Reading ``template.yaml`` for the local runtime: resources, parameters and intrinsic functions.
+
+The local runtime derives every resource from the template — table keys and indexes, buckets,
+functions with their handler strings and environment, the state machine definition and its
+substitutions — never from a second, hand-written copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACCOUNT_ID = "123456789012"
+STACK_NAME = "sandcastle-local"
+
+
+class _NoValue:
+    """``AWS::NoValue``: the property is dropped."""
+
+
+NO_VALUE = _NoValue()
+
+
+@dataclass
+class FunctionSpec:
+    """A function of the template, as the local runtime needs it."""
+
+    logical_id: str
+    name: str
+    arn: str
+    handler: str
+    timeout_s: int
+    memory_mb: int
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Template:
+    """A parsed SAM template with the physical names the local runtime gives its resources."""
+
+    path: Path
+    body: dict[str, Any]
+    region: str
+    parameter_overrides: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, *, region: str, parameter_overrides: Mapping[str, str] | None = None) -> Template:
+        from cfnlint.decode.cfn_yaml import load
+
+        return cls(path=path, body=dict(load(str(path))), region=region, parameter_overrides=dict(parameter_overrides or {}))
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        return self.body.get("Resources", {})
+
+    def of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
+        return {name: res for name, res in self.resources.items() if res.get("Type") == resource_type}
+
+    # --- physical names ---
+
+    def physical_name(self, logical_id: str) -> str:
+        resource = self.resources[logical_id]
+        properties = resource.get("Properties", {})
+        for name_property in ("TableName", "BucketName", "FunctionName", "Name"):
+            if name_property in properties:
+                return str(self.resolve(properties[name_property]))
+        return f"{STACK_NAME}-{logical_id}".lower() if resource["Type"] == "AWS::S3::Bucket" else f"{STACK_NAME}-{logical_id}"
+
+    def arn(self, logical_id: str) -> str:
+        resource_type = self.resources[logical_id]["Type"]
+        name = self.physical_name(logical_id)
+        if resource_type == "AWS::Serverless::Function":
+            return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"
+        if resource_type == "AWS::Serverless::StateMachine":
+            return f"arn:aws:states:{self.region}:{ACCOUNT_ID}:stateMachine:{name}"
+        if resource_type == "AWS::DynamoDB::Table":
+            return f"arn:aws:dynamodb:{self.region}:{ACCOUNT_ID}:table/{name}"
+        if resource_type == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{name}"
+        return f"arn:aws:local:{self.region}:{ACCOUNT_ID}:{logical_id}"
+
+    # --- intrinsic functions ---
+
+    def parameter(self, name: str) -> str:
+        if name in self.parameter_overrides:
+            return self.parameter_overrides[name]
+        parameter = self.body.get("Parameters", {}).get(name)
+        if parameter is None:
+            raise KeyError(f"template.yaml has no parameter or resource named {name}")
+        return str(parameter.get("Default", ""))
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.body["Conditions"][name]))
+
+    def resolve(self, value: Any) -> Any:
+        """Evaluate the intrinsic functions the template uses (Ref, GetAtt, Sub, If, Equals, Not, Join)."""
+        if isinstance(value, list):
+            return [item for item in (self.resolve(v) for v in value) if item is not NO_VALUE]
+        if not isinstance(value, Mapping):
+            return value
+        if len(value) == 1:
+            (function, argument), = value.items()
+            if function == "Ref":
+                return self._ref(argument)
+            if function == "Fn::GetAtt":
+                logical_id, attribute = argument if isinstance(argument, list) else argument.split(".", 1)
+                return self._get_att(logical_id, attribute)
+            if function == "Fn::Sub":
+                return self._sub(argument)
+            if function == "Fn::If":
+                name, when_true, when_false = argument
+                return self.resolve(when_true if self.condition(name) else when_false)
+            if function == "Fn::Equals":
+                left, right = (self.resolve(v) for v in argument)
+                return str(left) == str(right)
+            if function == "Fn::Not":
+                return not self.resolve(argument[0])
+            if function == "Fn::And":
+                return all(self.resolve(v) for v in argument)
+            if function == "Fn::Or":
+                return any(self.resolve(v) for v in argument)
+            if function == "Condition":
+                return self.condition(argument)
+            if function == "Fn::Join":
+                separator, items = argument
+                return separator.join(str(item) for item in self.resolve(items))
+        return {k: v for k, v in ((k, self.resolve(v)) for k, v in value.items()) if v is not NO_VALUE}
+
+    def _ref(self, name: str) -> Any:
+        pseudo = {
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::StackName": STACK_NAME,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::NoValue": NO_VALUE,
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.resources:
+            resource_type = self.resources[name]["Type"]
+            if resource_type in ("AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine"):
+                return self.arn(name)
+            return self.physical_name(name)
+        return self.parameter(name)
+
+    def _get_att(self, logical_id: str, attribute: str) -> str:
+        if attribute == "Arn":
+            return self.arn(logical_id)
+        if attribute == "Name":
+            return self.physical_name(logical_id)
+        raise KeyError(f"the local runtime cannot resolve !GetAtt {logical_id}.{attribute}")
+
+    def _sub(self, argument: Any) -> str:
+        import re
+
+        text, variables = (argument, {}) if isinstance(argument, str) else argument
+        variables = {k: self.resolve(v) for k, v in variables.items()}
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if "." in name:
+                return str(self._get_att(*name.split(".", 1)))
+            return str(self._ref(name))
+
+        return re.sub(r"\$\{([^}!]+)\}", replace, text)
+
+    # --- resources the local runtime builds ---
+
+    def functions(self) -> dict[str, FunctionSpec]:
+        globals_ = self.body.get("Globals", {}).get("Function", {})
+        specs = {}
+        for logical_id, resource in self.of_type("AWS::Serverless::Function").items():
+            properties = {**globals_, **resource.get("Properties", {})}
+            variables = {
+                **globals_.get("Environment", {}).get("Variables", {}),
+                **resource.get("Properties", {}).get("Environment", {}).get("Variables", {}),
+            }
+            environment = {
+                name: str(value)
+                for name, value in ((n, self.resolve(v)) for n, v in variables.items())
+                if value is not NO_VALUE
+            }
+            specs[logical_id] = FunctionSpec(
+                logical_id=logical_id,
+                name=self.physical_name(logical_id),
+                arn=self.arn(logical_id),
+                handler=properties["Handler"],
+                timeout_s=int(self.resolve(properties.get("Timeout", 3))),
+                memory_mb=int(self.resolve(properties.get("MemorySize", 128))),
+                environment=environment,
+            )
+        return specs
+
+    def state_machine_definition(self, logical_id: str) -> str:
+        """The state machine's ASL with its ``DefinitionSubstitutions`` filled in."""
+        properties = self.resources[logical_id]["Properties"]
+        text = (self.path.parent / properties["DefinitionUri"]).read_text()
+        for name, value in self.resolve(properties.get("DefinitionSubstitutions", {})).items():
+            text = text.replace("${" + name + "}", str(value))
+        return text

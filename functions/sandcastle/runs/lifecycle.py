@@ -1,0 +1,200 @@
+"""The ends of a run: preparing its sandbox, finishing it, failing it.
+
+Each function is safe to call twice with the same input (Lambda and Step Functions retry):
+the sandbox is claimed once, events are written once, the terminal status is set once.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from aws_lambda_powertools import Logger
+
+from sandcastle.errors import SandboxGone, SandcastleError
+from sandcastle.runs.models import (
+    STOP_STATUS,
+    EventKind,
+    FailInput,
+    Run,
+    RunError,
+    RunStatus,
+    StepState,
+    StopReason,
+    utcnow,
+)
+from sandcastle.runs.transcript import END_KEY, ERROR_KEY, SYSTEM_KEY, USER_KEY, last_answer, new_event
+from sandcastle.sandbox.base import Sandbox, SandboxSpec
+from sandcastle.store.dynamo import ConditionFailed, RunUpdate
+from sandcastle.tools import TOOLS
+from sandcastle.wiring import Dependencies
+
+logger = Logger(child=True)
+
+SYSTEM_PROMPT = """\
+You are a careful software engineer working in a private Linux sandbox (bash, Python 3, no network).
+Your home directory is your workspace and persists between tool calls; input files are in ~/input,
+and anything you want to hand back goes in ~/output.
+Use the tools to inspect, write and run code. Check your work by running it.
+When the task is done, reply with your final answer and no tool calls."""
+
+
+class RunEnded(SandcastleError):
+    """The run already reached a terminal status; there is nothing left to do."""
+
+
+def prepare_run(run_id: str, deps: Dependencies) -> StepState:
+    """Create the run's sandbox, copy its input files in, write the opening events, mark it RUNNING."""
+    run = deps.store.get_run(run_id)
+    logger.append_keys(run_id=run_id, tenant=run.tenant)
+    if run.status.terminal:
+        raise RunEnded(f"run {run_id} already ended {run.status.value}")
+
+    sandbox = _claim_sandbox(run, deps)
+    for file in run.files:
+        sandbox.write_file(f"input/{file.name}", deps.objects.get(file.s3_key))
+    sandbox.run("mkdir -p ~/output", timeout_s=30)
+
+    deps.store.append_event(
+        new_event(
+            run_id,
+            SYSTEM_KEY,
+            EventKind.SYSTEM,
+            0,
+            {"text": SYSTEM_PROMPT, "tools": sorted(TOOLS), "model_backend": run.model_backend, "model": run.model},
+        )
+    )
+    now = utcnow()
+    started = deps.store.append_event(
+        new_event(run_id, USER_KEY, EventKind.USER, 0, {"text": _user_message(run), "files": [f.name for f in run.files]}),
+        RunUpdate(
+            set={
+                "status": RunStatus.RUNNING,
+                "started_at": now,
+                "deadline": now + timedelta(seconds=run.budgets.timeout_s),
+            },
+            require_status=[RunStatus.QUEUED],
+        ),
+    )
+    logger.info("run prepared", extra={"sandbox_id": sandbox.sandbox_id, "first_attempt": started})
+    return StepState(run_id=run_id, step=0, tool_concurrency=deps.settings.tool_concurrency)
+
+
+def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
+    """End the run in the status its stop reason implies, with its answer; kill its sandbox."""
+    run = deps.store.get_run(state.run_id)
+    logger.append_keys(run_id=run.run_id, tenant=run.tenant)
+    if run.status.terminal:
+        _kill_sandbox(run, deps)
+        return {"run_id": run.run_id, "status": run.status.value}
+
+    reason = state.stop_reason or StopReason.COMPLETED
+    status = STOP_STATUS[reason]
+    answer = last_answer(deps.store.list_events(run.run_id))
+    _kill_sandbox(run, deps)
+    _end(run, deps, status=status, stop_reason=reason, result=answer, error=None)
+    logger.info("run finished", extra={"status": status.value, "stop_reason": reason.value})
+    return {"run_id": run.run_id, "status": status.value}
+
+
+def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
+    """End the run FAILED (TIMED_OUT for a state timeout) with the error that stopped it."""
+    run = deps.store.get_run(failure.run_id)
+    logger.append_keys(run_id=run.run_id, tenant=run.tenant)
+    _kill_sandbox(run, deps)
+    if run.status.terminal:
+        return {"run_id": run.run_id, "status": run.status.value}
+
+    error = describe_error(failure)
+    status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
+    deps.store.append_event(
+        new_event(run.run_id, ERROR_KEY, EventKind.ERROR, run.step, error.model_dump())
+    )
+    _end(run, deps, status=status, stop_reason=None, result=last_answer(deps.store.list_events(run.run_id)), error=error)
+    logger.warning("run failed", extra={"status": status.value, "error_type": error.type, "error": error.message})
+    return {"run_id": run.run_id, "status": status.value}
+
+
+def describe_error(failure: FailInput) -> RunError:
+    """A readable error from what a ``Catch`` recorded (a Lambda error's Cause is JSON)."""
+    error_type = failure.error.Error
+    message = failure.error.Cause or error_type
+    try:
+        cause = json.loads(failure.error.Cause or "")
+    except ValueError:
+        cause = None
+    if isinstance(cause, dict):
+        error_type = cause.get("errorType") or error_type
+        message = cause.get("errorMessage") or message
+    return RunError(type=error_type, message=message)
+
+
+def _claim_sandbox(run: Run, deps: Dependencies) -> Sandbox:
+    """The run's one sandbox: reconnect to the recorded one, or create it and record it first-writer-wins."""
+    if run.sandbox_id:
+        return deps.sandboxes.connect(run.sandbox_id)
+    spec = SandboxSpec(
+        run_id=run.run_id,
+        tenant=run.tenant,
+        timeout_s=run.budgets.timeout_s + deps.settings.sandbox_timeout_margin_s,
+        metadata={"app": "sandcastle", "run_id": run.run_id, "tenant": run.tenant},
+    )
+    sandbox = deps.sandboxes.create(spec)
+    winner = deps.store.claim_sandbox(run.run_id, sandbox.sandbox_id)
+    if winner != sandbox.sandbox_id:
+        deps.sandboxes.kill(sandbox.sandbox_id)
+        return deps.sandboxes.connect(winner)
+    return sandbox
+
+
+def _kill_sandbox(run: Run, deps: Dependencies) -> None:
+    """Kill the run's sandbox; a failure is logged, never allowed to keep the run from ending."""
+    if not run.sandbox_id:
+        return
+    try:
+        deps.sandboxes.kill(run.sandbox_id)
+    except SandboxGone:
+        pass
+    except Exception:
+        logger.exception("could not kill the sandbox; the reaper will", extra={"sandbox_id": run.sandbox_id})
+
+
+def _end(
+    run: Run,
+    deps: Dependencies,
+    *,
+    status: RunStatus,
+    stop_reason: StopReason | None,
+    result: str | None,
+    error: RunError | None,
+) -> None:
+    now = utcnow()
+    fresh = deps.store.get_run(run.run_id)
+    data = {
+        "status": status.value,
+        "stop_reason": stop_reason.value if stop_reason else None,
+        "result": result,
+        "error": error.model_dump() if error else None,
+        "usage": fresh.usage.model_dump(),
+    }
+    fields: dict[str, object] = {"status": status, "ended_at": now}
+    if stop_reason:
+        fields["stop_reason"] = stop_reason
+    if result is not None:
+        fields["result"] = result
+    if error:
+        fields["error"] = error
+    try:
+        deps.store.append_event(
+            new_event(run.run_id, END_KEY, EventKind.END, fresh.step, data),
+            RunUpdate(set=fields, require_not_terminal=True),
+        )
+    except ConditionFailed:
+        logger.info("run had already ended")
+
+
+def _user_message(run: Run) -> str:
+    if not run.files:
+        return run.instructions
+    listing = "\n".join(f"- ~/input/{f.name} ({f.size} bytes)" for f in run.files)
+    return f"{run.instructions}\n\nInput files:\n{listing}"

@@ -1,0 +1,70 @@
+"""One tool call of a run, executed in the run's sandbox and recorded once."""
+
+from __future__ import annotations
+
+import time
+
+from aws_lambda_powertools import Logger
+
+from sandcastle.errors import SandcastleError, ToolInputError
+from sandcastle.runs.budget import seconds_left
+from sandcastle.runs.models import EventKind, ToolTask, utcnow
+from sandcastle.runs.transcript import assistant_key, new_event, tool_calls_of, tool_result_key
+from sandcastle.store.dynamo import ConditionFailed, RunUpdate
+from sandcastle.tools import ToolContext, parse_tool_call
+from sandcastle.wiring import Dependencies
+
+logger = Logger(child=True)
+
+
+def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
+    """Execute one tool call of turn ``task.step`` and append its result.
+
+    A call with invalid JSON, arguments that fail validation or an unknown tool is never
+    executed: its result is an error the model reads. A retried invocation whose result is
+    already recorded does nothing.
+    """
+    run = deps.store.get_run(task.run_id)
+    logger.append_keys(run_id=run.run_id, tenant=run.tenant, step=task.step, tool_call_id=task.tool_call_id)
+    if run.status.terminal:
+        return {"tool_call_id": task.tool_call_id, "skipped": f"run ended {run.status.value}"}
+
+    assistant = deps.store.get_event(run.run_id, assistant_key(task.step))
+    calls = tool_calls_of(assistant) if assistant else []
+    index = next((i for i, call in enumerate(calls) if call.id == task.tool_call_id), None)
+    if index is None:
+        raise SandcastleError(f"turn {task.step} of run {run.run_id} has no tool call {task.tool_call_id}")
+    call = calls[index]
+    key = tool_result_key(task.step, index)
+    if deps.store.get_event(run.run_id, key) is not None:
+        return {"tool_call_id": call.id, "duplicate": True}
+
+    started = time.monotonic()
+    result: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
+    try:
+        tool, args = parse_tool_call(call)
+        remaining = seconds_left(run, utcnow())
+        if remaining <= 0:
+            raise ToolInputError("the run's deadline has passed; the call was not executed")
+        sandbox = deps.sandboxes.connect(run.sandbox_id or "")
+        context = ToolContext(
+            default_timeout_s=deps.settings.default_command_timeout_s,
+            timeout_ceiling_s=deps.settings.command_timeout_ceiling_s,
+            remaining_run_s=remaining,
+            output_limit_bytes=deps.settings.output_limit_bytes,
+        )
+        result["output"] = tool.execute(sandbox, args, context)
+    except ToolInputError as error:
+        result["error"] = str(error)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    result["duration_ms"] = duration_ms
+
+    try:
+        deps.store.append_event(
+            new_event(run.run_id, key, EventKind.TOOL_RESULT, task.step, result),
+            RunUpdate(add={"tool_calls": 1, "tool_ms": duration_ms}, require_not_terminal=True),
+        )
+    except ConditionFailed:
+        logger.info("run ended while the tool ran; result not recorded")
+    logger.info("tool call done", extra={"tool": call.name, "ok": "error" not in result, "duration_ms": duration_ms})
+    return {"tool_call_id": call.id}

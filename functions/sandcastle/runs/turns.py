@@ -1,0 +1,100 @@
+"""One model turn of a run: the transcript in, the next move out."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger
+
+from sandcastle.agent.base import ModelTurn
+from sandcastle.errors import ModelReplyInvalid
+from sandcastle.runs.budget import budget_stop, seconds_left
+from sandcastle.runs.lifecycle import RunEnded
+from sandcastle.runs.models import Event, EventKind, RunStatus, StepState, StopReason, utcnow
+from sandcastle.runs.transcript import assistant_key, new_event, to_messages, tool_calls_of
+from sandcastle.store.dynamo import RunUpdate
+from sandcastle.tools import tool_schemas
+from sandcastle.wiring import Dependencies
+
+logger = Logger(child=True)
+
+MIN_MODEL_TIMEOUT_S = 5.0
+
+
+def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> StepState:
+    """Take turn ``state.step + 1``: ask the model (unless a budget is spent) and record its reply.
+
+    A retry of the same turn finds the recorded reply and decides from it, so the model is
+    never asked twice for one turn and usage is counted once. ``time_left_s`` is what the
+    invocation may spend (the Lambda's remaining time, less a margin).
+    """
+    run = deps.store.get_run(state.run_id)
+    logger.append_keys(run_id=run.run_id, tenant=run.tenant)
+    if run.status.terminal:
+        raise RunEnded(f"run {run.run_id} already ended {run.status.value}")
+    turn = state.step + 1
+    base = StepState(run_id=run.run_id, step=turn, tool_concurrency=deps.settings.tool_concurrency)
+
+    event = deps.store.get_event(run.run_id, assistant_key(turn))
+    if event is None:
+        now = utcnow()
+        stop = budget_stop(run, now)
+        if stop is not None:
+            logger.info("budget spent", extra={"stop_reason": stop.value})
+            return base.model_copy(update={"step": state.step, "next": "finish", "stop_reason": stop})
+        messages = to_messages(deps.store.list_events(run.run_id))
+        model = deps.model_for(run)
+        timeout = max(MIN_MODEL_TIMEOUT_S, min(time_left_s, seconds_left(run, now)))
+        reply = model.complete(messages, tool_schemas(), model=run.model, timeout_s=timeout)
+        _check_reply(reply)
+        event = _record_turn(run.run_id, turn, reply, deps)
+
+    calls = tool_calls_of(event)
+    if not calls:
+        return base.model_copy(update={"next": "finish", "stop_reason": StopReason.COMPLETED})
+    if run.usage.tool_calls + len(calls) > run.budgets.max_tool_calls:
+        logger.info("tool-call budget would be exceeded", extra={"requested": len(calls)})
+        return base.model_copy(update={"next": "finish", "stop_reason": StopReason.MAX_TOOL_CALLS})
+    return base.model_copy(update={"next": "tools", "tool_call_ids": [call.id for call in calls]})
+
+
+def _check_reply(reply: ModelTurn) -> None:
+    if not (reply.text and reply.text.strip()) and not reply.tool_calls:
+        raise ModelReplyInvalid("the model's reply had no text and no tool calls")
+    ids = [call.id for call in reply.tool_calls]
+    if any(not call_id for call_id in ids) or len(set(ids)) != len(ids):
+        raise ModelReplyInvalid(f"the model's tool calls need distinct, non-empty ids; got {ids}")
+
+
+def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -> Event:
+    event = new_event(
+        run_id,
+        assistant_key(turn),
+        EventKind.ASSISTANT,
+        turn,
+        {
+            "text": reply.text,
+            "tool_calls": [call.model_dump() for call in reply.tool_calls],
+            "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
+            "model": reply.model,
+        },
+    )
+    written = deps.store.append_event(
+        event,
+        RunUpdate(
+            set={"step": turn},
+            add={
+                "steps": 1,
+                "input_tokens": reply.usage.input_tokens,
+                "output_tokens": reply.usage.output_tokens,
+            },
+            require_status=[RunStatus.RUNNING],
+        ),
+    )
+    if not written:  # a concurrent attempt recorded this turn first: its reply is the turn's reply
+        stored = deps.store.get_event(run_id, assistant_key(turn))
+        assert stored is not None
+        return stored
+    logger.info(
+        "model turn recorded",
+        extra={"step": turn, "tool_calls": len(reply.tool_calls), **event.data["usage"]},
+    )
+    return event

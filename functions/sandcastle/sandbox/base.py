@@ -1,0 +1,75 @@
+"""The sandbox port: one protocol, two backends (``e2b`` and ``local``).
+
+Paths given to a sandbox are absolute paths inside it (under ``SANDBOX_HOME``), or relative
+to ``SANDBOX_HOME``. Agent-written code only ever executes through ``Sandbox.run``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+SANDBOX_HOME = "/home/user"
+"""The sandbox user's home directory: the run's private, persistent workspace (E2B's default)."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of one command. ``exit_code`` is None when the command was killed on timeout."""
+
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    duration_ms: int
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a run asks of its sandbox at creation."""
+
+    run_id: str
+    tenant: str
+    timeout_s: int
+    """Seconds the sandbox lives unless killed first: the run's deadline plus a margin."""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """A live sandbox that belongs to one run."""
+
+    @property
+    def sandbox_id(self) -> str: ...
+
+    def run(
+        self, command: str, *, timeout_s: float, cwd: str | None = None, env: dict[str, str] | None = None
+    ) -> CommandResult:
+        """Run a shell command (``bash -lc``); on timeout kill its whole process tree."""
+        ...
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Write a file, creating parent directories."""
+        ...
+
+    def read_file(self, path: str) -> bytes:
+        """Read a file; raises ``FileNotFoundError`` when it does not exist."""
+        ...
+
+
+class SandboxProvider(Protocol):
+    """Creates, reconnects to and kills sandboxes of one backend."""
+
+    name: str
+
+    def create(self, spec: SandboxSpec) -> Sandbox:
+        """Create a sandbox for a run. Raises ``SandboxUnavailable`` when the service is busy."""
+        ...
+
+    def connect(self, sandbox_id: str) -> Sandbox:
+        """Reconnect to a live sandbox by id. Raises ``SandboxGone`` when it no longer exists."""
+        ...
+
+    def kill(self, sandbox_id: str) -> bool:
+        """Kill a sandbox and everything in it. Idempotent: False when it was already gone."""
+        ...

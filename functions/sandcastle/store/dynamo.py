@@ -1,0 +1,328 @@
+"""DynamoDB access for runs and their transcripts: nothing else touches the table.
+
+One table, keys ``pk``/``sk``:
+
+* run: ``RUN#<id>`` / ``META`` (GSI ``by_tenant``: ``TENANT#<t>`` / ``<created_at>#<id>``)
+* event: ``RUN#<id>`` / ``EVT#<step>#<position>#<kind>`` — derived from where the event stands,
+  written with ``attribute_not_exists`` so a retried handler rewrites nothing.
+
+Event payloads are stored as a JSON string (``data``): no float/Decimal round trips, no
+empty-string surprises, and the item stays the exact shape the transcript had.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from sandcastle.errors import RunNotFound
+from sandcastle.runs.models import TERMINAL_STATUSES, Event, Run, RunStatus
+
+_META = "META"
+_EVENT_PREFIX = "EVT#"
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+#: Usage counters kept as top-level numbers so they can be incremented atomically.
+USAGE_ATTRIBUTES = {
+    "steps": "usage_steps",
+    "input_tokens": "usage_input_tokens",
+    "output_tokens": "usage_output_tokens",
+    "tool_calls": "usage_tool_calls",
+    "tool_ms": "usage_tool_ms",
+}
+_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error")
+
+
+def run_pk(run_id: str) -> str:
+    return f"RUN#{run_id}"
+
+
+@dataclass
+class RunUpdate:
+    """A change to the run item, applied atomically with an event (or alone)."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    """Attributes to set (model field names; JSON-typed ones are encoded)."""
+    add: dict[str, int] = field(default_factory=dict)
+    """Usage counters to increment (keys of ``USAGE_ATTRIBUTES``)."""
+    require_status: Iterable[RunStatus] | None = None
+    """Apply only while the run is in one of these statuses."""
+    require_not_terminal: bool = False
+    """Apply only while the run has not ended."""
+
+
+class ConditionFailed(Exception):
+    """The run was not in the state an update required."""
+
+
+class RunStore:
+    """Runs and transcript events in one DynamoDB table."""
+
+    def __init__(self, table_name: str, client: Any | None = None, *, ttl_days: int = 30) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("dynamodb")
+        self._client = client
+        self._table = table_name
+        self._ttl = timedelta(days=ttl_days)
+
+    # --- runs ---
+
+    def create_run(self, run: Run) -> bool:
+        """Store a new run. False (and nothing written) when a run with that id already exists."""
+        item = self._run_to_item(run)
+        try:
+            self._client.put_item(
+                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def get_run(self, run_id: str, *, consistent: bool = True) -> Run:
+        """The run, or ``RunNotFound``."""
+        response = self._client.get_item(
+            TableName=self._table, Key=_key(run_pk(run_id), _META), ConsistentRead=consistent
+        )
+        if "Item" not in response:
+            raise RunNotFound(f"run {run_id} not found")
+        return self._item_to_run(_deserialize(response["Item"]))
+
+    def update_run(self, run_id: str, update: RunUpdate) -> None:
+        """Apply ``update`` to the run; ``ConditionFailed`` when its status requirement does not hold."""
+        try:
+            self._client.update_item(TableName=self._table, **self._update_request(run_id, update))
+        except ClientError as error:
+            if _is_condition_failure(error):
+                raise ConditionFailed(f"run {run_id} is not in a state that allows this update") from error
+            raise
+
+    def claim_sandbox(self, run_id: str, sandbox_id: str) -> str:
+        """Record ``sandbox_id`` unless the run already has one; return the run's sandbox id."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(run_pk(run_id), _META),
+                UpdateExpression="SET sandbox_id = :s",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(sandbox_id)",
+                ExpressionAttributeValues={":s": {"S": sandbox_id}},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                existing = self.get_run(run_id).sandbox_id
+                if existing:
+                    return existing
+            raise
+        return sandbox_id
+
+    # --- events ---
+
+    def append_event(self, event: Event, update: RunUpdate | None = None) -> bool:
+        """Write ``event`` once, together with ``update`` in one transaction.
+
+        Returns False when the event already exists (a retry): then nothing is written, so
+        counters are never incremented twice. Raises ``ConditionFailed`` when the update's
+        status requirement does not hold.
+        """
+        put = {
+            "TableName": self._table,
+            "Item": self._event_to_item(event),
+            "ConditionExpression": "attribute_not_exists(sk)",
+        }
+        if update is None:
+            try:
+                self._client.put_item(**put)
+            except ClientError as error:
+                if _is_condition_failure(error):
+                    return False
+                raise
+            return True
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"Put": put},
+                    {"Update": {"TableName": self._table, **self._update_request(event.run_id, update)}},
+                ]
+            )
+        except ClientError as error:
+            reasons = _cancellation_reasons(error)
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                return False
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise ConditionFailed(
+                    f"run {event.run_id} is not in a state that allows this update"
+                ) from error
+            raise
+        return True
+
+    def get_event(self, run_id: str, key: str) -> Event | None:
+        response = self._client.get_item(
+            TableName=self._table, Key=_key(run_pk(run_id), key), ConsistentRead=True
+        )
+        item = response.get("Item")
+        return self._item_to_event(_deserialize(item)) if item else None
+
+    def list_events(self, run_id: str, *, after: str | None = None, limit: int | None = None) -> list[Event]:
+        """The transcript in order, optionally from after the event key ``after``."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": run_pk(run_id)}, ":prefix": {"S": _EVENT_PREFIX}},
+            "ConsistentRead": True,
+        }
+        if after:
+            request["ExclusiveStartKey"] = _key(run_pk(run_id), after)
+        events: list[Event] = []
+        while True:
+            if limit is not None:
+                request["Limit"] = limit - len(events)
+            response = self._client.query(**request)
+            events.extend(self._item_to_event(_deserialize(item)) for item in response.get("Items", []))
+            last = response.get("LastEvaluatedKey")
+            if not last or (limit is not None and len(events) >= limit):
+                return events
+            request["ExclusiveStartKey"] = last
+
+    # --- item mapping ---
+
+    def _expires_at(self, created_at: datetime) -> int:
+        return int((created_at + self._ttl).timestamp())
+
+    def _run_to_item(self, run: Run) -> dict[str, Any]:
+        plain = run.model_dump(mode="json", exclude_none=True)
+        usage = plain.pop("usage", {})
+        item: dict[str, Any] = {
+            "pk": run_pk(run.run_id),
+            "sk": _META,
+            "gsi1pk": f"TENANT#{run.tenant}",
+            "gsi1sk": f"{plain['created_at']}#{run.run_id}",
+            "expires_at": self._expires_at(run.created_at),
+        }
+        for name, value in plain.items():
+            item[name] = json.dumps(value) if name in _JSON_ATTRIBUTES else value
+        for name, attribute in USAGE_ATTRIBUTES.items():
+            item[attribute] = usage.get(name, 0)
+        return _serialize(item)
+
+    @staticmethod
+    def _item_to_run(item: Mapping[str, Any]) -> Run:
+        plain = {k: v for k, v in item.items() if k not in ("pk", "sk", "gsi1pk", "gsi1sk", "expires_at")}
+        for name in _JSON_ATTRIBUTES:
+            if name in plain:
+                plain[name] = json.loads(plain[name])
+        plain["usage"] = {name: int(plain.pop(attribute, 0)) for name, attribute in USAGE_ATTRIBUTES.items()}
+        if "step" in plain:
+            plain["step"] = int(plain["step"])
+        return Run.model_validate(plain)
+
+    def _event_to_item(self, event: Event) -> dict[str, Any]:
+        return _serialize(
+            {
+                "pk": run_pk(event.run_id),
+                "sk": event.key,
+                "kind": event.kind.value,
+                "step": event.step,
+                "at": event.at.isoformat(),
+                "data": json.dumps(event.data, ensure_ascii=False),
+                "expires_at": self._expires_at(event.at),
+            }
+        )
+
+    @staticmethod
+    def _item_to_event(item: Mapping[str, Any]) -> Event:
+        return Event(
+            run_id=item["pk"].removeprefix("RUN#"),
+            key=item["sk"],
+            kind=item["kind"],
+            step=int(item["step"]),
+            at=item["at"],
+            data=json.loads(item["data"]),
+        )
+
+    def _update_request(self, run_id: str, update: RunUpdate) -> dict[str, Any]:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        sets: list[str] = []
+        adds: list[str] = []
+        for index, (name, value) in enumerate(update.set.items()):
+            names[f"#s{index}"] = name
+            if hasattr(value, "model_dump"):
+                value = value.model_dump(mode="json")
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif hasattr(value, "value") and isinstance(value.value, str):  # enums
+                value = value.value
+            if name in _JSON_ATTRIBUTES:
+                value = json.dumps(value)
+            values[f":s{index}"] = value
+            sets.append(f"#s{index} = :s{index}")
+        for index, (name, amount) in enumerate(update.add.items()):
+            names[f"#a{index}"] = USAGE_ATTRIBUTES[name]
+            values[f":a{index}"] = amount
+            adds.append(f"#a{index} :a{index}")
+        expression = " ".join(
+            part for part in (("SET " + ", ".join(sets)) if sets else "", ("ADD " + ", ".join(adds)) if adds else "") if part
+        )
+        conditions = ["attribute_exists(pk)"]
+        if update.require_status is not None:
+            names["#status"] = "status"
+            placeholders = []
+            for index, status in enumerate(update.require_status):
+                values[f":rs{index}"] = status.value
+                placeholders.append(f":rs{index}")
+            conditions.append(f"#status IN ({', '.join(placeholders)})")
+        if update.require_not_terminal:
+            names["#status"] = "status"
+            placeholders = []
+            for index, status in enumerate(sorted(TERMINAL_STATUSES)):
+                values[f":ts{index}"] = status.value
+                placeholders.append(f":ts{index}")
+            conditions.append(f"NOT (#status IN ({', '.join(placeholders)}))")
+        request: dict[str, Any] = {
+            "Key": _key(run_pk(run_id), _META),
+            "UpdateExpression": expression,
+            "ConditionExpression": " AND ".join(conditions),
+            "ExpressionAttributeNames": names,
+        }
+        if values:
+            request["ExpressionAttributeValues"] = _serialize(values)
+        return request
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def _serialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _serializer.serialize(value) for name, value in item.items()}
+
+
+def _deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _deserializer.deserialize(value) for name, value in item.items()}
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _cancellation_reasons(error: ClientError) -> list[str]:
+    if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return []
+    reasons = error.response.get("CancellationReasons")
+    if reasons:
+        return [reason.get("Code", "None") for reason in reasons]
+    # Some emulators only put the reasons in the message: "... [ConditionalCheckFailed, None]"
+    message = error.response.get("Error", {}).get("Message", "")
+    if "[" in message:
+        return [part.strip() for part in message[message.rindex("[") + 1 : message.rindex("]")].split(",")]
+    return []

@@ -1,0 +1,41 @@
+"""``run_command``: a shell command in the run's sandbox."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from sandcastle.sandbox.base import Sandbox
+from sandcastle.tools.base import ToolArgs, ToolContext, clip_text
+
+
+class RunCommandArgs(ToolArgs):
+    command: str = Field(min_length=1, description="The shell command (bash) to run.")
+    cwd: str | None = Field(default=None, description="Working directory; defaults to the home directory.")
+    timeout_s: int | None = Field(default=None, ge=1, description="Seconds before the command is killed.")
+    env: dict[str, str] | None = Field(default=None, description="Extra environment variables.")
+
+
+class RunCommand:
+    name: ClassVar[str] = "run_command"
+    description: ClassVar[str] = (
+        "Run a shell command in your sandbox (Linux, bash, no network). Your home directory persists "
+        "between commands; input files are under ~/input. Returns exit code, stdout and stderr."
+    )
+    args_model: ClassVar[type[ToolArgs]] = RunCommandArgs
+
+    def execute(self, sandbox: Sandbox, args: RunCommandArgs, context: ToolContext) -> dict[str, Any]:
+        timeout = min(args.timeout_s or context.default_timeout_s, context.timeout_ceiling_s)
+        timeout = max(1.0, min(float(timeout), context.remaining_run_s))
+        result = sandbox.run(args.command, timeout_s=timeout, cwd=args.cwd, env=args.env)
+        output: dict[str, Any] = {
+            "exit_code": result.exit_code,
+            "stdout": clip_text(result.stdout, context.output_limit_bytes),
+            "stderr": clip_text(result.stderr, context.output_limit_bytes),
+            "duration_ms": result.duration_ms,
+        }
+        if result.timed_out:
+            output["timed_out"] = True
+            output["timeout_s"] = timeout
+        return output

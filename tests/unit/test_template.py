@@ -1,0 +1,312 @@
+"""template.yaml: it lints clean, transforms, and wires the run loop the way the design says.
+
+Everything here is read from template.yaml and the ASL file it names; nothing is copied.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cfnlint import api as cfnlint_api
+
+from tests.template_support import (
+    REPO_ROOT,
+    SAM_FUNCTION,
+    TEMPLATE_PATH,
+    load_template,
+    resources_of_type,
+    sam_translate,
+    state_machine,
+    state_machine_definition_path,
+)
+
+TEMPLATE = load_template()
+FUNCTIONS = resources_of_type(TEMPLATE, SAM_FUNCTION)
+STATE_MACHINE_ID, STATE_MACHINE = state_machine(TEMPLATE)
+ASL_TEXT = state_machine_definition_path(TEMPLATE).read_text()
+ASL = json.loads(ASL_TEXT)
+
+TRANSIENT_LAMBDA_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+FAIL_STATE = "FailRun"
+
+# The embedded local runtime resolves exactly these.
+ALLOWED_INTRINSICS = {"Ref", "Fn::GetAtt", "Fn::Sub", "Fn::If", "Fn::Equals", "Fn::Not", "Fn::Join"}
+ALLOWED_PSEUDO_PARAMETERS = {
+    "AWS::NoValue",
+    "AWS::Region",
+    "AWS::AccountId",
+    "AWS::StackName",
+    "AWS::Partition",
+}
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _states(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every state, including those inside Map and Parallel states."""
+    for name, state in states.items():
+        yield name, state
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            yield from _states(processor["States"])
+        for branch in state.get("Branches", []):
+            yield from _states(branch["States"])
+
+
+def _code_root(function: dict[str, Any]) -> str:
+    return function["Properties"].get("CodeUri") or TEMPLATE["Globals"]["Function"]["CodeUri"]
+
+
+def _policy_template_names(properties: dict[str, Any]) -> list[str]:
+    """Names of the SAM policy templates in ``Policies``, looking inside ``Fn::If``."""
+    names = []
+    for node in _walk(properties.get("Policies", [])):
+        if isinstance(node, dict):
+            names.extend(key for key in node if key.endswith("Policy"))
+    return names
+
+
+# ---------------------------------------------------------------- the template as a whole
+
+
+def test_cfn_lint_reports_no_errors_or_warnings() -> None:
+    matches = cfnlint_api.lint_file(TEMPLATE_PATH)
+
+    problems = [match for match in matches if match.rule.id[0] in "EW"]
+    assert not problems, "cfn-lint:\n" + "\n".join(str(match) for match in problems)
+
+
+def test_sam_translator_turns_it_into_plain_cloudformation() -> None:
+    translated = sam_translate(TEMPLATE)
+
+    types = {resource["Type"] for resource in translated["Resources"].values()}
+    assert not {t for t in types if t.startswith("AWS::Serverless::")}
+    lambdas = resources_of_type(translated, "AWS::Lambda::Function")
+    assert set(lambdas) == set(FUNCTIONS)
+    assert set(resources_of_type(translated, "AWS::StepFunctions::StateMachine")) == {STATE_MACHINE_ID}
+    for logical_id, function in lambdas.items():
+        assert function["Properties"]["TracingConfig"] == {"Mode": "Active"}, logical_id
+        assert "LogGroup" in function["Properties"]["LoggingConfig"], logical_id
+
+
+def test_only_intrinsics_the_local_runtime_resolves_are_used() -> None:
+    used: set[str] = set()
+    pseudo: set[str] = set()
+    for node in _walk({key: value for key, value in TEMPLATE.items() if key != "Rules"}):
+        if isinstance(node, dict) and len(node) == 1:
+            [(key, value)] = node.items()
+            if key == "Ref" or key.startswith("Fn::"):
+                used.add(key)
+            if key == "Ref" and isinstance(value, str) and value.startswith("AWS::"):
+                pseudo.add(value)
+            if key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                pseudo.update(re.findall(r"\$\{(AWS::\w+)\}", text))
+
+    assert used <= ALLOWED_INTRINSICS, used - ALLOWED_INTRINSICS
+    assert pseudo <= ALLOWED_PSEUDO_PARAMETERS, pseudo - ALLOWED_PSEUDO_PARAMETERS
+
+
+def test_every_environment_variable_is_a_setting_the_functions_read() -> None:
+    from sandcastle.config import Settings
+
+    setting_names = {name.upper() for name in Settings.model_fields}
+    passed = set(TEMPLATE["Globals"]["Function"]["Environment"]["Variables"])
+    for function in FUNCTIONS.values():
+        passed |= set(function["Properties"].get("Environment", {}).get("Variables", {}))
+
+    unknown = {name for name in passed if not name.startswith("POWERTOOLS_")} - setting_names
+    assert not unknown, f"template passes variables no setting reads: {sorted(unknown)}"
+
+
+def test_outputs_name_what_a_deployer_needs() -> None:
+    outputs = TEMPLATE["Outputs"]
+
+    assert {"StateMachineArn", "RunsTableName", "ArtifactsBucketName", "SubmitRunFunctionName"} <= set(
+        outputs
+    )
+    assert all(output.get("Description") for output in outputs.values())
+
+
+# ---------------------------------------------------------------- functions
+
+
+@pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
+def test_handler_names_a_module_that_defines_it(logical_id: str) -> None:
+    handler = FUNCTIONS[logical_id]["Properties"]["Handler"]
+    module, _, attribute = handler.rpartition(".")
+    module_path = REPO_ROOT / _code_root(FUNCTIONS[logical_id]) / (module.replace(".", "/") + ".py")
+
+    assert module_path.is_file(), (
+        f"{logical_id}: Handler {handler!r} needs {module_path.relative_to(REPO_ROOT)}"
+    )
+    tree = ast.parse(module_path.read_text(), filename=str(module_path))
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    defined |= {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert attribute in defined, f"{module_path.relative_to(REPO_ROOT)} defines no top-level {attribute!r}"
+
+
+def test_only_the_submitter_can_start_executions() -> None:
+    starters = {
+        logical_id
+        for logical_id, function in FUNCTIONS.items()
+        if "StepFunctionsExecutionPolicy" in _policy_template_names(function["Properties"])
+        or "states:" in json.dumps(function["Properties"].get("Policies", []))
+    }
+
+    assert starters == {"SubmitRunFunction"}
+    variables = FUNCTIONS["SubmitRunFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["STATE_MACHINE_ARN"] == {"Ref": STATE_MACHINE_ID}
+
+
+def test_secrets_are_granted_only_when_configured() -> None:
+    for logical_id, function in FUNCTIONS.items():
+        for policy in function["Properties"].get("Policies", []):
+            if "AWSSecretsManagerGetSecretValuePolicy" not in json.dumps(policy):
+                continue
+            assert "Fn::If" in policy, f"{logical_id}: grant the secret only if its parameter is set (Fn::If)"
+            condition, granted, otherwise = policy["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}, logical_id
+            secret = granted["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]
+            assert TEMPLATE["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [secret, ""]}]}, (
+                logical_id
+            )
+
+
+def test_the_model_key_reaches_only_the_model_turn() -> None:
+    holders = {
+        logical_id
+        for logical_id, function in FUNCTIONS.items()
+        if "ModelApiKeySecretArn" in json.dumps(function["Properties"].get("Policies", []))
+    }
+
+    assert holders == {"AgentStepFunction"}
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def test_substitutions_and_asl_placeholders_match() -> None:
+    placeholders = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", ASL_TEXT))
+
+    assert placeholders == set(STATE_MACHINE["DefinitionSubstitutions"])
+
+
+def test_state_machine_may_invoke_every_function_it_names() -> None:
+    invocable = {
+        policy["LambdaInvokePolicy"]["FunctionName"]["Ref"]
+        for policy in STATE_MACHINE["Policies"]
+        if "LambdaInvokePolicy" in policy
+    }
+    named = {
+        value["Fn::GetAtt"][0]
+        for value in STATE_MACHINE["DefinitionSubstitutions"].values()
+        if isinstance(value, dict) and "Fn::GetAtt" in value
+    }
+
+    assert named <= set(FUNCTIONS)
+    assert invocable == named
+
+
+def test_state_machine_is_standard_traced_and_logs_no_execution_data() -> None:
+    logging = STATE_MACHINE["Logging"]
+
+    assert STATE_MACHINE["Type"] == "STANDARD"
+    assert STATE_MACHINE["Tracing"] == {"Enabled": True}
+    assert logging["IncludeExecutionData"] is False
+    assert logging["Level"] in {"ALL", "ERROR"}
+    [destination] = logging["Destinations"]
+    log_group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    assert TEMPLATE["Resources"][log_group]["Type"] == "AWS::Logs::LogGroup"
+
+
+@pytest.mark.parametrize("name", [name for name, state in _states(ASL["States"]) if state["Type"] == "Task"])
+def test_every_task_retries_transient_lambda_errors(name: str) -> None:
+    state = dict(_states(ASL["States"]))[name]
+    retried = {error for retrier in state.get("Retry", []) for error in retrier["ErrorEquals"]}
+
+    assert retried >= TRANSIENT_LAMBDA_ERRORS, f"{name} does not retry {TRANSIENT_LAMBDA_ERRORS - retried}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        name
+        for name, state in ASL["States"].items()
+        if state["Type"] in {"Task", "Map", "Parallel"} and name != FAIL_STATE
+    ],
+)
+def test_every_step_but_failrun_catches_everything_into_failrun(name: str) -> None:
+    # Tasks inside a Map are covered by the Map's own Catch (they cannot leave its scope).
+    catchers = ASL["States"][name].get("Catch", [])
+
+    assert any("States.ALL" in c["ErrorEquals"] and c["Next"] == FAIL_STATE for c in catchers), name
+
+
+def test_failrun_is_a_task_that_does_not_catch_into_itself() -> None:
+    fail_run = ASL["States"][FAIL_STATE]
+
+    assert fail_run["Type"] == "Task"
+    assert all(catcher["Next"] != FAIL_STATE for catcher in fail_run.get("Catch", []))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_runs_table_has_ttl_pitr_and_the_tenant_index() -> None:
+    [table] = resources_of_type(TEMPLATE, "AWS::DynamoDB::Table").values()
+    properties = table["Properties"]
+
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert {key["AttributeName"]: key["KeyType"] for key in properties["KeySchema"]} == {
+        "pk": "HASH",
+        "sk": "RANGE",
+    }
+    [by_tenant] = [
+        index for index in properties["GlobalSecondaryIndexes"] if index["IndexName"] == "by_tenant"
+    ]
+    assert {key["AttributeName"]: key["KeyType"] for key in by_tenant["KeySchema"]} == {
+        "gsi1pk": "HASH",
+        "gsi1sk": "RANGE",
+    }
+    assert by_tenant["Projection"]["ProjectionType"] == "ALL"
+    assert table["DeletionPolicy"] == "Retain"
+
+
+def test_artifacts_bucket_is_private_and_refuses_plain_http() -> None:
+    [(bucket_id, bucket)] = resources_of_type(TEMPLATE, "AWS::S3::Bucket").items()
+    [policy] = resources_of_type(TEMPLATE, "AWS::S3::BucketPolicy").values()
+
+    assert set(bucket["Properties"]["PublicAccessBlockConfiguration"].values()) == {True}
+    assert policy["Properties"]["Bucket"] == {"Ref": bucket_id}
+    assert any(
+        statement["Effect"] == "Deny"
+        and statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    )
+    assert bucket["DeletionPolicy"] == "Retain"
