@@ -143,9 +143,9 @@ class LocalRuntime:
         try:
             boto3.setup_default_session(region_name=self.region)
             boto3.DEFAULT_SESSION.events.register("before-call", self._count_api_call)
-            self._create_tables()
-            self._create_buckets()
-            self._create_state_machines()
+            create_tables(self.template, self.deps_client("dynamodb"))
+            create_buckets(self.template, self.deps_client("s3"))
+            create_state_machines(self.template, self.deps_client("stepfunctions"))
             os.environ.update(self._function_environment())
             runtime = self
 
@@ -247,42 +247,6 @@ class LocalRuntime:
         return self.get_run(run_id)
 
     # --- building the stack ---
-
-    def _create_tables(self) -> None:
-        client = self.deps_client("dynamodb")
-        for logical_id, resource in self.template.of_type("AWS::DynamoDB::Table").items():
-            properties = self.template.resolve(resource["Properties"])
-            name = self.template.physical_name(logical_id)
-            request: dict[str, Any] = {
-                "TableName": name,
-                "KeySchema": properties["KeySchema"],
-                "AttributeDefinitions": properties["AttributeDefinitions"],
-                "BillingMode": properties.get("BillingMode", "PAY_PER_REQUEST"),
-            }
-            if properties.get("GlobalSecondaryIndexes"):
-                request["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
-            client.create_table(**request)
-            ttl = properties.get("TimeToLiveSpecification")
-            if ttl and ttl.get("Enabled"):
-                client.update_time_to_live(
-                    TableName=name,
-                    TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]},
-                )
-
-    def _create_buckets(self) -> None:
-        client = self.deps_client("s3")
-        for logical_id in self.template.of_type("AWS::S3::Bucket"):
-            client.create_bucket(Bucket=self.template.physical_name(logical_id))
-
-    def _create_state_machines(self) -> None:
-        client = self.deps_client("stepfunctions")
-        for logical_id, resource in self.template.of_type("AWS::Serverless::StateMachine").items():
-            client.create_state_machine(
-                name=self.template.physical_name(logical_id),
-                definition=self.template.state_machine_definition(logical_id),
-                roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{logical_id}Role",
-                type=resource["Properties"].get("Type", "STANDARD"),
-            )
 
     def _function_environment(self) -> dict[str, str]:
         """One environment for all functions (they share this process): the template's, merged."""
@@ -391,3 +355,41 @@ class LambdaInvocationError(Exception):
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
+
+
+def create_tables(template: Template, client: Any) -> None:
+    """Create the template's DynamoDB tables (keys, indexes, TTL) with ``client``."""
+    for logical_id, resource in template.of_type("AWS::DynamoDB::Table").items():
+        properties = template.resolve(resource["Properties"])
+        name = template.physical_name(logical_id)
+        request: dict[str, Any] = {
+            "TableName": name,
+            "KeySchema": properties["KeySchema"],
+            "AttributeDefinitions": properties["AttributeDefinitions"],
+            "BillingMode": properties.get("BillingMode", "PAY_PER_REQUEST"),
+        }
+        if properties.get("GlobalSecondaryIndexes"):
+            request["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
+        client.create_table(**request)
+        ttl = properties.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            client.update_time_to_live(
+                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]}
+            )
+
+
+def create_buckets(template: Template, client: Any) -> None:
+    """Create the template's S3 buckets with ``client``."""
+    for logical_id in template.of_type("AWS::S3::Bucket"):
+        client.create_bucket(Bucket=template.physical_name(logical_id))
+
+
+def create_state_machines(template: Template, client: Any) -> None:
+    """Create the template's state machines, definitions substituted, with ``client``."""
+    for logical_id, resource in template.of_type("AWS::Serverless::StateMachine").items():
+        client.create_state_machine(
+            name=template.physical_name(logical_id),
+            definition=template.state_machine_definition(logical_id),
+            roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{logical_id}Role",
+            type=resource["Properties"].get("Type", "STANDARD"),
+        )

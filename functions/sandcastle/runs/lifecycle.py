@@ -46,7 +46,6 @@ class RunEnded(SandcastleError):
 def prepare_run(run_id: str, deps: Dependencies) -> StepState:
     """Create the run's sandbox, copy its input files in, write the opening events, mark it RUNNING."""
     run = deps.store.get_run(run_id)
-    logger.append_keys(run_id=run_id, tenant=run.tenant)
     if run.status.terminal:
         raise RunEnded(f"run {run_id} already ended {run.status.value}")
 
@@ -83,7 +82,6 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
 def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
     """End the run in the status its stop reason implies, with its answer; kill its sandbox."""
     run = deps.store.get_run(state.run_id)
-    logger.append_keys(run_id=run.run_id, tenant=run.tenant)
     if run.status.terminal:
         _kill_sandbox(run, deps)
         return {"run_id": run.run_id, "status": run.status.value}
@@ -100,7 +98,6 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
 def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
     """End the run FAILED (TIMED_OUT for a state timeout) with the error that stopped it."""
     run = deps.store.get_run(failure.run_id)
-    logger.append_keys(run_id=run.run_id, tenant=run.tenant)
     _kill_sandbox(run, deps)
     if run.status.terminal:
         return {"run_id": run.run_id, "status": run.status.value}

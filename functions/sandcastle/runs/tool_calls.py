@@ -25,7 +25,6 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
     already recorded does nothing.
     """
     run = deps.store.get_run(task.run_id)
-    logger.append_keys(run_id=run.run_id, tenant=run.tenant, step=task.step, tool_call_id=task.tool_call_id)
     if run.status.terminal:
         return {"tool_call_id": task.tool_call_id, "skipped": f"run ended {run.status.value}"}
 

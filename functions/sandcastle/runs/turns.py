@@ -27,7 +27,6 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     invocation may spend (the Lambda's remaining time, less a margin).
     """
     run = deps.store.get_run(state.run_id)
-    logger.append_keys(run_id=run.run_id, tenant=run.tenant)
     if run.status.terminal:
         raise RunEnded(f"run {run.run_id} already ended {run.status.value}")
     turn = state.step + 1

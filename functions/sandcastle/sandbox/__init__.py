@@ -1,0 +1,57 @@
+"""Sandboxes: where agent-written code runs. The port is in ``base``; the backends are
+``local_sandbox`` (bubblewrap) and ``e2b_sandbox`` (E2B), imported only when built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sandcastle.errors import SandboxError
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, Sandbox, SandboxProvider, SandboxSpec
+
+if TYPE_CHECKING:
+    from sandcastle.config import Settings
+
+__all__ = [
+    "SANDBOX_HOME",
+    "CommandResult",
+    "Sandbox",
+    "SandboxProvider",
+    "SandboxSpec",
+    "build_sandbox_provider",
+]
+
+_E2B_SECRET_MAX_AGE_S = 300
+
+
+def build_sandbox_provider(settings: Settings) -> SandboxProvider:
+    """The sandbox backend the settings select: ``local`` (bubblewrap) or ``e2b``.
+
+    For ``e2b`` the API key comes from ``E2B_API_KEY``, or else from the Secrets Manager secret
+    ``E2B_API_KEY_SECRET_ARN`` (cached for five minutes). Raises ``SandboxError`` when neither
+    is set.
+    """
+    if settings.sandbox_backend == "local":
+        from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+
+        return LocalSandboxProvider(settings.sandbox_root)
+
+    from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
+
+    return E2BSandboxProvider(_e2b_api_key(settings), settings.e2b_template)
+
+
+def _e2b_api_key(settings: Settings) -> str:
+    if settings.e2b_api_key is not None and settings.e2b_api_key.get_secret_value():
+        return settings.e2b_api_key.get_secret_value()
+    if settings.e2b_api_key_secret_arn:
+        from aws_lambda_powertools.utilities.parameters import get_secret
+
+        api_key = get_secret(settings.e2b_api_key_secret_arn, max_age=_E2B_SECRET_MAX_AGE_S)
+        if api_key:
+            return str(api_key)
+        raise SandboxError(f"the E2B secret {settings.e2b_api_key_secret_arn} is empty; store the E2B API key in it")
+    raise SandboxError(
+        "sandbox_backend is e2b but no E2B API key is configured; set E2B_API_KEY "
+        "or E2B_API_KEY_SECRET_ARN (or use SANDBOX_BACKEND=local)"
+    )

@@ -1,0 +1,48 @@
+"""A fake model with queued replies, recording what it was asked."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from sandcastle.agent.base import ModelTurn, TokenUsage
+from sandcastle.runs.models import ToolCall
+
+
+class FakeModel:
+    backend = "openai"
+
+    def __init__(self) -> None:
+        self.replies: deque[ModelTurn | Exception] = deque()
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def then_text(self, text: str) -> FakeModel:
+        self.replies.append(ModelTurn(text=text, usage=TokenUsage(7, 3), model="fake"))
+        return self
+
+    def then_tools(self, *calls: tuple[str, dict[str, Any] | str]) -> FakeModel:
+        turn = len(self.replies) + 1
+        self.replies.append(
+            ModelTurn(
+                text=None,
+                tool_calls=[
+                    ToolCall(id=f"call_{turn}_{i}", name=name, arguments=args if isinstance(args, str) else json.dumps(args))
+                    for i, (name, args) in enumerate(calls)
+                ],
+                usage=TokenUsage(11, 5),
+                model="fake",
+            )
+        )
+        return self
+
+    def then_raise(self, error: Exception) -> FakeModel:
+        self.replies.append(error)
+        return self
+
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, model: str | None, timeout_s: float) -> ModelTurn:
+        self.calls.append(messages)
+        reply = self.replies.popleft()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply

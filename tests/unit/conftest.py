@@ -1,0 +1,57 @@
+"""Unit-test fixtures: the template's table and bucket in moto (no state-machine execution), fake sandbox and model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sandcastle.config import Settings
+from sandcastle.local.runtime import DEFAULT_TEMPLATE, create_buckets, create_state_machines, create_tables
+from sandcastle.local.template import Template
+from sandcastle.wiring import Dependencies
+from tests.fakes.model import FakeModel
+from tests.fakes.sandbox import FakeSandboxProvider
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Template]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        template = Template.load(DEFAULT_TEMPLATE, region=REGION)
+        create_tables(template, boto3.client("dynamodb", region_name=REGION))
+        create_buckets(template, boto3.client("s3", region_name=REGION))
+        create_state_machines(template, boto3.client("stepfunctions", region_name=REGION))
+        yield template
+
+
+@pytest.fixture
+def sandboxes() -> FakeSandboxProvider:
+    return FakeSandboxProvider()
+
+
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
+
+
+@pytest.fixture
+def deps(aws: Template, sandboxes: FakeSandboxProvider, model: FakeModel) -> Dependencies:
+    settings = Settings(
+        table_name=aws.physical_name("RunsTable"),
+        artifacts_bucket=aws.physical_name("ArtifactsBucket"),
+        state_machine_arn=aws.arn("AgentRunStateMachine"),
+        openai_base_url="http://127.0.0.1:9/v1",
+        default_max_steps=10,
+        max_steps_ceiling=50,
+    )
+    return Dependencies(settings, sandboxes=sandboxes, model=model)
