@@ -1,7 +1,7 @@
 """``sandcastle``: run agents on the embedded local runtime from a terminal.
 
-    sandcastle run "Count the rows of ~/input/data.csv" --file data.csv
-    sandcastle run "Analyse the sales" --file sales.csv --playbook playbook.json
+sandcastle run "Count the rows of ~/input/data.csv" --file data.csv
+sandcastle run "Analyse the sales" --file sales.csv --playbook playbook.json
 """
 
 from __future__ import annotations
@@ -33,10 +33,20 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run an agent on the local runtime and follow it")
     run.add_argument("instructions", help="what the agent should do")
-    run.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
-                     help="an input file, placed at ~/input/<name> in the sandbox (repeatable)")
-    run.add_argument("--playbook", type=Path, metavar="FILE",
-                     help="a JSON list of tool calls ({tool, arguments}) to execute instead of asking a model")
+    run.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="an input file, placed at ~/input/<name> in the sandbox (repeatable)",
+    )
+    run.add_argument(
+        "--playbook",
+        type=Path,
+        metavar="FILE",
+        help="a JSON list of tool calls ({tool, arguments}) to execute instead of asking a model",
+    )
     run.add_argument("--model", help="model name for the OpenAI-compatible endpoint")
     run.add_argument("--max-steps", type=int, help="model turns at most")
     run.add_argument("--max-tool-calls", type=int, help="tool calls at most")
@@ -73,8 +83,15 @@ def _run_command(args: argparse.Namespace) -> int:
             execution = runtime.execution(run.run_id)
             print(f"execution ended {execution['status']} without ending the run", file=sys.stderr)
         if args.json:
-            print(json.dumps({"run": final.model_dump(mode="json"),
-                              "events": [e.model_dump(mode="json") for e in runtime.events(run.run_id)]}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "run": final.model_dump(mode="json"),
+                        "events": [e.model_dump(mode="json") for e in runtime.events(run.run_id)],
+                    },
+                    indent=2,
+                )
+            )
         return 0 if final.status is RunStatus.SUCCEEDED else 1
 
 
@@ -94,13 +111,22 @@ def _build_request(args: argparse.Namespace) -> RunRequest:
             raise InvalidRunRequest(f"{args.playbook} is not valid JSON: {error}", field="--playbook") from error
     budgets = {
         name: value
-        for name, value in (("max_steps", args.max_steps), ("max_tool_calls", args.max_tool_calls),
-                            ("timeout_s", args.timeout_s))
+        for name, value in (
+            ("max_steps", args.max_steps),
+            ("max_tool_calls", args.max_tool_calls),
+            ("timeout_s", args.timeout_s),
+        )
         if value is not None
     }
     return RunRequest.model_validate(
-        {"instructions": args.instructions, "files": files, "playbook": playbook, "model": args.model,
-         "budgets": budgets, "source": "cli"}
+        {
+            "instructions": args.instructions,
+            "files": files,
+            "playbook": playbook,
+            "model": args.model,
+            "budgets": budgets,
+            "source": "cli",
+        }
     )
 
 
@@ -121,8 +147,10 @@ class EventPrinter:
 
     def header(self, run: Run) -> None:
         model = run.model or run.model_backend
-        self._line(f"run {run.run_id} · model {model} · budgets {run.budgets.max_steps} steps, "
-                   f"{run.budgets.max_tool_calls} tool calls, {run.budgets.timeout_s} s")
+        self._line(
+            f"run {run.run_id} · model {model} · budgets {run.budgets.max_steps} steps, "
+            f"{run.budgets.max_tool_calls} tool calls, {run.budgets.timeout_s} s"
+        )
 
     def event(self, event: Event) -> None:
         data = event.data
@@ -160,8 +188,10 @@ class EventPrinter:
                 for line in text.splitlines()[:20]:
                     self._line(f"      {line}")
         else:
-            self._line(f"[step {event.step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
-                       f" in {duration} ms")
+            self._line(
+                f"[step {event.step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
+                f" in {duration} ms"
+            )
 
     def _end(self, data: dict[str, Any]) -> None:
         usage = data.get("usage") or {}

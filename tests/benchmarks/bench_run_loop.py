@@ -325,8 +325,14 @@ def _payload_section(short: list[RunFigures], long: list[RunFigures], loud: RunF
         f"{LOUD_OUTPUT_BYTES // 1024} KB stdout": [loud],
     }
     rows = [
-        ["largest Lambda request/response", *(max(r.largest_lambda_payload for r in runs) for runs in columns.values())],
-        ["largest input/output in the history", *(max(r.largest_history_payload for r in runs) for runs in columns.values())],
+        [
+            "largest Lambda request/response",
+            *(max(r.largest_lambda_payload for r in runs) for runs in columns.values()),
+        ],
+        [
+            "largest input/output in the history",
+            *(max(r.largest_history_payload for r in runs) for runs in columns.values()),
+        ],
         ["largest state payload", *(max(r.largest_payload for r in runs) for runs in columns.values())],
     ]
     body = table(["bytes", *columns], rows)

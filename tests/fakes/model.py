@@ -27,7 +27,9 @@ class FakeModel:
             ModelTurn(
                 text=None,
                 tool_calls=[
-                    ToolCall(id=f"call_{turn}_{i}", name=name, arguments=args if isinstance(args, str) else json.dumps(args))
+                    ToolCall(
+                        id=f"call_{turn}_{i}", name=name, arguments=args if isinstance(args, str) else json.dumps(args)
+                    )
                     for i, (name, args) in enumerate(calls)
                 ],
                 usage=TokenUsage(11, 5),
@@ -40,7 +42,9 @@ class FakeModel:
         self.replies.append(error)
         return self
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, model: str | None, timeout_s: float) -> ModelTurn:
+    def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
+    ) -> ModelTurn:
         self.calls.append(messages)
         reply = self.replies.popleft()
         if isinstance(reply, Exception):

@@ -52,9 +52,7 @@ def test_a_multi_step_run_with_parallel_tool_calls_succeeds(
     assert results[2]["output"]["stdout"]["text"] == "one\ntwo\n"
     # the model saw both results of the parallel turn, answered by id
     second = fake_openai.requests[1]
-    assert {m["tool_call_id"] for m in _tool_messages(second)} == {
-        c["id"] for c in second["messages"][2]["tool_calls"]
-    }
+    assert {m["tool_call_id"] for m in _tool_messages(second)} == {c["id"] for c in second["messages"][2]["tool_calls"]}
     assert {t["function"]["name"] for t in fake_openai.requests[0]["tools"]} == {
         "run_command",
         "write_file",

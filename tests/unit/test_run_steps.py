@@ -274,7 +274,9 @@ def test_the_step_budget_ends_the_run_budget_exceeded_with_the_last_answer(
 
 def test_a_turn_asking_for_more_tool_calls_than_left_stops_the_run(deps: Dependencies, model: FakeModel) -> None:
     run_id = _prepared(deps, budgets={"max_tool_calls": 2})
-    model.then_tools(("run_command", {"command": "a"}), ("run_command", {"command": "b"}), ("run_command", {"command": "c"}))
+    model.then_tools(
+        ("run_command", {"command": "a"}), ("run_command", {"command": "b"}), ("run_command", {"command": "c"})
+    )
     stop = agent_step(StepState(run_id=run_id), deps, time_left_s=60)
     assert stop.next == "finish" and stop.stop_reason is StopReason.MAX_TOOL_CALLS
 

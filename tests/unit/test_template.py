@@ -140,9 +140,7 @@ def test_every_environment_variable_is_a_setting_the_functions_read() -> None:
 def test_outputs_name_what_a_deployer_needs() -> None:
     outputs = TEMPLATE["Outputs"]
 
-    assert {"StateMachineArn", "RunsTableName", "ArtifactsBucketName", "SubmitRunFunctionName"} <= set(
-        outputs
-    )
+    assert {"StateMachineArn", "RunsTableName", "ArtifactsBucketName", "SubmitRunFunctionName"} <= set(outputs)
     assert all(output.get("Description") for output in outputs.values())
 
 
@@ -155,9 +153,7 @@ def test_handler_names_a_module_that_defines_it(logical_id: str) -> None:
     module, _, attribute = handler.rpartition(".")
     module_path = REPO_ROOT / _code_root(FUNCTIONS[logical_id]) / (module.replace(".", "/") + ".py")
 
-    assert module_path.is_file(), (
-        f"{logical_id}: Handler {handler!r} needs {module_path.relative_to(REPO_ROOT)}"
-    )
+    assert module_path.is_file(), f"{logical_id}: Handler {handler!r} needs {module_path.relative_to(REPO_ROOT)}"
     tree = ast.parse(module_path.read_text(), filename=str(module_path))
     defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     defined |= {
@@ -192,9 +188,7 @@ def test_secrets_are_granted_only_when_configured() -> None:
             condition, granted, otherwise = policy["Fn::If"]
             assert otherwise == {"Ref": "AWS::NoValue"}, logical_id
             secret = granted["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]
-            assert TEMPLATE["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [secret, ""]}]}, (
-                logical_id
-            )
+            assert TEMPLATE["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [secret, ""]}]}, logical_id
 
 
 def test_the_model_key_reaches_only_the_model_turn() -> None:
@@ -287,9 +281,7 @@ def test_runs_table_has_ttl_pitr_and_the_tenant_index() -> None:
         "pk": "HASH",
         "sk": "RANGE",
     }
-    [by_tenant] = [
-        index for index in properties["GlobalSecondaryIndexes"] if index["IndexName"] == "by_tenant"
-    ]
+    [by_tenant] = [index for index in properties["GlobalSecondaryIndexes"] if index["IndexName"] == "by_tenant"]
     assert {key["AttributeName"]: key["KeyType"] for key in by_tenant["KeySchema"]} == {
         "gsi1pk": "HASH",
         "gsi1sk": "RANGE",

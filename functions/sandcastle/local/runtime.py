@@ -149,7 +149,9 @@ class LocalRuntime:
             os.environ.update(self._function_environment())
             runtime = self
 
-            def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
+            def invoke(
+                backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any
+            ) -> bytes:
                 return runtime._dispatch(function_name, body, response_headers)
 
             self._patch = mock.patch.object(LambdaSimpleBackend, "invoke", invoke)
@@ -217,7 +219,9 @@ class LocalRuntime:
 
     def execution(self, run_id: str) -> dict[str, Any]:
         """The Step Functions execution of a run (named by its run id)."""
-        arn = f"arn:aws:states:{self.region}:{ACCOUNT_ID}:execution:{self.template.physical_name(STATE_MACHINE)}:{run_id}"
+        arn = (
+            f"arn:aws:states:{self.region}:{ACCOUNT_ID}:execution:{self.template.physical_name(STATE_MACHINE)}:{run_id}"
+        )
         return self.deps.stepfunctions.describe_execution(executionArn=arn)
 
     def follow(self, run_id: str, *, timeout_s: float = 600, poll_s: float = 0.05) -> Iterator[Event]:
@@ -291,7 +295,10 @@ class LocalRuntime:
         if spec is None:
             response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps(
-                {"errorType": "ResourceNotFoundException", "errorMessage": f"no function {function_name} in template.yaml"}
+                {
+                    "errorType": "ResourceNotFoundException",
+                    "errorMessage": f"no function {function_name} in template.yaml",
+                }
             ).encode()
         raw = body.decode() if isinstance(body, bytes) else (body or "null")
         with self.stats._lock:

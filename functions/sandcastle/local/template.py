@@ -49,7 +49,9 @@ class Template:
     def load(cls, path: Path, *, region: str, parameter_overrides: Mapping[str, str] | None = None) -> Template:
         from cfnlint.decode.cfn_yaml import load
 
-        return cls(path=path, body=dict(load(str(path))), region=region, parameter_overrides=dict(parameter_overrides or {}))
+        return cls(
+            path=path, body=dict(load(str(path))), region=region, parameter_overrides=dict(parameter_overrides or {})
+        )
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
@@ -66,7 +68,11 @@ class Template:
         for name_property in ("TableName", "BucketName", "FunctionName", "Name"):
             if name_property in properties:
                 return str(self.resolve(properties[name_property]))
-        return f"{STACK_NAME}-{logical_id}".lower() if resource["Type"] == "AWS::S3::Bucket" else f"{STACK_NAME}-{logical_id}"
+        return (
+            f"{STACK_NAME}-{logical_id}".lower()
+            if resource["Type"] == "AWS::S3::Bucket"
+            else f"{STACK_NAME}-{logical_id}"
+        )
 
     def arn(self, logical_id: str) -> str:
         resource_type = self.resources[logical_id]["Type"]
@@ -101,7 +107,7 @@ class Template:
         if not isinstance(value, Mapping):
             return value
         if len(value) == 1:
-            (function, argument), = value.items()
+            ((function, argument),) = value.items()
             if function == "Ref":
                 return self._ref(argument)
             if function == "Fn::GetAtt":

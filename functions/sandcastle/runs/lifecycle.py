@@ -65,7 +65,9 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
     )
     now = utcnow()
     started = deps.store.append_event(
-        new_event(run_id, USER_KEY, EventKind.USER, 0, {"text": _user_message(run), "files": [f.name for f in run.files]}),
+        new_event(
+            run_id, USER_KEY, EventKind.USER, 0, {"text": _user_message(run), "files": [f.name for f in run.files]}
+        ),
         RunUpdate(
             set={
                 "status": RunStatus.RUNNING,
@@ -104,10 +106,10 @@ def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
 
     error = describe_error(failure)
     status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
-    deps.store.append_event(
-        new_event(run.run_id, ERROR_KEY, EventKind.ERROR, run.step, error.model_dump())
+    deps.store.append_event(new_event(run.run_id, ERROR_KEY, EventKind.ERROR, run.step, error.model_dump()))
+    _end(
+        run, deps, status=status, stop_reason=None, result=last_answer(deps.store.list_events(run.run_id)), error=error
     )
-    _end(run, deps, status=status, stop_reason=None, result=last_answer(deps.store.list_events(run.run_id)), error=error)
     logger.warning("run failed", extra={"status": status.value, "error_type": error.type, "error": error.message})
     return {"run_id": run.run_id, "status": status.value}
 

@@ -80,9 +80,7 @@ class RunStore:
         """Store a new run. False (and nothing written) when a run with that id already exists."""
         item = self._run_to_item(run)
         try:
-            self._client.put_item(
-                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
         except ClientError as error:
             if _is_condition_failure(error):
                 return False
@@ -159,16 +157,12 @@ class RunStore:
             if reasons and reasons[0] == "ConditionalCheckFailed":
                 return False
             if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-                raise ConditionFailed(
-                    f"run {event.run_id} is not in a state that allows this update"
-                ) from error
+                raise ConditionFailed(f"run {event.run_id} is not in a state that allows this update") from error
             raise
         return True
 
     def get_event(self, run_id: str, key: str) -> Event | None:
-        response = self._client.get_item(
-            TableName=self._table, Key=_key(run_pk(run_id), key), ConsistentRead=True
-        )
+        response = self._client.get_item(TableName=self._table, Key=_key(run_pk(run_id), key), ConsistentRead=True)
         item = response.get("Item")
         return self._item_to_event(_deserialize(item)) if item else None
 
@@ -271,7 +265,9 @@ class RunStore:
             values[f":a{index}"] = amount
             adds.append(f"#a{index} :a{index}")
         expression = " ".join(
-            part for part in (("SET " + ", ".join(sets)) if sets else "", ("ADD " + ", ".join(adds)) if adds else "") if part
+            part
+            for part in (("SET " + ", ".join(sets)) if sets else "", ("ADD " + ", ".join(adds)) if adds else "")
+            if part
         )
         conditions = ["attribute_exists(pk)"]
         if update.require_status is not None:

@@ -48,7 +48,6 @@ def parse_tool_call(call: ToolCall) -> tuple[Tool, ToolArgs]:
         return tool, tool.args_model.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or 'arguments'}: {issue['msg']}"
-            for issue in error.errors()
+            f"{'.'.join(str(part) for part in issue['loc']) or 'arguments'}: {issue['msg']}" for issue in error.errors()
         )
         raise ToolInputError(f"invalid arguments for {call.name}: {problems}") from error
