@@ -52,6 +52,7 @@ class RunFigures:
     submit_ms: float
     handler_ms: float
     aws_call_ms: float
+    aws_call_ms_by_operation: dict[str, float]
     transitions: int
     invocations: Counter[str]
     api_calls: Counter[str]
@@ -76,6 +77,7 @@ class _Clock:
     def __init__(self) -> None:
         self.handler_s = 0.0
         self.aws_call_s = 0.0
+        self.aws_call_s_by_operation: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._in_handler = threading.local()
 
@@ -83,6 +85,7 @@ class _Clock:
         with self._lock:
             self.handler_s = 0.0
             self.aws_call_s = 0.0
+            self.aws_call_s_by_operation.clear()
 
     @contextmanager
     def installed(self, runtime: LocalRuntime) -> Iterator[None]:
@@ -108,7 +111,8 @@ class _Clock:
             try:
                 return make_api_call(client, operation_name, api_params)
             finally:
-                clock._add("aws_call_s", time.perf_counter() - started)
+                operation = f"{client.meta.service_model.service_name}.{operation_name}"
+                clock._add_aws_call(operation, time.perf_counter() - started)
 
         runtime._dispatch = timed_dispatch  # type: ignore[method-assign]
         try:
@@ -120,6 +124,11 @@ class _Clock:
     def _add(self, name: str, seconds: float) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + seconds)
+
+    def _add_aws_call(self, operation: str, seconds: float) -> None:
+        with self._lock:
+            self.aws_call_s += seconds
+            self.aws_call_s_by_operation[operation] += seconds
 
 
 def report(quick: bool = False) -> str:
@@ -163,11 +172,13 @@ def _measure(runtime: LocalRuntime, clock: _Clock, playbook: list[PlaybookCall])
     request = RunRequest(instructions="bench", playbook=playbook, budgets={"max_steps": 50})
     runtime.stats.reset()
     clock.reset()
+    started_epoch = time.time()
     started = time.perf_counter()
     run = runtime.submit(request)
     submitted = time.perf_counter()
     execution = _wait_for_execution(runtime, run.run_id)
-    wall_s = time.perf_counter() - started
+    # The execution's own stop time (ms precision), so the polling interval adds nothing to the wall time.
+    wall_s = execution["stopDate"].timestamp() - started_epoch
     final = runtime.get_run(run.run_id)
     if final.status is not RunStatus.SUCCEEDED:
         raise RuntimeError(f"benchmark run {run.run_id} ended {final.status.value}: {final.error}")
@@ -180,6 +191,7 @@ def _measure(runtime: LocalRuntime, clock: _Clock, playbook: list[PlaybookCall])
         submit_ms=(submitted - started) * 1000,
         handler_ms=clock.handler_s * 1000,
         aws_call_ms=clock.aws_call_s * 1000,
+        aws_call_ms_by_operation={name: s * 1000 for name, s in clock.aws_call_s_by_operation.items()},
         transitions=sum(1 for event in history if event["type"].endswith("StateEntered")),
         invocations=Counter(runtime.stats.invocations),
         api_calls=Counter(runtime.stats.api_calls),
@@ -188,7 +200,8 @@ def _measure(runtime: LocalRuntime, clock: _Clock, playbook: list[PlaybookCall])
     )
 
 
-def _wait_for_execution(runtime: LocalRuntime, run_id: str, poll_s: float = 0.005) -> dict[str, Any]:
+def _wait_for_execution(runtime: LocalRuntime, run_id: str, poll_s: float = 0.05) -> dict[str, Any]:
+    """The ended execution. Polling is slow on purpose: each poll competes with the run for the GIL."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while (execution := runtime.execution(run_id))["status"] == "RUNNING":
         if time.monotonic() > deadline:
@@ -355,6 +368,12 @@ def _split_section(long: list[RunFigures]) -> str:
     rows = [[label, ms, ms / run.steps, 100 * ms / run.wall_ms] for label, ms in parts]
     rows.append(["wall", run.wall_ms, run.wall_ms / run.steps, 100.0])
     body = table(["component", "ms per run", "ms per step", "% of wall"], rows)
+    calls = [
+        [operation, run.api_calls[operation], ms, ms / run.api_calls[operation]]
+        for operation, ms in sorted(run.aws_call_ms_by_operation.items(), key=lambda item: -item[1])
+        if run.api_calls[operation]
+    ]
+    body += "\n\n" + table(["AWS call (in handlers)", "calls per run", "ms per run", "ms per call"], calls)
     note = (
         f"The median {LONG_STEPS}-step run. Locally the AWS calls are in-process emulation; in the cloud each "
         "is a network round trip (single-digit ms for DynamoDB), and each transition is Step Functions' own latency."

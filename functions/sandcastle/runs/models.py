@@ -107,6 +107,17 @@ class StoredInputFile(BaseModel):
     size: int
 
 
+class Artifact(BaseModel):
+    """A file the run left under ``~/output/``, copied to S3 when the run ended."""
+
+    name: str
+    """Path relative to ``~/output/``."""
+    size: int
+    sha256: str
+    content_type: str
+    s3_key: str
+
+
 class Usage(BaseModel):
     """What a run (or one step) consumed."""
 
@@ -141,6 +152,7 @@ class Run(BaseModel):
     stop_reason: StopReason | None = None
     result: str | None = None
     error: RunError | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
     created_at: datetime
     started_at: datetime | None = None
     ended_at: datetime | None = None

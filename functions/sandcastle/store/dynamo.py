@@ -37,7 +37,7 @@ USAGE_ATTRIBUTES = {
     "tool_calls": "usage_tool_calls",
     "tool_ms": "usage_tool_ms",
 }
-_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error")
+_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts")
 
 
 def run_pk(run_id: str) -> str:
