@@ -159,7 +159,7 @@ class EventPrinter:
         elif event.kind is EventKind.USER:
             self._line(f"▶ {data['text']}")
         elif event.kind is EventKind.ASSISTANT:
-            if data.get("text"):
+            if data.get("text") and data.get("tool_calls"):  # a final answer is shown once, at the end
                 self._line(f"[step {event.step}] 🤖 {data['text']}")
             for call in data.get("tool_calls", []):
                 self._calls[call["id"]] = call

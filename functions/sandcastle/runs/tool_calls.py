@@ -36,7 +36,8 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
     call = calls[index]
     key = tool_result_key(task.step, index)
     if deps.store.get_event(run.run_id, key) is not None:
-        return {"tool_call_id": call.id, "duplicate": True}
+        logger.info("tool call already recorded; a retry does nothing")
+        return {"tool_call_id": call.id}
 
     started = time.monotonic()
     result: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
