@@ -22,6 +22,13 @@ class FakeSandbox:
         self.commands.append(command)
         if self.answer:
             return self.answer(command)
+        if command.startswith("cd ~/output") and "find . -type f -printf '%s %P\\0'" in command:
+            listing = b"".join(
+                f"{len(data)} {path.removeprefix('output/')}".encode() + b"\0"
+                for path, data in sorted(self.files.items())
+                if path.startswith("output/")
+            )
+            return CommandResult(exit_code=0, stdout=listing, stderr=b"", duration_ms=1)
         return CommandResult(exit_code=0, stdout=f"ran: {command}\n".encode(), stderr=b"", duration_ms=1)
 
     def write_file(self, path: str, data: bytes) -> None:
@@ -46,6 +53,7 @@ class FakeSandboxProvider:
         self.created: list[str] = []
         self.connected: list[str] = []
         self.killed: list[str] = []
+        self.keep_alives: list[tuple[str, int]] = []
         self._lock = threading.Lock()
 
     def create(self, spec: SandboxSpec) -> FakeSandbox:
@@ -55,9 +63,11 @@ class FakeSandboxProvider:
             self.created.append(sandbox.sandbox_id)
             return sandbox
 
-    def connect(self, sandbox_id: str) -> FakeSandbox:
+    def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> FakeSandbox:
         with self._lock:
             self.connected.append(sandbox_id)
+            if keep_alive_s is not None:
+                self.keep_alives.append((sandbox_id, keep_alive_s))
             if sandbox_id not in self.sandboxes:
                 raise SandboxGone(f"sandbox {sandbox_id} no longer exists")
             return self.sandboxes[sandbox_id]

@@ -1,4 +1,8 @@
-"""The local (bubblewrap) sandbox, against the real ``bwrap``: what a command can and cannot do."""
+"""The local (bubblewrap) sandbox, against the real ``bwrap``: its hardening, limits and host-side details.
+
+What every backend promises is in ``tests/conformance``; this file keeps what only the local
+backend does: each test makes a real attempt to break out or exhaust the host.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,23 @@ from pathlib import Path
 
 import pytest
 
+from sandcastle.config import Settings
 from sandcastle.errors import SandboxError, SandboxGone
+from sandcastle.sandbox import build_sandbox_provider
 from sandcastle.sandbox.base import CommandResult, SandboxSpec
-from sandcastle.sandbox.local_sandbox import LocalSandbox, LocalSandboxProvider
+from sandcastle.sandbox.local_sandbox import LocalSandbox, LocalSandboxProvider, SandboxLimits
 
 pytestmark = pytest.mark.bwrap
 
 
 @pytest.fixture
-def provider(tmp_path: Path) -> LocalSandboxProvider:
-    return LocalSandboxProvider(tmp_path / "sandboxes")
+def sandbox_root(tmp_path: Path) -> Path:
+    return tmp_path / "sandboxes"
+
+
+@pytest.fixture
+def provider(sandbox_root: Path) -> LocalSandboxProvider:
+    return LocalSandboxProvider(sandbox_root)
 
 
 @pytest.fixture
@@ -45,43 +56,29 @@ def _run(sandbox: LocalSandbox, command: str, **kwargs) -> CommandResult:
     return sandbox.run(command, timeout_s=kwargs.pop("timeout_s", 20), **kwargs)
 
 
-# --- commands ---
+# --- identity, privileges and environment ---
 
 
-def test_exit_code_stdout_and_stderr_come_back_separately(sandbox: LocalSandbox) -> None:
-    result = _run(sandbox, "echo out; echo err >&2; exit 3")
-
-    assert result == CommandResult(
-        exit_code=3, stdout=b"out\n", stderr=b"err\n", duration_ms=result.duration_ms, timed_out=False
-    )
-    assert result.duration_ms > 0
-
-
-def test_non_utf8_output_bytes_survive(sandbox: LocalSandbox) -> None:
-    result = _run(sandbox, r"printf '\377\376ok\200'; printf '\351' >&2")
-
-    assert result.stdout == b"\xff\xfeok\x80"
-    assert result.stderr == b"\xe9"
-
-
-def test_command_runs_as_uid_1000_in_home_with_only_its_own_environment(
+def test_command_runs_unprivileged_without_capabilities_or_the_hosts_environment(
     sandbox: LocalSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SANDCASTLE_HOST_ONLY", "leaked")
 
-    result = _run(sandbox, 'id -u; pwd; echo "$HOME|$LANG|${SANDCASTLE_HOST_ONLY:-unset}"')
+    result = _run(
+        sandbox,
+        'id -u; id -G; pwd; echo "$HOME|$LANG|${SANDCASTLE_HOST_ONLY:-unset}"; '
+        "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status",
+    )
 
-    assert result.stdout.decode().splitlines() == ["1000", "/home/user", "/home/user|C.UTF-8|unset"]
-
-
-def test_cwd_and_env_are_applied(sandbox: LocalSandbox) -> None:
-    _run(sandbox, "mkdir -p project/src")
-
-    relative = _run(sandbox, 'pwd; echo "$GREETING"', cwd="project", env={"GREETING": "hello there"})
-    absolute = _run(sandbox, "pwd", cwd="/home/user/project/src")
-
-    assert relative.stdout == b"/home/user/project\nhello there\n"
-    assert absolute.stdout == b"/home/user/project/src\n"
+    uid, groups, cwd, env, *status = result.stdout.decode().splitlines()
+    assert uid != "0" and "0" not in groups.split()
+    assert (cwd, env) == ("/home/user", "/home/user|C.UTF-8|unset")
+    assert dict(line.split(":\t") for line in status) == {
+        "CapEff": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "CapBnd": "0000000000000000",
+        "NoNewPrivs": "1",
+    }
 
 
 def test_missing_cwd_is_a_failed_command(sandbox: LocalSandbox) -> None:
@@ -89,17 +86,6 @@ def test_missing_cwd_is_a_failed_command(sandbox: LocalSandbox) -> None:
 
     assert result.exit_code != 0
     assert b"no/such/dir" in result.stderr
-
-
-def test_workspace_persists_across_commands_and_reconnects(
-    provider: LocalSandboxProvider, sandbox: LocalSandbox
-) -> None:
-    _run(sandbox, "echo 'first command' > notes.txt")
-
-    assert _run(sandbox, "cat ~/notes.txt").stdout == b"first command\n"
-    reconnected = provider.connect(sandbox.sandbox_id)
-    assert reconnected.read_file("notes.txt") == b"first command\n"
-    assert _run(reconnected, "cat notes.txt").stdout == b"first command\n"
 
 
 def test_concurrent_commands_from_threads_share_one_sandbox(sandbox: LocalSandbox) -> None:
@@ -122,36 +108,7 @@ def test_concurrent_commands_from_threads_share_one_sandbox(sandbox: LocalSandbo
     assert sorted(_run(sandbox, "ls").stdout.split()) == [b"file0", b"file1", b"file2", b"file3"]
 
 
-# --- timeouts and process lifetime ---
-
-
-def test_timeout_kills_the_tree_and_keeps_partial_output(sandbox: LocalSandbox) -> None:
-    seconds = _unique_sleep_seconds()
-
-    result = _run(sandbox, f"echo started; echo warming >&2; (sleep {seconds}) & sleep {seconds}", timeout_s=1)
-
-    assert result.timed_out is True
-    assert result.exit_code is None
-    assert result.stdout == b"started\n"
-    assert result.stderr == b"warming\n"
-    assert 1000 <= result.duration_ms < 5000
-    assert _host_processes_matching(f"sleep {seconds}") == []
-    assert _run(sandbox, "echo still usable").stdout == b"still usable\n"
-
-
-def test_background_process_does_not_outlive_its_command(sandbox: LocalSandbox) -> None:
-    seconds = _unique_sleep_seconds()
-
-    result = _run(sandbox, f"(sleep {seconds}; touch ~/late) & echo launched")
-
-    assert result.exit_code == 0
-    assert result.stdout == b"launched\n"
-    assert result.duration_ms < 5000
-    assert _host_processes_matching(f"sleep {seconds}") == []
-    assert _run(sandbox, "pgrep -c sleep || true").stdout == b"0\n"
-
-
-# --- isolation ---
+# --- isolation: network and host files ---
 
 
 def test_no_network_not_even_to_services_on_the_host(sandbox: LocalSandbox) -> None:
@@ -164,90 +121,208 @@ def test_no_network_not_even_to_services_on_the_host(sandbox: LocalSandbox) -> N
 
         to_host_service = _run(sandbox, f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected")
 
+    # No route exists in the sandbox's network namespace: this fails at once, nothing leaves the host.
     outside = _run(sandbox, "exec 3<>/dev/tcp/1.1.1.1/53 && echo connected", timeout_s=10)
-    dns = _run(sandbox, "getent hosts example.com", timeout_s=10)
-    interfaces = _run(sandbox, "ls /sys/class/net 2>/dev/null || cat /proc/net/dev")
+    interfaces = _run(sandbox, "cat /proc/net/dev")
 
     assert to_host_service.exit_code != 0 and b"connected" not in to_host_service.stdout
+    assert b"Connection refused" in to_host_service.stderr
     assert outside.exit_code != 0 and b"connected" not in outside.stdout
-    assert dns.exit_code != 0 and dns.stdout == b""
-    assert b"eth" not in interfaces.stdout
+    assert b"Network is unreachable" in outside.stderr
+    assert outside.duration_ms < 2000
+    assert [line.split(b":")[0].strip() for line in interfaces.stdout.splitlines()[2:]] == [b"lo"]
 
 
-def test_host_files_are_invisible(sandbox: LocalSandbox, tmp_path: Path) -> None:
-    secret = tmp_path / "outside" / "secret.txt"
-    secret.parent.mkdir()
-    secret.write_text("host secret")
+def test_writing_outside_the_workspace_fails(sandbox: LocalSandbox) -> None:
+    marker = f"sandcastle-was-here-{uuid.uuid4().hex}"
+    targets = ["/", "/usr", "/etc", "/work", "/home"]
 
-    result = _run(sandbox, f"cat {secret}; ls /work; ls /root; ls {tmp_path}")
+    results = {target: _run(sandbox, f"echo x > {target}/{marker}") for target in targets}
 
-    assert b"host secret" not in result.stdout
-    assert result.stdout == b""
-    assert result.stderr.count(b"No such file or directory") == 4
-
-
-def test_root_only_host_files_stay_unreadable(sandbox: LocalSandbox) -> None:
-    result = _run(sandbox, "cat /etc/shadow")
-
-    assert result.exit_code != 0
-    assert result.stdout == b""
+    for target, result in results.items():
+        assert result.exit_code != 0, target
+        assert not Path(target, marker).exists(), target
+    assert b"Read-only file system" in results["/usr"].stderr
+    assert b"Read-only file system" in results["/etc"].stderr
+    assert _run(sandbox, f"echo x > /tmp/{marker} && cat /tmp/{marker}").stdout == b"x\n"  # its own /tmp
+    assert not Path("/tmp", marker).exists()
 
 
-def test_system_directories_are_read_only(sandbox: LocalSandbox) -> None:
-    result = _run(sandbox, "touch /usr/sandcastle-was-here; echo x > /etc/sandcastle-was-here")
-
-    assert result.exit_code != 0
-    assert result.stderr.count(b"Read-only file system") == 2
-    assert not Path("/usr/sandcastle-was-here").exists()
-    assert not Path("/etc/sandcastle-was-here").exists()
-
-
-def test_two_sandboxes_cannot_see_each_others_files(provider: LocalSandboxProvider) -> None:
-    first = provider.create(SandboxSpec(run_id="run-a", tenant="acme", timeout_s=600))
-    second = provider.create(SandboxSpec(run_id="run-b", tenant="acme", timeout_s=600))
+def test_host_files_outside_the_workspace_cannot_be_read(sandbox: LocalSandbox, tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text("tmp secret")
+    readable_to_all = [outside, Path("/etc/shadow")]
+    root_secret = Path("/root", f".sandcastle-test-secret-{uuid.uuid4().hex}")
+    if os.geteuid() == 0:
+        root_secret.write_text("root secret")
+        readable_to_all.append(root_secret)
     try:
-        first.write_file("mine.txt", b"first's data")
-
-        from_second = _run(second, f"cat ~/mine.txt; ls /home; cat {first.workspace}/mine.txt")
-
-        assert b"first's data" not in from_second.stdout
-        assert from_second.stdout == b"user\n"
-        with pytest.raises(FileNotFoundError):
-            second.read_file("mine.txt")
+        results = {path: _run(sandbox, f"cat {path}") for path in readable_to_all}
     finally:
-        provider.kill(first.sandbox_id)
-        provider.kill(second.sandbox_id)
+        root_secret.unlink(missing_ok=True)
+
+    for path, result in results.items():
+        assert result.exit_code != 0 and result.stdout == b"", path
+    assert b"No such file or directory" in results[outside].stderr
+    assert b"Permission denied" in results[Path("/etc/shadow")].stderr
 
 
-# --- files ---
+# --- limits ---
 
 
-def test_write_then_read_round_trips_binary_and_creates_parents(sandbox: LocalSandbox) -> None:
-    payload = bytes(range(256)) * 4
-
-    sandbox.write_file("deep/nested/dir/blob.bin", payload)
-    sandbox.write_file("/home/user/readme.md", b"# hi\n")
-
-    assert sandbox.read_file("/home/user/deep/nested/dir/blob.bin") == payload
-    assert sandbox.read_file("readme.md") == b"# hi\n"
-    assert _run(sandbox, "wc -c < deep/nested/dir/blob.bin").stdout == b"1024\n"
+def _host_process_count() -> int:
+    return sum(name.isdigit() for name in os.listdir("/proc"))
 
 
-def test_sandbox_user_can_modify_files_the_host_wrote(sandbox: LocalSandbox) -> None:
-    sandbox.write_file("data/input.txt", b"from host\n")
+@pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroup-or-rlimit", "rlimit-only"])
+def test_a_fork_bomb_is_contained_and_the_host_stays_usable(sandbox_root: Path, use_cgroups: bool) -> None:
+    provider = LocalSandboxProvider(sandbox_root, SandboxLimits(max_processes=64), use_cgroups=use_cgroups)
+    sandbox = provider.create(SandboxSpec(run_id="run-bomb", tenant="acme", timeout_s=600))
+    before = _host_process_count()
+    outcome: list[CommandResult] = []
+    # The trailing sleep keeps the command (and so its PID namespace) alive while the bomb forks.
+    bomb = threading.Thread(target=lambda: outcome.append(_run(sandbox, ":(){ :|:& };:; sleep 30", timeout_s=3)))
 
-    result = _run(sandbox, "echo 'from sandbox' >> data/input.txt && touch data/new.txt && ls data")
+    bomb.start()
+    time.sleep(1)
+    started = time.monotonic()
+    subprocess.run(["true"], check=True)
+    spawn_s = time.monotonic() - started
+    bomb.join(timeout=20)
 
-    assert result.exit_code == 0
-    assert result.stdout == b"input.txt\nnew.txt\n"
-    assert sandbox.read_file("data/input.txt") == b"from host\nfrom sandbox\n"
+    assert not bomb.is_alive() and outcome[0].timed_out
+    assert b"Resource temporarily unavailable" in outcome[0].stderr  # the process limit bit
+    assert spawn_s < 0.5
+    deadline = time.monotonic() + 5
+    while _host_process_count() > before + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _host_process_count() <= before + 5
+    assert _run(sandbox, "echo survived").stdout == b"survived\n"
+    provider.kill(sandbox.sandbox_id)
 
 
-def test_reading_a_missing_file_raises_file_not_found(sandbox: LocalSandbox) -> None:
-    with pytest.raises(FileNotFoundError):
-        sandbox.read_file("nope.txt")
-    with pytest.raises(FileNotFoundError):
-        sandbox.read_file("no/such/dir/nope.txt")
+def test_a_memory_hog_gets_memory_error_and_the_sandbox_keeps_working(sandbox_root: Path) -> None:
+    provider = LocalSandboxProvider(sandbox_root, SandboxLimits(memory_mb=256))
+    sandbox = provider.create(SandboxSpec(run_id="run-mem", tenant="acme", timeout_s=600))
+
+    result = _run(sandbox, "python3 -c 'data = bytearray(1024 << 20)'")  # 4 x the limit
+
+    assert result.exit_code != 0
+    assert b"MemoryError" in result.stderr
+    assert _run(sandbox, "echo still fine").stdout == b"still fine\n"
+
+
+def test_memory_beyond_the_commands_cgroup_is_oom_killed_with_a_readable_note(sandbox_root: Path) -> None:
+    provider = LocalSandboxProvider(sandbox_root, SandboxLimits(memory_mb=256, file_size_mb=512))
+    if provider.cgroups is None:
+        pytest.skip("no writable memory+pids cgroup on this host: only the per-process rlimit applies")
+    sandbox = provider.create(SandboxSpec(run_id="run-oom", tenant="acme", timeout_s=600))
+
+    # Each part fits under the per-process limit; together (tmpfs pages count too) they do not.
+    result = _run(
+        sandbox, "head -c 200M /dev/zero > /tmp/fill && exec python3 -c 'data = bytearray(150 << 20); print(1)'"
+    )
+
+    assert result.exit_code == 137
+    assert b"killed: memory limit 256 MB exceeded" in result.stderr
+    assert _run(sandbox, "echo still fine").stdout == b"still fine\n"
+
+
+def test_a_file_size_hog_is_stopped(sandbox_root: Path) -> None:
+    provider = LocalSandboxProvider(sandbox_root, SandboxLimits(file_size_mb=16))
+    sandbox = provider.create(SandboxSpec(run_id="run-fsize", tenant="acme", timeout_s=600))
+
+    in_home = _run(sandbox, "head -c 2G /dev/zero > big")
+    in_tmp = _run(sandbox, "head -c 2G /dev/zero > /tmp/big")
+
+    assert in_home.exit_code == 153
+    assert b"killed: file size limit 16 MB exceeded" in in_home.stderr
+    assert (sandbox.workspace / "big").stat().st_size == 16 << 20
+    assert in_tmp.exit_code != 0
+
+
+def test_a_cpu_hog_is_killed_at_the_cpu_time_limit(sandbox_root: Path) -> None:
+    provider = LocalSandboxProvider(sandbox_root, SandboxLimits(cpu_seconds=1))
+    sandbox = provider.create(SandboxSpec(run_id="run-cpu", tenant="acme", timeout_s=600))
+
+    result = _run(sandbox, "while :; do :; done", timeout_s=20)
+
+    assert result.timed_out is False
+    assert result.exit_code == 152
+    assert b"killed: CPU time limit 1 s exceeded" in result.stderr
+    assert result.duration_ms < 5000
+
+
+def test_no_process_of_a_command_survives_on_the_host(sandbox: LocalSandbox) -> None:
+    seconds = _unique_sleep_seconds()
+
+    finished = _run(sandbox, f"(sleep {seconds}) > /dev/null 2>&1 & echo launched")
+    timed_out = _run(sandbox, f"(sleep {seconds}) & sleep {seconds}", timeout_s=1)
+
+    assert finished.stdout == b"launched\n" and timed_out.timed_out
+    assert _host_processes_matching(f"sleep {seconds}") == []
+
+
+def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        sandbox_backend="local",
+        sandbox_root=tmp_path,
+        sandbox_cpu_seconds=7,
+        sandbox_memory_mb=300,
+        sandbox_file_size_mb=30,
+        sandbox_max_processes=40,
+        sandbox_uid=12345,
+    )
+
+    provider = build_sandbox_provider(settings)
+
+    assert isinstance(provider, LocalSandboxProvider)
+    assert provider.limits == SandboxLimits(cpu_seconds=7, memory_mb=300, file_size_mb=30, max_processes=40)
+    assert provider.sandbox_uid == (12345 if os.geteuid() == 0 else None)
+
+
+# --- run options: envs, keep-alive, idempotent create ---
+
+
+def test_spec_envs_apply_to_every_command_and_survive_reconnects(provider: LocalSandboxProvider) -> None:
+    sandbox = provider.create(SandboxSpec(run_id="run-env", tenant="acme", timeout_s=600, envs={"TZ": "UTC"}))
+
+    reconnected = provider.connect(sandbox.sandbox_id)
+
+    assert _run(sandbox, 'echo "$TZ"').stdout == b"UTC\n"
+    assert _run(reconnected, 'echo "$TZ/$EXTRA"', env={"EXTRA": "x"}).stdout == b"UTC/x\n"
+    assert _run(reconnected, 'echo "$TZ"', env={"TZ": "Europe/Paris"}).stdout == b"Europe/Paris\n"
+
+
+def test_connect_with_keep_alive_extends_the_expiry(provider: LocalSandboxProvider) -> None:
+    sandbox = provider.create(SandboxSpec(run_id="run-keep", tenant="acme", timeout_s=1))
+
+    provider.connect(sandbox.sandbox_id, keep_alive_s=600)
+    time.sleep(1.1)
+
+    assert _run(provider.connect(sandbox.sandbox_id), "echo alive").stdout == b"alive\n"
+
+
+def test_create_with_the_same_idempotency_key_returns_the_same_sandbox(provider: LocalSandboxProvider) -> None:
+    spec = SandboxSpec(run_id="run-idem", tenant="acme", timeout_s=600, idempotency_key="run-idem")
+
+    first, again = provider.create(spec), provider.create(spec)
+    provider.kill(first.sandbox_id)
+    after_kill = provider.create(spec)
+
+    assert again.sandbox_id == first.sandbox_id
+    assert after_kill.sandbox_id != first.sandbox_id
+    provider.kill(after_kill.sandbox_id)
+    assert list(provider.root.iterdir()) == []
+
+
+def test_internet_access_is_refused_by_the_local_backend(provider: LocalSandboxProvider) -> None:
+    with pytest.raises(SandboxError, match="no network; use sandbox_backend=e2b"):
+        provider.create(SandboxSpec(run_id="run-net", tenant="acme", timeout_s=60, allow_internet_access=True))
+
+
+# --- files: symlinks (the local backend resolves paths on the host) ---
 
 
 def test_symlinks_inside_the_workspace_are_followed(sandbox: LocalSandbox) -> None:
@@ -257,16 +332,6 @@ def test_symlinks_inside_the_workspace_are_followed(sandbox: LocalSandbox) -> No
     assert sandbox.read_file("abs/target.txt") == b"linked\n"
     sandbox.write_file("abs/written.txt", b"via absolute link")
     assert _run(sandbox, "cat real/written.txt").stdout == b"via absolute link"
-
-
-@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "notes/../../outside", "/home/userx/f"])
-def test_paths_outside_the_workspace_are_rejected(sandbox: LocalSandbox, path: str) -> None:
-    with pytest.raises(ValueError, match="outside the sandbox workspace") as read_error:
-        sandbox.read_file(path)
-    with pytest.raises(ValueError, match="outside the sandbox workspace"):
-        sandbox.write_file(path, b"x")
-
-    assert repr(path) in str(read_error.value)
 
 
 def test_symlinks_planted_to_escape_are_rejected(sandbox: LocalSandbox, tmp_path: Path) -> None:
@@ -303,14 +368,14 @@ def test_create_records_meta_and_a_private_workspace(provider: LocalSandboxProvi
     provider.kill(sandbox.sandbox_id)
 
 
-def test_kill_removes_the_sandbox_and_is_idempotent(provider: LocalSandboxProvider, sandbox: LocalSandbox) -> None:
+def test_kill_removes_the_directory_and_the_old_handle_is_gone(
+    provider: LocalSandboxProvider, sandbox: LocalSandbox
+) -> None:
     sandbox.write_file("work.txt", b"data")
 
-    assert provider.kill(sandbox.sandbox_id) is True
-    assert provider.kill(sandbox.sandbox_id) is False
+    provider.kill(sandbox.sandbox_id)
+
     assert not (provider.root / sandbox.sandbox_id).exists()
-    with pytest.raises(SandboxGone):
-        provider.connect(sandbox.sandbox_id)
     with pytest.raises(SandboxGone):
         _run(sandbox, "true")
     with pytest.raises(SandboxGone):

@@ -44,8 +44,24 @@ def model() -> FakeModel:
     return FakeModel()
 
 
+class RecordingEventBus:
+    """Stands in for the EventBridge client: keeps what was put."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict] = []
+
+    def put_events(self, Entries: list[dict]) -> dict:  # noqa: N803 - boto3's parameter name
+        self.entries.extend(Entries)
+        return {"FailedEntryCount": 0, "Entries": [{"EventId": str(len(self.entries))}]}
+
+
 @pytest.fixture
-def deps(aws: Template, sandboxes: FakeSandboxProvider, model: FakeModel) -> Dependencies:
+def events() -> RecordingEventBus:
+    return RecordingEventBus()
+
+
+@pytest.fixture
+def deps(aws: Template, sandboxes: FakeSandboxProvider, model: FakeModel, events: RecordingEventBus) -> Dependencies:
     settings = Settings(
         table_name=aws.physical_name("RunsTable"),
         artifacts_bucket=aws.physical_name("ArtifactsBucket"),
@@ -54,4 +70,4 @@ def deps(aws: Template, sandboxes: FakeSandboxProvider, model: FakeModel) -> Dep
         default_max_steps=10,
         max_steps_ceiling=50,
     )
-    return Dependencies(settings, sandboxes=sandboxes, model=model)
+    return Dependencies(settings, sandboxes=sandboxes, model=model, events=events)

@@ -103,6 +103,10 @@ class FakeE2BSandbox:
         self.sandbox_id = sandbox_id
         self.commands = FakeCommands()
         self.files = FakeFiles()
+        self.timeouts: list[int] = []
+
+    def set_timeout(self, timeout: int) -> None:
+        self.timeouts.append(timeout)
 
     @classmethod
     def _record(cls, method: str, **kwargs: Any) -> None:
@@ -171,11 +175,40 @@ def test_create_asks_for_an_offline_sandbox_tagged_with_the_run(
                 "template": "sandcastle-template",
                 "timeout": 1020,
                 "metadata": {"purpose": "unit", "app": "sandcastle", "run_id": "run-42", "tenant": "acme"},
+                "envs": None,
                 "api_key": API_KEY,
                 "allow_internet_access": False,
             },
         )
     ]
+
+
+def test_create_passes_the_runs_sandbox_options_and_idempotency_key(
+    provider: E2BSandboxProvider, fake_e2b: type[FakeE2BSandbox]
+) -> None:
+    spec = SandboxSpec(
+        run_id="run-7",
+        tenant="acme",
+        timeout_s=300,
+        template="python-data",
+        allow_internet_access=True,
+        envs={"TZ": "UTC"},
+        idempotency_key="run-7",
+    )
+    provider.create(spec)
+
+    call = fake_e2b.calls[0][1]
+    assert call["template"] == "python-data" and call["allow_internet_access"] is True
+    assert call["envs"] == {"TZ": "UTC"} and call["idempotency_key"] == "run-7"
+
+
+def test_connect_with_keep_alive_resets_the_sandbox_timeout(
+    provider: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]
+) -> None:
+    provider.connect(sandbox.sandbox_id, keep_alive_s=845)
+    provider.connect(sandbox.sandbox_id)
+
+    assert fake_e2b.live[sandbox.sandbox_id].timeouts == [845]
 
 
 def test_run_metadata_cannot_override_the_tenant_tag(

@@ -176,6 +176,10 @@ def test_run_tool_twice_executes_once(deps: Dependencies, model: FakeModel, sand
     run_tool(task, deps)
 
     assert sandboxes.sandboxes["fake-1"].commands.count("echo once") == 1
+    # the sandbox was kept alive for the rest of the run (its budget) plus the margin
+    ((sandbox_id, keep_alive),) = sandboxes.keep_alives
+    margin = deps.settings.sandbox_timeout_margin_s
+    assert sandbox_id == "fake-1" and 0 < keep_alive - margin <= deps.settings.default_timeout_s
     assert deps.store.list_events(run_id) == events
     assert deps.store.get_run(run_id).usage.tool_calls == 1
 

@@ -12,8 +12,10 @@ from datetime import timedelta
 from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandboxGone, SandcastleError
+from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.models import (
     STOP_STATUS,
+    Artifact,
     EventKind,
     FailInput,
     Run,
@@ -66,7 +68,11 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
     now = utcnow()
     started = deps.store.append_event(
         new_event(
-            run_id, USER_KEY, EventKind.USER, 0, {"text": _user_message(run), "files": [f.name for f in run.files]}
+            run_id,
+            USER_KEY,
+            EventKind.USER,
+            0,
+            {"text": deps.redactor.text(_user_message(run)), "files": [f.name for f in run.files]},
         ),
         RunUpdate(
             set={
@@ -82,36 +88,130 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
 
 
 def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
-    """End the run in the status its stop reason implies, with its answer; kill its sandbox."""
+    """End the run in the status its stop reason implies, with its answer and artifacts; kill its sandbox."""
     run = deps.store.get_run(state.run_id)
     if run.status.terminal:
         _kill_sandbox(run, deps)
+        announce_run_end(run, deps)
         return {"run_id": run.run_id, "status": run.status.value}
 
     reason = state.stop_reason or StopReason.COMPLETED
     status = STOP_STATUS[reason]
     answer = last_answer(deps.store.list_events(run.run_id))
+    artifacts = export_artifacts(run, deps)
     _kill_sandbox(run, deps)
-    _end(run, deps, status=status, stop_reason=reason, result=answer, error=None)
+    end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts)
     logger.info("run finished", extra={"status": status.value, "stop_reason": reason.value})
     return {"run_id": run.run_id, "status": status.value}
 
 
 def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
-    """End the run FAILED (TIMED_OUT for a state timeout) with the error that stopped it."""
+    """End the run FAILED (TIMED_OUT for a state timeout) with the error that stopped it.
+
+    Whatever the run left in ``~/output/`` is still kept as artifacts when the sandbox can be
+    reached; the sandbox is killed either way.
+    """
     run = deps.store.get_run(failure.run_id)
-    _kill_sandbox(run, deps)
     if run.status.terminal:
+        _kill_sandbox(run, deps)
+        announce_run_end(run, deps)
         return {"run_id": run.run_id, "status": run.status.value}
 
+    try:
+        artifacts = export_artifacts(run, deps)
+    except Exception:
+        logger.exception("could not keep the failed run's artifacts")
+        artifacts = []
+    _kill_sandbox(run, deps)
     error = describe_error(failure)
+    error.message = deps.redactor.text(error.message)
     status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
     deps.store.append_event(new_event(run.run_id, ERROR_KEY, EventKind.ERROR, run.step, error.model_dump()))
-    _end(
-        run, deps, status=status, stop_reason=None, result=last_answer(deps.store.list_events(run.run_id)), error=error
-    )
+    answer = last_answer(deps.store.list_events(run.run_id))
+    end_run(run, deps, status=status, result=answer, error=error, artifacts=artifacts)
     logger.warning("run failed", extra={"status": status.value, "error_type": error.type, "error": error.message})
     return {"run_id": run.run_id, "status": status.value}
+
+
+def end_run(
+    run: Run,
+    deps: Dependencies,
+    *,
+    status: RunStatus,
+    stop_reason: StopReason | None = None,
+    result: str | None = None,
+    error: RunError | None = None,
+    artifacts: list[Artifact] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Run:
+    """Bring the run to its terminal ``status`` once: the END event and the run's fields in one
+    transaction that requires the run not to have ended yet; then announce it.
+
+    Returns the run as stored afterwards (ended by this call or by an earlier one).
+    """
+    now = utcnow()
+    fresh = deps.store.get_run(run.run_id)
+    data = {
+        "status": status.value,
+        "stop_reason": stop_reason.value if stop_reason else None,
+        "result": result,
+        "error": error.model_dump() if error else None,
+        "usage": fresh.usage.model_dump(),
+        "artifacts": [artifact.name for artifact in artifacts or []],
+        **(extra or {}),
+    }
+    fields: dict[str, object] = {"status": status, "ended_at": now, **(extra or {})}
+    if stop_reason:
+        fields["stop_reason"] = stop_reason
+    if result is not None:
+        fields["result"] = result
+    if error:
+        fields["error"] = error
+    if artifacts:
+        fields["artifacts"] = artifacts
+    try:
+        deps.store.append_event(
+            new_event(run.run_id, END_KEY, EventKind.END, fresh.step, data),
+            RunUpdate(set=fields, require_not_terminal=True),
+        )
+    except ConditionFailed:
+        logger.info("run had already ended")
+    ended = deps.store.get_run(run.run_id)
+    announce_run_end(ended, deps)
+    return ended
+
+
+def announce_run_end(run: Run, deps: Dependencies) -> None:
+    """Put a ``Run Finished`` event on the event bus, for webhooks and follow-up jobs.
+
+    At least once: a retried finish announces again, so consumers deduplicate on ``run_id``.
+    """
+    if not run.status.terminal:
+        return
+    detail = {
+        "run_id": run.run_id,
+        "tenant": run.tenant,
+        "source": run.source,
+        "status": run.status.value,
+        "stop_reason": run.stop_reason.value if run.stop_reason else None,
+        "error": run.error.model_dump() if run.error else None,
+        "usage": run.usage.model_dump(),
+        "artifacts": [artifact.model_dump() for artifact in run.artifacts],
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+    }
+    response = deps.events.put_events(
+        Entries=[
+            {
+                "Source": "sandcastle",
+                "DetailType": "Run Finished",
+                "Detail": json.dumps(detail),
+                "EventBusName": deps.settings.event_bus_name,
+                "Resources": [run.run_id],
+            }
+        ]
+    )
+    if response.get("FailedEntryCount"):
+        raise RuntimeError(f"EventBridge refused the Run Finished event: {response['Entries']}")
 
 
 def describe_error(failure: FailInput) -> RunError:
@@ -137,6 +237,10 @@ def _claim_sandbox(run: Run, deps: Dependencies) -> Sandbox:
         tenant=run.tenant,
         timeout_s=run.budgets.timeout_s + deps.settings.sandbox_timeout_margin_s,
         metadata={"app": "sandcastle", "run_id": run.run_id, "tenant": run.tenant},
+        template=run.sandbox.template,
+        allow_internet_access=run.sandbox.allow_internet_access,
+        envs=run.sandbox.env,
+        idempotency_key=run.run_id,
     )
     sandbox = deps.sandboxes.create(spec)
     winner = deps.store.claim_sandbox(run.run_id, sandbox.sandbox_id)
@@ -156,40 +260,6 @@ def _kill_sandbox(run: Run, deps: Dependencies) -> None:
         pass
     except Exception:
         logger.exception("could not kill the sandbox; the reaper will", extra={"sandbox_id": run.sandbox_id})
-
-
-def _end(
-    run: Run,
-    deps: Dependencies,
-    *,
-    status: RunStatus,
-    stop_reason: StopReason | None,
-    result: str | None,
-    error: RunError | None,
-) -> None:
-    now = utcnow()
-    fresh = deps.store.get_run(run.run_id)
-    data = {
-        "status": status.value,
-        "stop_reason": stop_reason.value if stop_reason else None,
-        "result": result,
-        "error": error.model_dump() if error else None,
-        "usage": fresh.usage.model_dump(),
-    }
-    fields: dict[str, object] = {"status": status, "ended_at": now}
-    if stop_reason:
-        fields["stop_reason"] = stop_reason
-    if result is not None:
-        fields["result"] = result
-    if error:
-        fields["error"] = error
-    try:
-        deps.store.append_event(
-            new_event(run.run_id, END_KEY, EventKind.END, fresh.step, data),
-            RunUpdate(set=fields, require_not_terminal=True),
-        )
-    except ConditionFailed:
-        logger.info("run had already ended")
 
 
 def _user_message(run: Run) -> str:

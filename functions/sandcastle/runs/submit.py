@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from sandcastle.errors import InvalidRunRequest
 from sandcastle.runs.budget import resolve_budgets
-from sandcastle.runs.models import Run, RunError, RunRequest, RunStatus, StoredInputFile, utcnow
+from sandcastle.runs.models import Run, RunError, RunOrigin, RunRequest, RunStatus, StoredInputFile, utcnow
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.wiring import Dependencies
 
@@ -24,10 +24,13 @@ def new_run_id() -> str:
     return f"run-{uuid.uuid4().hex}"
 
 
-def submit_run(request: RunRequest, deps: Dependencies, *, run_id: str | None = None) -> Run:
+def submit_run(
+    request: RunRequest, deps: Dependencies, *, run_id: str | None = None, origin: RunOrigin | None = None
+) -> Run:
     """Validate ``request``, store the run QUEUED, start its execution named by the run id.
 
-    Raises ``InvalidRunRequest`` naming the field before anything is written.
+    Raises ``InvalidRunRequest`` naming the field before anything is written. ``origin`` records what
+    started the run when a trigger did (an inbox object, a schedule's fire).
     """
     settings = deps.settings
     budgets = resolve_budgets(request.budgets, settings)
@@ -39,6 +42,7 @@ def submit_run(request: RunRequest, deps: Dependencies, *, run_id: str | None = 
         raise InvalidRunRequest(
             "no model is configured: set OPENAI_API_KEY or OPENAI_BASE_URL, or give a playbook", field="model"
         )
+    _check_sandbox_options(request, deps)
     run_id = run_id or new_run_id()
     inline = _check_files(request, deps)
 
@@ -67,12 +71,30 @@ def submit_run(request: RunRequest, deps: Dependencies, *, run_id: str | None = 
         playbook=request.playbook,
         budgets=budgets,
         files=stored_files,
+        sandbox=request.sandbox,
         created_at=utcnow(),
+        origin=origin,
     )
     if not deps.store.create_run(run):
         return deps.store.get_run(run_id)
     _start_execution(run, deps)
     return run
+
+
+def _check_sandbox_options(request: RunRequest, deps: Dependencies) -> None:
+    options = request.sandbox
+    allowed = set(deps.settings.sandbox_env_allowlist)
+    for name in options.env:
+        if name not in allowed:
+            raise InvalidRunRequest(
+                f"{name} is not an allowed sandbox variable; allowed: {', '.join(sorted(allowed)) or 'none'}",
+                field=f"sandbox.env.{name}",
+            )
+    if options.allow_internet_access and deps.settings.sandbox_backend == "local":
+        raise InvalidRunRequest(
+            "the local sandbox has no network; internet access needs the e2b backend (E2B_API_KEY)",
+            field="sandbox.allow_internet_access",
+        )
 
 
 def _check_files(request: RunRequest, deps: Dependencies) -> dict[str, bytes]:

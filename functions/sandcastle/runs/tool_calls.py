@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
 
@@ -46,18 +47,22 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
         remaining = seconds_left(run, utcnow())
         if remaining <= 0:
             raise ToolInputError("the run's deadline has passed; the call was not executed")
-        sandbox = deps.sandboxes.connect(run.sandbox_id or "")
+        keep_alive = int(remaining) + deps.settings.sandbox_timeout_margin_s  # the sandbox follows the run
+        sandbox = deps.sandboxes.connect(run.sandbox_id or "", keep_alive_s=keep_alive)
         context = ToolContext(
             default_timeout_s=deps.settings.default_command_timeout_s,
             timeout_ceiling_s=deps.settings.command_timeout_ceiling_s,
             remaining_run_s=remaining,
             output_limit_bytes=deps.settings.output_limit_bytes,
+            redact=deps.redactor.bytes,
+            save_output=_output_saver(deps, run.run_id, key),
         )
         result["output"] = tool.execute(sandbox, args, context)
     except ToolInputError as error:
         result["error"] = str(error)
     duration_ms = int((time.monotonic() - started) * 1000)
     result["duration_ms"] = duration_ms
+    result = deps.redactor.data(result)
 
     try:
         deps.store.append_event(
@@ -68,3 +73,14 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
         logger.info("run ended while the tool ran; result not recorded")
     logger.info("tool call done", extra={"tool": call.name, "ok": "error" not in result, "duration_ms": duration_ms})
     return {"tool_call_id": call.id}
+
+
+def _output_saver(deps: Dependencies, run_id: str, event_key: str) -> Callable[[str, bytes], str]:
+    """Saves a whole output next to the run's files; the key is derived from the event's, so a retry overwrites."""
+
+    def save(name: str, data: bytes) -> str:
+        key = f"runs/{run_id}/outputs/{event_key.removeprefix('EVT#').replace('#', '-')}-{name}"
+        deps.objects.put(key, data)
+        return f"s3://{deps.objects.bucket}/{key}"
+
+    return save

@@ -69,12 +69,14 @@ def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -
         assistant_key(turn),
         EventKind.ASSISTANT,
         turn,
-        {
-            "text": reply.text,
-            "tool_calls": [call.model_dump() for call in reply.tool_calls],
-            "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
-            "model": reply.model,
-        },
+        deps.redactor.data(
+            {
+                "text": reply.text,
+                "tool_calls": [call.model_dump() for call in reply.tool_calls],
+                "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
+                "model": reply.model,
+            }
+        ),
     )
     written = deps.store.append_event(
         event,

@@ -27,14 +27,22 @@ _E2B_SECRET_MAX_AGE_S = 300
 def build_sandbox_provider(settings: Settings) -> SandboxProvider:
     """The sandbox backend the settings select: ``local`` (bubblewrap) or ``e2b``.
 
+    For ``local`` the limits and the sandbox uid come from the ``sandbox_*`` settings.
+
     For ``e2b`` the API key comes from ``E2B_API_KEY``, or else from the Secrets Manager secret
     ``E2B_API_KEY_SECRET_ARN`` (cached for five minutes). Raises ``SandboxError`` when neither
     is set.
     """
     if settings.sandbox_backend == "local":
-        from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+        from sandcastle.sandbox.local_sandbox import LocalSandboxProvider, SandboxLimits
 
-        return LocalSandboxProvider(settings.sandbox_root)
+        limits = SandboxLimits(
+            cpu_seconds=settings.sandbox_cpu_seconds,
+            memory_mb=settings.sandbox_memory_mb,
+            file_size_mb=settings.sandbox_file_size_mb,
+            max_processes=settings.sandbox_max_processes,
+        )
+        return LocalSandboxProvider(settings.sandbox_root, limits, sandbox_uid=settings.sandbox_uid)
 
     from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
 

@@ -33,6 +33,13 @@ class SandboxSpec:
     timeout_s: int
     """Seconds the sandbox lives unless killed first: the run's deadline plus a margin."""
     metadata: dict[str, str] = field(default_factory=dict)
+    template: str | None = None
+    """E2B template; None means the provider's default."""
+    allow_internet_access: bool = False
+    envs: dict[str, str] = field(default_factory=dict)
+    """Environment variables for every command (already checked against the allow-list)."""
+    idempotency_key: str | None = None
+    """A retried create with the same key returns the same sandbox instead of a second one (E2B)."""
 
 
 @runtime_checkable
@@ -66,8 +73,12 @@ class SandboxProvider(Protocol):
         """Create a sandbox for a run. Raises ``SandboxUnavailable`` when the service is busy."""
         ...
 
-    def connect(self, sandbox_id: str) -> Sandbox:
-        """Reconnect to a live sandbox by id. Raises ``SandboxGone`` when it no longer exists."""
+    def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> Sandbox:
+        """Reconnect to a live sandbox by id. Raises ``SandboxGone`` when it no longer exists.
+
+        ``keep_alive_s`` extends the sandbox's own timeout to that many seconds from now, so a
+        sandbox follows its run's deadline and never dies in the middle of the run.
+        """
         ...
 
     def kill(self, sandbox_id: str) -> bool:

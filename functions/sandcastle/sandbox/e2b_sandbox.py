@@ -19,6 +19,7 @@ from typing import Any
 
 from sandcastle.errors import SandboxError, SandboxGone, SandboxUnavailable
 from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.sandbox.listing import SandboxInfo
 
 _KILL_BACKSTOP_GRACE_S = 5
 """Seconds the client waits past a command's deadline before killing it through envd itself."""
@@ -42,26 +43,39 @@ class E2BSandboxProvider:
         self._sandbox_factory = sandbox_factory
 
     def create(self, spec: SandboxSpec) -> E2BSandbox:
-        """Create a sandbox without internet access that E2B kills after ``spec.timeout_s`` seconds.
+        """Create a sandbox that E2B kills after ``spec.timeout_s`` seconds unless kept alive.
 
         The sandbox's metadata carries ``app``, ``run_id`` and ``tenant`` (which the run's own
-        metadata cannot override), so sandboxes can be listed per run or per tenant.
+        metadata cannot override), so sandboxes can be listed per run or per tenant. Internet
+        access is off unless the run asked for it; ``spec.idempotency_key`` (the run id) makes a
+        retried create return the sandbox the first attempt made instead of leaking a second.
         """
         metadata = {**spec.metadata, "app": "sandcastle", "run_id": spec.run_id, "tenant": spec.tenant}
+        options: dict[str, Any] = {}
+        if spec.idempotency_key:
+            options["idempotency_key"] = spec.idempotency_key
         with _translated_errors(self._api_key):
             sandbox = self._sdk_sandbox().create(
-                template=self._template,
+                template=spec.template or self._template,
                 timeout=spec.timeout_s,
                 metadata=metadata,
+                envs=dict(spec.envs) or None,
                 api_key=self._api_key,
-                allow_internet_access=False,
+                allow_internet_access=spec.allow_internet_access,
+                **options,
             )
         return E2BSandbox(sandbox, self._api_key)
 
-    def connect(self, sandbox_id: str) -> E2BSandbox:
-        """Reconnect to a live sandbox. Raises ``SandboxGone`` when it was killed or timed out."""
+    def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> E2BSandbox:
+        """Reconnect to a live sandbox. Raises ``SandboxGone`` when it was killed or timed out.
+
+        With ``keep_alive_s`` the sandbox's timeout is reset to that many seconds from now (the
+        run's remaining time plus a margin): the sandbox follows its run instead of dying mid-run.
+        """
         with _translated_errors(self._api_key):
             sandbox = self._sdk_sandbox().connect(sandbox_id, api_key=self._api_key)
+            if keep_alive_s is not None:
+                sandbox.set_timeout(max(1, int(keep_alive_s)))
         return E2BSandbox(sandbox, self._api_key)
 
     def kill(self, sandbox_id: str) -> bool:
@@ -78,6 +92,29 @@ class E2BSandboxProvider:
 
             self._sandbox_factory = Sandbox
         return self._sandbox_factory
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        """Every E2B sandbox of this app (metadata ``app=sandcastle``), for the reaper, all pages."""
+        from e2b import SandboxQuery
+
+        infos: list[SandboxInfo] = []
+        with _translated_errors(self._api_key):
+            paginator = self._sdk_sandbox().list(
+                query=SandboxQuery(metadata={"app": "sandcastle"}), api_key=self._api_key
+            )
+            while paginator.has_next:
+                for item in paginator.next_items():
+                    metadata = dict(item.metadata or {})
+                    infos.append(
+                        SandboxInfo(
+                            sandbox_id=str(item.sandbox_id),
+                            run_id=metadata.get("run_id"),
+                            created_at=item.started_at,
+                            expires_at=item.end_at,
+                            metadata=metadata,
+                        )
+                    )
+        return infos
 
 
 class E2BSandbox:

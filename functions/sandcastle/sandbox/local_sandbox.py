@@ -1,9 +1,18 @@
 """The ``local`` sandbox backend: bubblewrap on this machine, for development and CI.
 
 Each sandbox is a directory ``<root>/<id>/`` holding ``meta.json`` and ``home/``, the workspace
-mounted as ``/home/user``. Every command runs in a fresh ``bwrap`` with all namespaces unshared
-(network: only a loopback of its own; its own PID namespace, so nothing a command starts outlives
-it), a read-only view of the system directories and nothing else of the host.
+mounted as ``/home/user``. Every command runs in a fresh ``bwrap``: no network (a loopback of its
+own), its own PID namespace (nothing a command starts outlives it), a read-only view of the system
+directories and nothing else of the host, as an unprivileged uid without capabilities, under the
+limits of ``SandboxLimits`` (see ``local_limits``).
+
+When this process is root, ``bwrap`` itself runs as root *without* a user namespace and the command
+drops to ``sandbox_uid`` (``setpriv``) inside it. (Inside a user namespace created by root, the
+sandbox's uid would be host root: rlimits such as ``RLIMIT_NPROC`` would not bite and root-only
+files would be readable. Running ``bwrap`` itself as the unprivileged uid would not work for
+every ``sandbox_root``: bubblewrap resolves the workspace path as its caller, so each ancestor
+directory would have to be searchable by that uid, which pytest's and ``/root``'s are not.)
+When this process is not root, ``bwrap`` runs unprivileged in a user namespace, as this user.
 """
 
 from __future__ import annotations
@@ -22,15 +31,20 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 from sandcastle.errors import SandboxError, SandboxGone
 from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.sandbox.listing import SandboxInfo
+from sandcastle.sandbox.local_limits import CgroupSupport, SandboxLimits, detect_cgroup_support
+
+__all__ = ["LocalSandbox", "LocalSandboxProvider", "SandboxLimits"]
 
 _BWRAP_MISSING = "bubblewrap (bwrap) is not installed; run `make setup` or apt-get install bubblewrap"
-_SANDBOX_UID_AND_GID = "1000"
+_UTIL_LINUX_MISSING = "{tool} (util-linux) is not installed; apt-get install util-linux"
+_DEFAULT_SANDBOX_UID = 65534
 _SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 _MAX_SYMLINK_HOPS = 40
@@ -42,35 +56,82 @@ _live_commands_lock = threading.Lock()
 
 
 class LocalSandboxProvider:
-    """Creates, reconnects to and kills bubblewrap sandboxes whose workspaces live under ``root``."""
+    """Creates, reconnects to and kills bubblewrap sandboxes whose workspaces live under ``root``.
+
+    ``limits`` bound every command; ``sandbox_uid`` is the host uid (and gid) commands run as when
+    this process is root (ignored otherwise: an unprivileged process cannot switch users).
+    ``use_cgroups=False`` forces the rlimit-only fallback even where cgroups work.
+    """
 
     name = "local"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        limits: SandboxLimits | None = None,
+        *,
+        sandbox_uid: int = _DEFAULT_SANDBOX_UID,
+        use_cgroups: bool = True,
+    ) -> None:
         self.root = Path(root)
+        self.limits = limits or SandboxLimits()
+        self.sandbox_uid: int | None = sandbox_uid if os.geteuid() == 0 else None
+        """The uid commands run as, or None when they run as this (unprivileged) process's user."""
+        if self.sandbox_uid == 0:
+            raise SandboxError("sandbox_uid must not be 0; pick an unprivileged uid such as 65534")
+        self._use_cgroups = use_cgroups
+
+    @property
+    def cgroups(self) -> CgroupSupport | None:
+        """The cgroups commands run in, or None when only rlimits apply (probed once per process)."""
+        return detect_cgroup_support() if self._use_cgroups else None
 
     def create(self, spec: SandboxSpec) -> LocalSandbox:
-        """Create a sandbox: a private workspace and its ``meta.json``. Needs ``bwrap`` installed."""
-        bwrap = _find_bwrap()
+        """Create a sandbox: a private workspace and its ``meta.json``. Needs ``bwrap`` installed.
+
+        ``spec.envs`` apply to every command. A create retried with the same
+        ``spec.idempotency_key`` returns the sandbox the first attempt made while it lives.
+        The local backend has no network, so ``allow_internet_access`` is refused.
+        """
+        if spec.allow_internet_access:
+            raise SandboxError("the local sandbox backend has no network; use sandbox_backend=e2b for internet access")
+        bwrap = _find_tools()
+        if spec.idempotency_key:
+            existing = self._sandbox_for_key(spec.idempotency_key)
+            if existing is not None:
+                return existing
         sandbox_id = f"lsb-{uuid.uuid4().hex}"
         sandbox_dir = self.root / sandbox_id
         created_at = datetime.now(UTC)
         expires_at = created_at + timedelta(seconds=spec.timeout_s)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         sandbox_dir.mkdir(mode=0o700)
-        (sandbox_dir / "home").mkdir(mode=0o755)
+        # The workspace belongs to the sandbox uid alone (0700): no other local user can enter it.
+        (sandbox_dir / "home").mkdir(mode=0o700)
+        if self.sandbox_uid is not None:
+            os.chown(sandbox_dir / "home", self.sandbox_uid, self.sandbox_uid)
         meta = {
             "run_id": spec.run_id,
             "tenant": spec.tenant,
             "created_at": created_at.isoformat(),
             "expires_at": expires_at.isoformat(),
             "metadata": spec.metadata,
+            "envs": spec.envs,
+            "idempotency_key": spec.idempotency_key,
         }
-        (sandbox_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-        return LocalSandbox(sandbox_id, sandbox_dir, expires_at, bwrap, self)
+        _write_meta(sandbox_dir, meta)
+        if spec.idempotency_key:
+            winner = self._sandbox_for_key(spec.idempotency_key)
+            if winner is not None and winner.sandbox_id != sandbox_id:  # a concurrent create got there first
+                self.kill(sandbox_id)
+                return winner
+        return LocalSandbox(sandbox_id, sandbox_dir, expires_at, bwrap, self, spec.envs)
 
-    def connect(self, sandbox_id: str) -> LocalSandbox:
-        """Reconnect to a sandbox. Raises ``SandboxGone`` when it was killed, expired or never existed."""
+    def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> LocalSandbox:
+        """Reconnect to a sandbox. Raises ``SandboxGone`` when it was killed, expired or never existed.
+
+        With ``keep_alive_s`` the sandbox now expires that many seconds from now.
+        """
         if not _is_local_sandbox_id(sandbox_id):
             raise SandboxGone(f"{sandbox_id!r} is not a local sandbox id")
         sandbox_dir = self.root / sandbox_id
@@ -78,9 +139,29 @@ class LocalSandboxProvider:
             meta = json.loads((sandbox_dir / "meta.json").read_text())
         except FileNotFoundError:
             raise SandboxGone(f"sandbox {sandbox_id} does not exist (killed or never created)") from None
-        sandbox = LocalSandbox(sandbox_id, sandbox_dir, datetime.fromisoformat(meta["expires_at"]), _find_bwrap(), self)
+        expires_at = datetime.fromisoformat(meta["expires_at"])
+        sandbox = LocalSandbox(sandbox_id, sandbox_dir, expires_at, _find_tools(), self, meta.get("envs", {}))
         sandbox.ensure_alive()
+        if keep_alive_s is not None:
+            sandbox.keep_alive(keep_alive_s)
         return sandbox
+
+    def _sandbox_for_key(self, idempotency_key: str) -> LocalSandbox | None:
+        """The oldest live sandbox created with this idempotency key, if any.
+
+        Scans the sandboxes' ``meta.json`` files: there are few on one machine, and keeping the
+        key in the sandbox's own directory means nothing outlives a kill.
+        """
+        holders = []
+        for meta_file in self.root.glob("lsb-*/meta.json"):
+            with suppress(OSError, ValueError):
+                meta = json.loads(meta_file.read_text())
+                if meta.get("idempotency_key") == idempotency_key:
+                    holders.append((meta["created_at"], meta_file.parent.name))
+        for _, sandbox_id in sorted(holders):
+            with suppress(SandboxGone):
+                return self.connect(sandbox_id)
+        return None
 
     def kill(self, sandbox_id: str) -> bool:
         """Kill every running command of the sandbox and delete its directory.
@@ -105,6 +186,26 @@ class LocalSandboxProvider:
             shutil.rmtree(tombstone, ignore_errors=True)
         return existed
 
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        """Every sandbox under ``root`` (for the reaper), read from each one's ``meta.json``.
+
+        A sandbox killed while it is being listed is left out.
+        """
+        infos = []
+        for meta_file in sorted(self.root.glob("lsb-*/meta.json")):
+            with suppress(OSError, ValueError, KeyError):
+                meta = json.loads(meta_file.read_text())
+                infos.append(
+                    SandboxInfo(
+                        sandbox_id=meta_file.parent.name,
+                        run_id=meta.get("run_id"),
+                        created_at=datetime.fromisoformat(meta["created_at"]),
+                        expires_at=datetime.fromisoformat(meta["expires_at"]),
+                        metadata=dict(meta.get("metadata") or {}),
+                    )
+                )
+        return infos
+
 
 class LocalSandbox:
     """A live bubblewrap sandbox: its workspace persists across the run's commands."""
@@ -116,6 +217,7 @@ class LocalSandbox:
         expires_at: datetime,
         bwrap: str,
         provider: LocalSandboxProvider,
+        envs: dict[str, str] | None = None,
     ) -> None:
         self._sandbox_id = sandbox_id
         self._sandbox_dir = sandbox_dir
@@ -123,6 +225,7 @@ class LocalSandbox:
         self._expires_at = expires_at
         self._bwrap = bwrap
         self._provider = provider
+        self._envs = dict(envs or {})
 
     @property
     def sandbox_id(self) -> str:
@@ -144,12 +247,30 @@ class LocalSandbox:
                 "create it with a longer timeout_s"
             )
 
+    def keep_alive(self, seconds: int) -> None:
+        """Let the sandbox live ``seconds`` from now (instead of its current expiry)."""
+        self._ensure_not_killed()
+        meta = json.loads((self._sandbox_dir / "meta.json").read_text())
+        self._expires_at = datetime.now(UTC) + timedelta(seconds=max(1, seconds))
+        meta["expires_at"] = self._expires_at.isoformat()
+        _write_meta(self._sandbox_dir, meta)
+
     def run(
         self, command: str, *, timeout_s: float, cwd: str | None = None, env: dict[str, str] | None = None
     ) -> CommandResult:
-        """Run ``bash -lc command`` in a fresh bwrap; on timeout kill it all and return what it printed."""
+        """Run ``bash -lc command`` in a fresh bwrap; on timeout kill it all and return what it printed.
+
+        A command a limit ended gets a ``killed: ...`` line appended to its stderr, so the model
+        reads why (e.g. ``killed: memory limit 2048 MB exceeded (exit 137)``).
+        """
         started = time.monotonic()
-        with self._registered_process(self._bwrap_argv(command, cwd, env or {})) as process:
+        limits = self._provider.limits
+        cgroups = self._provider.cgroups
+        with ExitStack() as stack:
+            cgroup = stack.enter_context(cgroups.command_cgroup(limits, self._sandbox_id)) if cgroups else None
+            envs = {**self._envs, **(env or {})}
+            argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(command, cwd, envs, cgroup is None)
+            process = stack.enter_context(self._registered_process(argv))
             try:
                 stdout, stderr = process.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -163,20 +284,27 @@ class LocalSandbox:
                     duration_ms=_elapsed_ms(started),
                     timed_out=True,
                 )
+            oom_killed = cgroup.oom_killed() if cgroup else False
         self.ensure_alive()
         exit_code = process.returncode if process.returncode >= 0 else 128 - process.returncode
+        note = limits.explain_exit(exit_code, oom_killed=oom_killed) if exit_code or oom_killed else None
+        if note:
+            stderr += (b"" if not stderr or stderr.endswith(b"\n") else b"\n") + note.encode() + b"\n"
         return CommandResult(exit_code=exit_code, stdout=stdout, stderr=stderr, duration_ms=_elapsed_ms(started))
 
     def write_file(self, path: str, data: bytes) -> None:
-        """Write a file in the workspace, creating parent directories.
+        """Write a file in the workspace, creating parent directories, owned by the sandbox user.
 
         Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user``.
         """
         self.ensure_alive()
-        with _resolve_in_workspace(self._workspace, path, create_parents=True) as (parent_fd, name):
+        owner = self._provider.sandbox_uid
+        with _resolve_in_workspace(self._workspace, path, create_parents=True, owner=owner) as (parent_fd, name):
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = _open_no_follow(name, flags, parent_fd, path)
             with os.fdopen(fd, "wb") as file:
+                if owner is not None:
+                    os.fchown(file.fileno(), owner, owner)
                 file.write(data)
 
     def read_file(self, path: str) -> bytes:
@@ -218,45 +346,91 @@ class LocalSandbox:
                     if not processes:
                         del _live_commands[self._sandbox_id]
 
-    def _bwrap_argv(self, command: str, cwd: str | None, env: dict[str, str]) -> list[str]:
-        argv = [
-            self._bwrap,
-            "--unshare-all",
-            "--die-with-parent",
-            "--new-session",
-            "--hostname",
-            "sandcastle",
-        ]
+    def _bwrap_argv(self, command: str, cwd: str | None, env: dict[str, str], rlimit_nproc: bool) -> list[str]:
+        uid = self._provider.sandbox_uid
+        limits = self._provider.limits
+        # Why each flag:
+        # --unshare-net        a network namespace with only its own loopback: no host service on
+        #                      127.0.0.1 and no outside address is reachable (connects fail at once).
+        # --unshare-pid        its own PID namespace: it sees and signals only its own processes, and
+        #                      all of them die when its init (bwrap) does, so nothing outlives it.
+        # --unshare-ipc/-uts   no shared memory or semaphores with the host; its own hostname.
+        # --unshare-cgroup-try its cgroup paths (and so the host's layout) stay hidden.
+        # --unshare-user       only when not root: unprivileged bwrap needs a user namespace.
+        # --die-with-parent    if this process dies, the sandbox dies with it (no orphans).
+        # --new-session        a new terminal session: no TIOCSTI keystroke injection into ours.
+        # read-only binds      the system directories, read-only; the rest of the host does not exist.
+        # --proc/--dev         a procfs of its own PID namespace; a minimal /dev (null, zero, urandom...).
+        # --tmpfs /tmp        a private, world-writable /tmp, capped at the file size limit (it is memory).
+        # --bind workspace     the only writable host directory: the run's workspace as $HOME.
+        # --clearenv           nothing of this process's environment (credentials!) leaks in.
+        # --cap-drop ALL       not root: no capabilities, not even in its own user namespace.
+        # setpriv (inside)     root: switch to the unprivileged sandbox uid/gid, which clears every
+        #                      capability (bwrap keeps them until then, to chdir into the 0700
+        #                      workspace), drop supplementary groups, the bounding and inheritable
+        #                      sets, and set no_new_privs (setuid binaries cannot raise privileges).
+        # prlimit (inside)     CPU time, memory, file size (and processes without a pids cgroup).
+        argv = [self._bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        argv += ["--unshare-cgroup-try", "--hostname", "sandcastle", "--die-with-parent", "--new-session"]
+        if uid is None:
+            argv += ["--unshare-user"]
         argv += _system_mount_args()
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--perms", "1777"]
+        if _bwrap_has_tmpfs_size():
+            argv += ["--size", str(limits.file_size_mb * 1024 * 1024)]
+        argv += ["--tmpfs", "/tmp"]
+        argv += ["--perms", "0755", "--dir", PurePosixPath(SANDBOX_HOME).parent.as_posix()]
         argv += ["--bind", str(self._workspace), SANDBOX_HOME]
         argv += ["--chdir", str(PurePosixPath(SANDBOX_HOME, cwd or "."))]
         argv += ["--clearenv"]
         for name, value in {"HOME": SANDBOX_HOME, "PATH": _SANDBOX_PATH, "LANG": "C.UTF-8", **env}.items():
             argv += ["--setenv", name, value]
-        argv += ["--uid", _SANDBOX_UID_AND_GID, "--gid", _SANDBOX_UID_AND_GID, "--cap-drop", "ALL"]
+        if uid is not None:
+            argv += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        else:
+            argv += ["--cap-drop", "ALL", "--", "setpriv", "--no-new-privs", "--"]
+        argv += ["prlimit", *limits.prlimit_argv(with_nproc=rlimit_nproc), "--"]
         shell = ["bash", "-lc"] if shutil.which("bash") else ["/bin/sh", "-c"]
-        return argv + ["--", *shell, command]
+        return argv + [*shell, command]
+
+
+def _write_meta(sandbox_dir: Path, meta: dict[str, object]) -> None:
+    """Replace ``meta.json`` atomically, so a concurrent reader never sees half of it."""
+    partial = sandbox_dir / f".meta-{uuid.uuid4().hex}.json"
+    partial.write_text(json.dumps(meta, indent=2))
+    partial.replace(sandbox_dir / "meta.json")
 
 
 def _is_local_sandbox_id(sandbox_id: str) -> bool:
     return sandbox_id.startswith("lsb-") and "/" not in sandbox_id and "\0" not in sandbox_id
 
 
-def _find_bwrap() -> str:
+def _find_tools() -> str:
+    """The path of ``bwrap``, after checking that the util-linux tools used inside exist too."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxError(_BWRAP_MISSING)
+    for tool in ("setpriv", "prlimit"):
+        if shutil.which(tool) is None:
+            raise SandboxError(_UTIL_LINUX_MISSING.format(tool=tool))
     return bwrap
 
 
 @functools.cache
-def _system_mount_args() -> tuple[str, ...]:
-    """Read-only binds of the system directories, with root-only files in /etc masked.
+def _bwrap_has_tmpfs_size() -> bool:
+    """``--size`` (for ``--tmpfs``) arrived in bubblewrap 0.8; older ones get an unbounded /tmp."""
+    help_text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, check=False).stdout
+    return "--size" in help_text
 
-    As root, the sandbox user is mapped to host root for ownership checks, so a file such as
-    ``/etc/shadow`` would be readable: every file or directory under /etc that is not
-    world-readable is hidden behind an empty, unreadable mount.
+
+@functools.cache
+def _system_mount_args() -> tuple[str, ...]:
+    """Read-only binds of the system directories (symlinks, as in merged-/usr systems, stay symlinks).
+
+    Root-only files such as ``/etc/shadow`` stay unreadable by permission: commands never run as
+    host root.
     """
     args: list[str] = []
     for system_dir in _SYSTEM_DIRS:
@@ -264,22 +438,7 @@ def _system_mount_args() -> tuple[str, ...]:
             args += ["--symlink", os.readlink(system_dir), system_dir]
         elif os.path.isdir(system_dir):
             args += ["--ro-bind", system_dir, system_dir]
-    for directory, subdirs, files in os.walk("/etc"):
-        for name in list(subdirs):
-            path = os.path.join(directory, name)
-            if _is_private(path):
-                args += ["--tmpfs", path, "--remount-ro", path]
-                subdirs.remove(name)
-        for name in files:
-            path = os.path.join(directory, name)
-            if _is_private(path):
-                args += ["--ro-bind", "/dev/null", path]
     return tuple(args)
-
-
-def _is_private(path: str) -> bool:
-    mode = os.lstat(path).st_mode
-    return not stat.S_ISLNK(mode) and not mode & stat.S_IROTH
 
 
 def _kill_process_group(process: subprocess.Popen[bytes]) -> None:
@@ -308,25 +467,28 @@ def _workspace_relative_parts(path: str) -> list[str]:
 
 
 @contextmanager
-def _resolve_in_workspace(workspace: Path, path: str, *, create_parents: bool) -> Iterator[tuple[int, str]]:
+def _resolve_in_workspace(
+    workspace: Path, path: str, *, create_parents: bool, owner: int | None = None
+) -> Iterator[tuple[int, str]]:
     """Yield ``(parent_dir_fd, name)`` for a sandbox path, following symlinks as the sandbox would.
 
     The walk goes one component at a time through directory file descriptors opened with
     ``O_NOFOLLOW``, and interprets each symlink itself (absolute targets relative to the
     sandbox's root), so neither ``..``, a planted symlink, nor a symlink swapped in while the walk
     runs can lead it outside the workspace. The final name is returned unopened and is not a
-    symlink at the time of the walk; callers open it with ``O_NOFOLLOW``.
+    symlink at the time of the walk; callers open it with ``O_NOFOLLOW``. Directories it creates
+    are given to ``owner`` (uid and gid) when set, so the sandbox user can write into them.
     """
     directory_fds = [os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
     try:
-        name = _walk_to_final_name(directory_fds, path, create_parents)
+        name = _walk_to_final_name(directory_fds, path, create_parents, owner)
         yield directory_fds[-1], name
     finally:
         for fd in directory_fds:
             os.close(fd)
 
 
-def _walk_to_final_name(directory_fds: list[int], path: str, create_parents: bool) -> str:
+def _walk_to_final_name(directory_fds: list[int], path: str, create_parents: bool, owner: int | None) -> str:
     """Descend ``directory_fds`` (workspace first) to the directory holding ``path``'s final name."""
     pending = deque(_workspace_relative_parts(path))
     symlink_hops = 0
@@ -345,6 +507,8 @@ def _walk_to_final_name(directory_fds: list[int], path: str, create_parents: boo
             if not create_parents:
                 raise FileNotFoundError(errno.ENOENT, "no such directory in the sandbox", path) from None
             os.mkdir(part, mode=0o755, dir_fd=directory_fds[-1])
+            if owner is not None:
+                os.chown(part, owner, owner, dir_fd=directory_fds[-1], follow_symlinks=False)
             mode = stat.S_IFDIR
         if stat.S_ISLNK(mode):
             symlink_hops += 1

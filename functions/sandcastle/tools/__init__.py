@@ -12,8 +12,12 @@ from sandcastle.runs.models import ToolCall
 from sandcastle.tools.base import Tool, ToolArgs, ToolContext
 from sandcastle.tools.commands import RunCommand
 from sandcastle.tools.files import ReadFile, WriteFile
+from sandcastle.tools.listing import ListFiles
+from sandcastle.tools.patch import ApplyPatch
 
-TOOLS: dict[str, Tool] = {tool.name: tool for tool in (RunCommand(), WriteFile(), ReadFile())}
+TOOLS: dict[str, Tool] = {
+    tool.name: tool for tool in (RunCommand(), ListFiles(), ReadFile(), WriteFile(), ApplyPatch())
+}
 
 __all__ = ["TOOLS", "Tool", "ToolContext", "parse_tool_call", "tool_schemas"]
 

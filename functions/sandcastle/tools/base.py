@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -25,6 +26,19 @@ class ToolContext:
     remaining_run_s: float
     """Seconds left before the run's deadline: no command may outlast the run."""
     output_limit_bytes: int
+    redact: Callable[[bytes], bytes] = lambda data: data
+    """Replaces known secrets in output before anything is stored or shown to the model."""
+    save_output: Callable[[str, bytes], str] | None = None
+    """Stores a whole output that the event only keeps part of; returns where it lives."""
+
+    def keep_output(self, name: str, data: bytes) -> dict[str, Any]:
+        """The transcript's form of an output: redacted, clipped, and — when clipped or not UTF-8 —
+        the exact bytes saved whole, with a pointer the model can read."""
+        data = self.redact(data)
+        kept = clip_text(data, self.output_limit_bytes)
+        if self.save_output is not None and (kept.get("truncated") or kept.get("not_utf8")):
+            kept["full_output"] = self.save_output(name, data)
+        return kept
 
 
 class Tool(Protocol):

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from sandcastle.sandbox.base import Sandbox
-from sandcastle.tools.base import ToolArgs, ToolContext, clip_text
+from sandcastle.tools.base import ToolArgs, ToolContext
 
 
 class RunCommandArgs(ToolArgs):
@@ -31,8 +31,8 @@ class RunCommand:
         result = sandbox.run(args.command, timeout_s=timeout, cwd=args.cwd, env=args.env)
         output: dict[str, Any] = {
             "exit_code": result.exit_code,
-            "stdout": clip_text(result.stdout, context.output_limit_bytes),
-            "stderr": clip_text(result.stderr, context.output_limit_bytes),
+            "stdout": context.keep_output("stdout", result.stdout),
+            "stderr": context.keep_output("stderr", result.stderr),
             "duration_ms": result.duration_ms,
         }
         if result.timed_out:

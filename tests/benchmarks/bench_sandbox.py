@@ -1,0 +1,114 @@
+"""What a sandbox costs: a command's round trip, creating a sandbox, and sequential throughput.
+
+For the ``local`` backend (bubblewrap, with the limits and cgroups it uses in production) and, when
+``E2B_API_KEY`` is set, for ``e2b``. The round trip of ``true`` is set against a bare
+``subprocess.run(["true"])`` in this process, so the ratio is the price of the isolation.
+
+``python -m tests.benchmarks.bench_sandbox [--quick]`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sandcastle.sandbox.base import SandboxProvider, SandboxSpec
+from tests.benchmarks import section, table
+
+_THROUGHPUT_COMMANDS = 100
+
+
+def _timings_ms(action: Callable[[], object], repeat: int) -> list[float]:
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
+def _measure(provider: SandboxProvider, quick: bool) -> list[tuple[str, float | None, float | None, str]]:
+    """Rows of (figure, median, p95, unit) for one backend."""
+    repeat = 15 if quick else 50
+    creations = 3 if quick else 10
+    spec = SandboxSpec(run_id="bench", tenant="bench", timeout_s=600)
+    sandbox = provider.create(spec)
+    try:
+        sandbox.run("true", timeout_s=60)  # warm caches
+        round_trip = _timings_ms(lambda: sandbox.run("true", timeout_s=60), repeat)
+        bare = _timings_ms(lambda: subprocess.run(["true"], check=True), repeat)
+        commands = 20 if quick else _THROUGHPUT_COMMANDS
+        started = time.perf_counter()
+        for number in range(commands):
+            sandbox.run(f"echo {number} > out.txt", timeout_s=60)
+        throughput = commands / (time.perf_counter() - started)
+    finally:
+        provider.kill(sandbox.sandbox_id)
+
+    def create_and_run() -> None:
+        created = provider.create(spec)
+        try:
+            created.run("true", timeout_s=60)
+        finally:
+            provider.kill(created.sandbox_id)
+
+    creation = _timings_ms(create_and_run, creations)
+    ratio = statistics.median(round_trip) / statistics.median(bare)
+    return [
+        ("round trip of `true`", statistics.median(round_trip), _p95(round_trip), "ms"),
+        ("bare subprocess.run(['true'])", statistics.median(bare), _p95(bare), "ms"),
+        ("ratio (sandbox / bare, medians)", ratio, None, "×"),
+        ("create + first command", statistics.median(creation), _p95(creation), "ms"),
+        (f"throughput ({commands} small commands, sequential)", throughput, None, "commands/s"),
+    ]
+
+
+def _local_section(quick: bool) -> str:
+    from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+
+    with tempfile.TemporaryDirectory(prefix="bench-sandbox-") as root:
+        provider = LocalSandboxProvider(Path(root) / "sandboxes")
+        rows = _measure(provider, quick)
+        cgroups = provider.cgroups
+        mechanism = (
+            f"cgroup v{cgroups.version} (memory, pids) + rlimits" if cgroups else "rlimits only (no writable cgroup)"
+        )
+        runs_as = f"uid {provider.sandbox_uid}" if provider.sandbox_uid is not None else f"uid {os.geteuid()} (userns)"
+    body = table(["figure", "median", "p95", "unit"], rows, digits=1)
+    return section("local (bubblewrap)", body, note=f"Limits: {mechanism}; commands run as {runs_as}.")
+
+
+def _e2b_section(quick: bool) -> str:
+    api_key = os.environ.get("E2B_API_KEY")
+    if not api_key:
+        return "e2b: skipped (E2B_API_KEY not set)"
+    from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
+
+    provider = E2BSandboxProvider(api_key, os.environ.get("E2B_TEMPLATE", "base"))
+    return section("e2b", table(["figure", "median", "p95", "unit"], _measure(provider, quick), digits=1))
+
+
+def report(quick: bool = False) -> str:
+    """The sandbox figures as text (the ``python -m tests.benchmarks`` entry point)."""
+    return "\n\n".join([_local_section(quick), _e2b_section(quick)])
+
+
+def main(quick: bool) -> None:
+    """Measure and print the sandbox figures (fewer repetitions when ``quick``)."""
+    print(report(quick), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_sandbox", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    main(parser.parse_args().quick)

@@ -1,0 +1,60 @@
+"""The ``provider`` fixture: every sandbox backend, so each conformance test runs against all of them.
+
+``local`` (bubblewrap) always runs; ``e2b`` runs when ``E2B_API_KEY`` is set and is reported as
+skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandcastle.sandbox.base import Sandbox, SandboxProvider, SandboxSpec
+
+
+def _local_provider(tmp_path: Path) -> SandboxProvider:
+    from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+
+    return LocalSandboxProvider(tmp_path / "sandboxes")
+
+
+def _e2b_provider(tmp_path: Path) -> SandboxProvider:
+    api_key = os.environ.get("E2B_API_KEY")
+    if not api_key:
+        pytest.skip("E2B_API_KEY not set")
+    from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
+
+    return E2BSandboxProvider(api_key, os.environ.get("E2B_TEMPLATE", "base"))
+
+
+_BACKENDS: dict[str, Callable[[Path], SandboxProvider]] = {"local": _local_provider, "e2b": _e2b_provider}
+
+
+@pytest.fixture(params=[pytest.param("local", marks=pytest.mark.bwrap), "e2b"])
+def provider(request: pytest.FixtureRequest, tmp_path: Path) -> SandboxProvider:
+    """A sandbox provider of one backend (the test id names it: ``[local]``, ``[e2b]``)."""
+    return _BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def make_sandbox(provider: SandboxProvider) -> Iterator[Callable[[], Sandbox]]:
+    """Creates sandboxes for the test and kills them all afterwards."""
+    created: list[Sandbox] = []
+
+    def make() -> Sandbox:
+        sandbox = provider.create(SandboxSpec(run_id="conformance", tenant="tests", timeout_s=300))
+        created.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in created:
+        provider.kill(sandbox.sandbox_id)
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[[], Sandbox]) -> Sandbox:
+    """A fresh sandbox of the backend under test."""
+    return make_sandbox()
