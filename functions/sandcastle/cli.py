@@ -10,6 +10,7 @@ import argparse
 import base64
 import itertools
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -52,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tool-calls", type=int, help="tool calls at most")
     run.add_argument("--timeout", type=int, dest="timeout_s", help="seconds the run may take")
     run.add_argument("--json", action="store_true", help="print the run and its transcript as JSON at the end")
+    run.add_argument(
+        "--local", action="store_true", help="always start the runtime in this process, even when a server runs"
+    )
     run.set_defaults(command=_run_command)
+    _add_api_commands(commands)
     return parser
 
 
@@ -64,6 +69,13 @@ def _run_command(args: argparse.Namespace) -> int:
         return 2
 
     from sandcastle.local.runtime import LocalRuntime, default_home
+
+    if not args.local:
+        from sandcastle.client import find_server
+
+        server = find_server(default_home())
+        if server is not None:
+            return _run_over_http(server[0], request, args)
 
     with LocalRuntime(log_file=default_home() / "logs" / "functions.log") as runtime:
         try:
@@ -270,6 +282,157 @@ class Spinner:
                 with self._lock:
                     self.out.write(f"\r{frame} thinking…")
                     self.out.flush()
+
+
+# ---------------------------------------------------------------- the HTTP API: serve, keys, cancel, run over HTTP
+
+
+def _add_api_commands(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve the HTTP API on localhost, on the local runtime")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0: any free port)")
+    serve.add_argument("--tenant", default="default", help="tenant of the first API key serve creates and prints")
+    serve.set_defaults(command=_serve_command)
+
+    keys = commands.add_parser("keys", help="create or revoke API keys (of a running serve, or a deployed stack)")
+    key_commands = keys.add_subparsers(required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create an API key for a tenant and print it (once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    revoke = key_commands.add_parser("revoke", help="revoke an API key by its id")
+    revoke.add_argument("key_id", help="the key's id (key_...), as create printed it")
+    for sub in (create, revoke):
+        target = sub.add_mutually_exclusive_group()
+        target.add_argument("--table", help="the runs table of a deployed stack (uses your AWS credentials)")
+        target.add_argument("--stack", help="a deployed stack's name: its RunsTableName output is used")
+    create.set_defaults(command=_keys_create_command)
+    revoke.set_defaults(command=_keys_revoke_command)
+
+    cancel = commands.add_parser("cancel", help="cancel a run (through a running serve or SANDCASTLE_URL)")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(command=_cancel_command)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    import secrets
+    import signal
+
+    from sandcastle.client import write_serve_state
+    from sandcastle.local.runtime import LocalRuntime, default_home
+    from sandcastle.store.keys import ApiKeyStore
+
+    home = default_home()
+    with LocalRuntime(home=home, log_file=home / "logs" / "functions.log") as runtime:
+        admin_token = secrets.token_urlsafe(32)
+        gateway = runtime.start_gateway(host=args.host, port=args.port, admin_token=admin_token)
+        key = ApiKeyStore(runtime.deps.settings.table_name).create(args.tenant)
+        state_file = write_serve_state(
+            home.resolve(), {"url": gateway.url, "admin_token": admin_token, "cli_key": key.key, "pid": os.getpid()}
+        )
+        print(f"Sandcastle API on {gateway.url}  (docs: {gateway.url}/docs)", flush=True)
+        print(f"API key for tenant {key.tenant} ({key.key_id}): {key.key}", flush=True)
+        print(f"state (URL, admin token, this key) in {state_file}; Ctrl-C stops", flush=True)
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            stopped.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            state_file.unlink(missing_ok=True)
+    return 0
+
+
+def _keys_create_command(args: argparse.Namespace) -> int:
+    return _keys_command(args, create=True)
+
+
+def _keys_revoke_command(args: argparse.Namespace) -> int:
+    return _keys_command(args, create=False)
+
+
+def _keys_command(args: argparse.Namespace, *, create: bool) -> int:
+    """Against a deployed stack's table (``--table``/``--stack``), else the running ``serve``'s admin path."""
+    if args.table or args.stack:
+        from sandcastle.store.keys import ApiKeyStore, stack_table_name
+
+        keys = ApiKeyStore(args.table or stack_table_name(args.stack))
+        answer = keys.create(args.tenant).model_dump(mode="json") if create else keys.revoke(args.key_id)
+        if answer is None:
+            print(f"sandcastle: no API key {args.key_id}", file=sys.stderr)
+            return 1
+        answer = answer if isinstance(answer, dict) else answer.model_dump(mode="json")
+    else:
+        from sandcastle.client import ApiError, SandcastleClient, read_serve_state
+        from sandcastle.local.runtime import default_home
+
+        state = read_serve_state(default_home().resolve())
+        if state is None:
+            print(
+                "sandcastle: no local server: start `sandcastle serve` (same SANDCASTLE_HOME), "
+                "or pass --table/--stack for a deployed stack",
+                file=sys.stderr,
+            )
+            return 2
+        client = SandcastleClient(state["url"])
+        try:
+            if create:
+                answer = client.create_key(args.tenant, state["admin_token"])
+            else:
+                answer = client.revoke_key(args.key_id, state["admin_token"])
+        except (ApiError, OSError) as error:
+            print(f"sandcastle: {error}", file=sys.stderr)
+            return 1
+    if create:
+        print(f"API key for tenant {answer['tenant']} ({answer['key_id']}), shown this once:")
+        print(answer["key"])
+    else:
+        print(f"revoked {answer['key_id']} (tenant {answer['tenant']})")
+    return 0
+
+
+def _cancel_command(args: argparse.Namespace) -> int:
+    from sandcastle.client import ApiError, find_server
+    from sandcastle.local.runtime import default_home
+
+    server = find_server(default_home())
+    if server is None:
+        print("sandcastle: no server: start `sandcastle serve` or set SANDCASTLE_URL", file=sys.stderr)
+        return 2
+    try:
+        run = server[0].cancel(args.run_id)
+    except (ApiError, OSError) as error:
+        print(f"sandcastle: {error}", file=sys.stderr)
+        return 1
+    print(f"run {run['run_id']}: {run['status']}")
+    return 0
+
+
+def _run_over_http(client: Any, request: RunRequest, args: argparse.Namespace) -> int:
+    """Submit through the API and tail the transcript through the events endpoint."""
+    from sandcastle.client import ApiError
+
+    body = request.model_dump(mode="json", exclude={"tenant", "source"}, exclude_none=True)
+    try:
+        submitted = client.submit(body)
+        run = Run.model_validate(submitted)
+        printer = EventPrinter(sys.stdout)
+        printer.header(run)
+        events = []
+        with Spinner(sys.stderr) as spinner:
+            for raw in client.follow(run.run_id):
+                event = Event.model_validate(raw)
+                events.append(event)
+                spinner.pause()
+                printer.event(event)
+                spinner.resume(thinking=event.kind in (EventKind.USER, EventKind.TOOL_RESULT))
+        final = Run.model_validate(client.get_run(run.run_id))
+    except (ApiError, OSError) as error:
+        print(f"sandcastle: {client.base_url}: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        payload = {"run": final.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
+        print(json.dumps(payload, indent=2))
+    return 0 if final.status is RunStatus.SUCCEEDED else 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     """Where tool calls execute: ``e2b`` (the e2b SDK) or ``local`` (bubblewrap)."""
     sandbox_root: Path = Path(".sandcastle/sandboxes")
     """Local backend: where each sandbox's private workspace lives."""
+    sandbox_uid: int = Field(default=65534, ge=1)
+    """Local backend, when run as root: the unprivileged host uid (and gid) commands run as."""
+    sandbox_cpu_seconds: int = Field(default=300, ge=1)
+    """Local backend: CPU seconds per process of a command (SIGXCPU, then SIGKILL)."""
+    sandbox_memory_mb: int = Field(default=2048, ge=1)
+    """Local backend: memory per process, and per command where cgroups are available."""
+    sandbox_file_size_mb: int = Field(default=512, ge=1)
+    """Local backend: the largest file a command may write, and the size of its /tmp."""
+    sandbox_max_processes: int = Field(default=256, ge=1)
+    """Local backend: processes per command (pids cgroup), or per sandbox uid without cgroups."""
     e2b_api_key: SecretStr | None = None
     e2b_api_key_secret_arn: str | None = None
     """Cloud: the Secrets Manager secret holding the E2B API key."""
@@ -71,7 +81,53 @@ class Settings(BaseSettings):
     output_limit_bytes: int = 16_384
     """stdout/stderr kept per event (head and tail); the rest is marked truncated."""
     max_input_file_bytes: int = 10 * 1024 * 1024
+    redact_values: list[SecretStr] = Field(default_factory=list)
+    """Further secret values (JSON list) replaced in everything a run records, besides the model and E2B keys."""
+
+    # --- sandbox options a run may ask for ---
+    sandbox_env_allowlist: list[str] = Field(
+        default_factory=lambda: ["TZ", "LANG", "LC_ALL", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "CI", "DEBUG"]
+    )
+    """Environment variable names a run may set in its sandbox (JSON list); any other is refused."""
+
+    # --- artifacts and events ---
+    max_artifacts: int = 200
+    """Files copied from ``~/output/`` at most; the rest are listed as skipped."""
+    max_artifact_bytes: int = 50 * 1024 * 1024
+    max_artifacts_total_bytes: int = 200 * 1024 * 1024
+    event_bus_name: str = "default"
+    """Where the ``Run Finished`` event goes."""
     run_ttl_days: int = 30
+
+    # --- HTTP API ---
+    max_active_runs_per_tenant: int = Field(default=10, ge=1)
+    """Runs a tenant may have QUEUED or RUNNING at once; one more is refused with 429."""
+    api_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    """The largest request body the API accepts (413 beyond); larger input files go by S3 reference."""
+    api_max_inline_file_bytes: int = Field(default=1024 * 1024, ge=1)
+    """The largest input file given inline (base64) to the API (413 beyond); upload larger ones to S3."""
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    """How long an ``Idempotency-Key`` is remembered."""
+    events_poll_interval_s: float = Field(default=0.2, gt=0, le=5)
+    """How often a long-polling ``GET /runs/{id}/events?wait=`` looks for new events."""
+    local_artifacts_base_url: str | None = None
+    """Local runtime only: artifact links point at this gateway's ``/local-artifacts/`` instead of presigned S3."""
+
+    # --- triggers: the inbox, schedules, the reaper ---
+    inbox_bucket: str = "sandcastle-inbox"
+    """The bucket whose ``inbox/<tenant>/<task>/<file>`` objects start runs; results go under ``outbox/``."""
+    inbox_max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    """The largest uploaded file that may start a run (a task may set a lower cap)."""
+    schedule_group_name: str = "default"
+    """The EventBridge Scheduler group the API creates schedules in."""
+    schedule_target_arn: str = ""
+    """The function each schedule invokes (``OnScheduleFunction``)."""
+    scheduler_role_arn: str = ""
+    """The role EventBridge Scheduler assumes to invoke the target."""
+    schedule_dead_letter_arn: str = ""
+    """The SQS queue fires that fail after their retries go to."""
+    reaper_grace_s: int = Field(default=60, ge=0)
+    """The reaper leaves sandboxes younger than this alone: their run may not record them yet."""
 
     @property
     def openai_configured(self) -> bool:

@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from sandcastle.config import Settings, get_settings
+from sandcastle.redaction import Redactor
 from sandcastle.store.dynamo import RunStore
 from sandcastle.store.objects import ObjectStore
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from sandcastle.agent.base import Model
     from sandcastle.runs.models import Run
     from sandcastle.sandbox.base import SandboxProvider
+    from sandcastle.store.schedules import EventBridgeSchedules, ScheduleStore
+    from sandcastle.store.tasks import TaskStore
 
 
 class Dependencies:
@@ -32,6 +35,8 @@ class Dependencies:
         sandboxes: SandboxProvider | None = None,
         model: Model | None = None,
         stepfunctions: Any | None = None,
+        redactor: Redactor | None = None,
+        events: Any | None = None,
     ) -> None:
         self.settings = settings
         for name, value in (
@@ -40,6 +45,8 @@ class Dependencies:
             ("sandboxes", sandboxes),
             ("_model", model),
             ("stepfunctions", stepfunctions),
+            ("redactor", redactor),
+            ("events", events),
         ):
             if value is not None:
                 self.__dict__[name] = value
@@ -53,10 +60,26 @@ class Dependencies:
         return ObjectStore(self.settings.artifacts_bucket)
 
     @cached_property
+    def redactor(self) -> Redactor:
+        """Knows the secrets configured here; the adapters add the ones they read from Secrets Manager."""
+        settings = self.settings
+        values = [settings.openai_api_key, settings.e2b_api_key, *settings.redact_values]
+        return Redactor(value.get_secret_value() for value in values if value is not None)
+
+    @cached_property
     def sandboxes(self) -> SandboxProvider:
         from sandcastle.sandbox import build_sandbox_provider
 
-        return build_sandbox_provider(self.settings)
+        provider = build_sandbox_provider(self.settings)
+        if self.settings.sandbox_backend == "e2b" and self.settings.e2b_api_key_secret_arn:
+            self.redactor.add(_cached_secret(self.settings.e2b_api_key_secret_arn))
+        return provider
+
+    @cached_property
+    def events(self) -> Any:
+        import boto3
+
+        return boto3.client("events")
 
     @cached_property
     def stepfunctions(self) -> Any:
@@ -68,7 +91,10 @@ class Dependencies:
     def _model(self) -> Model:
         from sandcastle.agent.openai_model import OpenAIModel
 
-        return OpenAIModel.from_settings(self.settings)
+        model = OpenAIModel.from_settings(self.settings)
+        if self.settings.openai_api_key_secret_arn:
+            self.redactor.add(_cached_secret(self.settings.openai_api_key_secret_arn))
+        return model
 
     def model_for(self, run: Run) -> Model:
         """The policy a run was submitted with: its playbook, or the configured model endpoint."""
@@ -77,6 +103,46 @@ class Dependencies:
 
             return PlaybookModel(run.playbook or [])
         return self._model
+
+    # --- triggers: the inbox bucket, saved tasks, schedules ---
+
+    @cached_property
+    def inbox(self) -> ObjectStore:
+        """The inbox bucket: uploads under ``inbox/`` start runs, results go under ``outbox/``."""
+        return ObjectStore(self.settings.inbox_bucket)
+
+    @cached_property
+    def tasks(self) -> TaskStore:
+        from sandcastle.store.tasks import TaskStore
+
+        return TaskStore(self.settings.table_name)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        from sandcastle.store.schedules import ScheduleStore
+
+        return ScheduleStore(self.settings.table_name)
+
+    @cached_property
+    def schedule_triggers(self) -> EventBridgeSchedules:
+        """EventBridge Scheduler: the schedules that fire ``OnScheduleFunction``."""
+        from sandcastle.store.schedules import EventBridgeSchedules
+
+        settings = self.settings
+        return EventBridgeSchedules(
+            group=settings.schedule_group_name,
+            target_arn=settings.schedule_target_arn,
+            role_arn=settings.scheduler_role_arn,
+            dead_letter_arn=settings.schedule_dead_letter_arn,
+        )
+
+
+def _cached_secret(arn: str) -> str | None:
+    """A secret the adapter has just read (Powertools caches it, so this makes no second call)."""
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    value = get_secret(arn, max_age=300)
+    return value if isinstance(value, str) else None
 
 
 _container: Dependencies | None = None

@@ -57,6 +57,8 @@ def test_a_multi_step_run_with_parallel_tool_calls_succeeds(
         "run_command",
         "write_file",
         "read_file",
+        "list_files",
+        "apply_patch",
     }
     assert _no_sandbox_left(sandbox_root)
     assert runtime.execution(run.run_id)["status"] == "SUCCEEDED"

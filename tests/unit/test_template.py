@@ -174,9 +174,11 @@ def test_only_the_submitter_can_start_executions() -> None:
         or "states:" in json.dumps(function["Properties"].get("Policies", []))
     }
 
-    assert starters == {"SubmitRunFunction"}
-    variables = FUNCTIONS["SubmitRunFunction"]["Properties"]["Environment"]["Variables"]
-    assert variables["STATE_MACHINE_ARN"] == {"Ref": STATE_MACHINE_ID}
+    # The triggers submit runs too (an upload, a schedule's fire); the reaper stops overdue executions.
+    assert starters == {"SubmitRunFunction", "ApiFunction", "OnUploadFunction", "OnScheduleFunction", "ReaperFunction"}
+    for starter in starters:
+        variables = FUNCTIONS[starter]["Properties"]["Environment"]["Variables"]
+        assert variables["STATE_MACHINE_ARN"] == {"Ref": STATE_MACHINE_ID}
 
 
 def test_secrets_are_granted_only_when_configured() -> None:
@@ -290,15 +292,149 @@ def test_runs_table_has_ttl_pitr_and_the_tenant_index() -> None:
     assert table["DeletionPolicy"] == "Retain"
 
 
-def test_artifacts_bucket_is_private_and_refuses_plain_http() -> None:
-    [(bucket_id, bucket)] = resources_of_type(TEMPLATE, "AWS::S3::Bucket").items()
-    [policy] = resources_of_type(TEMPLATE, "AWS::S3::BucketPolicy").values()
+@pytest.mark.parametrize("bucket_id", ["ArtifactsBucket", "InboxBucket"])
+def test_buckets_are_private_encrypted_and_refuse_plain_http(bucket_id: str) -> None:
+    bucket = TEMPLATE["Resources"][bucket_id]
+    [policy] = [
+        policy
+        for policy in resources_of_type(TEMPLATE, "AWS::S3::BucketPolicy").values()
+        if policy["Properties"]["Bucket"] == {"Ref": bucket_id}
+    ]
 
     assert set(bucket["Properties"]["PublicAccessBlockConfiguration"].values()) == {True}
-    assert policy["Properties"]["Bucket"] == {"Ref": bucket_id}
+    assert bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert any(
         statement["Effect"] == "Deny"
         and statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     )
     assert bucket["DeletionPolicy"] == "Retain"
+
+
+# ---------------------------------------------------------------- the HTTP API
+
+
+def _api_events() -> dict[str, dict[str, Any]]:
+    return {
+        name: event["Properties"]
+        for name, event in FUNCTIONS["ApiFunction"]["Properties"]["Events"].items()
+        if event["Type"] == "Api"
+    }
+
+
+def test_every_route_of_the_api_function_is_an_api_event_behind_the_key_authorizer() -> None:
+    from sandcastle.api.app import app
+
+    [(api_id, api)] = resources_of_type(TEMPLATE, "AWS::Serverless::Api").items()
+    auth = api["Properties"]["Auth"]
+    authorizer = auth["Authorizers"][auth["DefaultAuthorizer"]]
+    assert authorizer["FunctionPayloadType"] == "REQUEST"
+    assert authorizer["Identity"]["Headers"] == ["Authorization"]
+    assert 0 < authorizer["Identity"]["ReauthorizeEvery"] <= 300
+    assert authorizer["FunctionArn"] == {"Fn::GetAtt": ["ApiAuthorizerFunction", "Arn"]}
+
+    events = _api_events()
+    declared = {(e["Method"].upper(), e["Path"]) for e in events.values()}
+    documented = {
+        (method.upper(), path)
+        for path, item in json.loads(app.get_openapi_json_schema())["paths"].items()
+        for method in item
+    }
+    assert documented <= declared
+    public = {e["Path"] for e in events.values() if e.get("Auth", {}).get("Authorizer") == "NONE"}
+    assert public == {"/openapi.json", "/docs", "/health"}
+    assert all(e["RestApiId"] == {"Ref": api_id} for e in events.values())
+
+
+def test_the_api_answers_errors_in_its_one_shape_even_from_the_gateway() -> None:
+    [api] = resources_of_type(TEMPLATE, "AWS::Serverless::Api").values()
+    responses = api["Properties"]["GatewayResponses"]
+
+    assert responses["UNAUTHORIZED"]["StatusCode"] == 401
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == 404
+    for response in responses.values():
+        body = json.loads(response["ResponseTemplates"]["application/json"])
+        assert set(body) == {"error", "message"}
+
+
+def test_execution_ends_trigger_the_cleanup_rule() -> None:
+    events = FUNCTIONS["OnExecutionEndFunction"]["Properties"]["Events"]
+    [rule] = [event["Properties"] for event in events.values() if event["Type"] == "EventBridgeRule"]
+
+    assert rule["Pattern"]["source"] == ["aws.states"]
+    assert rule["Pattern"]["detail-type"] == ["Step Functions Execution Status Change"]
+    assert set(rule["Pattern"]["detail"]["status"]) == {"ABORTED", "TIMED_OUT", "FAILED"}
+    assert rule["Pattern"]["detail"]["stateMachineArn"] == [{"Ref": STATE_MACHINE_ID}]
+
+
+def test_only_the_api_may_stop_executions_and_the_authorizer_reads_only_keys() -> None:
+    stoppers = {
+        logical_id
+        for logical_id, function in FUNCTIONS.items()
+        if "states:StopExecution" in json.dumps(function["Properties"].get("Policies", []))
+    }
+    assert stoppers == {"ApiFunction", "ReaperFunction"}
+    [statement] = FUNCTIONS["ApiAuthorizerFunction"]["Properties"]["Policies"][0]["Statement"]
+    assert statement["Action"] == "dynamodb:GetItem"
+    assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["APIKEY#*"]
+
+
+# ---------------------------------------------------------------- triggers
+
+
+def _rule(function: str) -> dict[str, Any]:
+    [rule] = [
+        event["Properties"]
+        for event in FUNCTIONS[function]["Properties"]["Events"].values()
+        if event["Type"] == "EventBridgeRule"
+    ]
+    return rule
+
+
+def test_the_inbox_bucket_is_versioned_and_sends_object_created_to_the_upload_function() -> None:
+    bucket = TEMPLATE["Resources"]["InboxBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
+    assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"] is True
+
+    pattern = _rule("OnUploadFunction")["Pattern"]
+    assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["bucket"]["name"] == [{"Ref": "InboxBucket"}]
+    # only inbox/: the outbox the functions write must never trigger a run
+    assert pattern["detail"]["object"]["key"] == [{"prefix": "inbox/"}]
+
+
+def test_run_finished_events_of_uploads_reach_the_outbox_writer() -> None:
+    pattern = _rule("OnRunFinishedFunction")["Pattern"]
+    assert pattern == {"source": ["sandcastle"], "detail-type": ["Run Finished"], "detail": {"source": ["s3"]}}
+    policies = json.dumps(FUNCTIONS["OnRunFinishedFunction"]["Properties"]["Policies"])
+    assert "${InboxBucket.Arn}/outbox/*" in policies
+
+
+def test_schedules_invoke_their_targets_through_the_scheduler_role_with_retries_and_a_dead_letter_queue() -> None:
+    resources = TEMPLATE["Resources"]
+    role = resources["SchedulerRole"]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    granted = json.dumps(role["Policies"])
+    assert "OnScheduleFunction" in granted and "ReaperFunction" in granted and "ScheduleDeadLetterQueue" in granted
+
+    reaper = resources["ReaperSchedule"]["Properties"]
+    assert reaper["ScheduleExpression"] == "rate(5 minutes)"
+    assert reaper["GroupName"] == {"Ref": "ScheduleGroup"}
+    assert reaper["Target"]["Arn"] == {"Fn::GetAtt": ["ReaperFunction", "Arn"]}
+    assert reaper["Target"]["RetryPolicy"] and reaper["Target"]["DeadLetterConfig"]
+    assert resources["ScheduleGroup"]["Type"] == "AWS::Scheduler::ScheduleGroup"
+    assert resources["ScheduleDeadLetterQueue"]["Type"] == "AWS::SQS::Queue"
+
+
+def test_the_api_may_create_schedules_and_pass_only_the_scheduler_role() -> None:
+    api = FUNCTIONS["ApiFunction"]["Properties"]
+    statements = [s for p in api["Policies"] if isinstance(p, dict) for s in p.get("Statement", [])]
+    [manage] = [s for s in statements if s.get("Sid") == "ManageSchedules"]
+    assert {"scheduler:CreateSchedule", "scheduler:DeleteSchedule"} <= set(manage["Action"])
+    [pass_role] = [s for s in statements if s.get("Sid") == "PassTheSchedulerRole"]
+    assert pass_role["Resource"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    variables = api["Environment"]["Variables"]
+    assert variables["SCHEDULE_TARGET_ARN"] == {"Fn::GetAtt": ["OnScheduleFunction", "Arn"]}
+    assert variables["SCHEDULER_ROLE_ARN"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert variables["SCHEDULE_GROUP_NAME"] == {"Ref": "ScheduleGroup"}

@@ -29,12 +29,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
 from sandcastle.runs.models import Event, Run, RunRequest
 from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
+
+if TYPE_CHECKING:
+    from sandcastle.local.gateway import LocalGateway
+    from sandcastle.local.rules import ExecutionRuleEmulator
+    from sandcastle.local.triggers import LocalTriggers
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
@@ -111,6 +116,10 @@ class LocalRuntime:
         self._mock: Any = None
         self._patch: Any = None
         self.stats = Stats()
+        self.gateway: LocalGateway | None = None
+        self.execution_rule: ExecutionRuleEmulator | None = None
+        self.triggers: LocalTriggers | None = None
+        """The inbox folder, the scheduler and the EventBridge rules on events and uploads (``local/triggers.py``)."""
 
     # --- lifecycle ---
 
@@ -160,11 +169,22 @@ class LocalRuntime:
             for spec in self.functions.values():
                 self._handler(spec)
             self._route_logs()
+            self._start_execution_rule()
+            self._start_triggers()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        if self.triggers is not None:
+            self.triggers.stop()
+            self.triggers = None
+        if self.execution_rule is not None:
+            self.execution_rule.stop()
+            self.execution_rule = None
         if self._patch is not None:
             self._patch.stop()
             self._patch = None
@@ -245,10 +265,55 @@ class LocalRuntime:
             time.sleep(poll_s)
 
     def wait(self, run_id: str, *, timeout_s: float = 600) -> Run:
-        """Block until the run ends; return it."""
+        """Block until the run ends and its execution has stopped; return the run."""
+        deadline = time.monotonic() + timeout_s
         for _ in self.follow(run_id, timeout_s=timeout_s):
             pass
+        # The run's status is written inside the last state; the execution ends just after.
+        while self.execution(run_id)["status"] == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self.get_run(run_id)
+
+    # --- the HTTP API and the execution-end rule ---
+
+    def start_gateway(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8787,
+        admin_token: str | None = None,
+        authorizer_ttl_s: int | None = None,
+    ) -> LocalGateway:
+        """Serve the API on ``host:port`` (0: any free port) until the runtime stops; artifact links point at it."""
+        from sandcastle.local.gateway import LocalGateway
+
+        self.gateway = LocalGateway(
+            self, host=host, port=port, admin_token=admin_token, authorizer_ttl_s=authorizer_ttl_s
+        )
+        os.environ["LOCAL_ARTIFACTS_BASE_URL"] = self.gateway.url
+        reset_dependencies()  # the settings now carry the gateway's URL
+        return self.gateway.start()
+
+    def _start_triggers(self) -> None:
+        """Emulate the template's triggers: rules on events and uploads, the inbox folder, the scheduler."""
+        import boto3
+
+        from sandcastle.local.triggers import LocalTriggers
+
+        self.triggers = LocalTriggers(self)
+        self.triggers.start(boto3.DEFAULT_SESSION.events)
+
+    def _start_execution_rule(self) -> None:
+        """Emulate the template's EventBridge rule on execution status changes (moto emits none)."""
+        import boto3
+
+        from sandcastle.local.rules import ExecutionRuleEmulator, execution_rule
+
+        rule = execution_rule(self.template)
+        if rule is None:
+            return
+        self.execution_rule = ExecutionRuleEmulator(self, rule, self.state_machine_arn)
+        self.execution_rule.start(boto3.DEFAULT_SESSION.events)
 
     # --- building the stack ---
 
@@ -319,6 +384,12 @@ class LocalRuntime:
             return json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}).encode()
         finally:
             self.stats._in_handler.active = False
+            # Metrics are disabled locally, so log_metrics never clears them; Powertools would print
+            # the whole set once any metric reaches 100 values. (Imported here, not at the top: the
+            # handlers' Powertools objects must be created after start() set the environment.)
+            from sandcastle.handlers._observability import metrics
+
+            metrics.clear_metrics()
         payload = json.dumps(result)
         with self.stats._lock:
             self.stats.largest_payload_bytes = max(self.stats.largest_payload_bytes, len(payload))

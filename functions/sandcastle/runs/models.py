@@ -86,6 +86,17 @@ class InputFile(_Strict):
     s3_key: str | None = None
 
 
+class SandboxOptions(_Strict):
+    """What a run asks of its sandbox."""
+
+    template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")] | None = None
+    """E2B template (name or id); the configured default when unset."""
+    allow_internet_access: bool = False
+    """Outbound internet from the sandbox (E2B only; the local sandbox never has a network)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment variables for every command; names must be on the configured allow-list."""
+
+
 class RunRequest(_Strict):
     """What a user asks for."""
 
@@ -98,6 +109,7 @@ class RunRequest(_Strict):
     """Scripted tool calls, executed in order instead of asking a model."""
     budgets: Budgets = Field(default_factory=Budgets)
     files: list[InputFile] = Field(default_factory=list, max_length=100)
+    sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
     source: Literal["api", "s3", "schedule", "cli"] = "cli"
 
 
@@ -146,6 +158,7 @@ class Run(BaseModel):
     playbook: list[PlaybookCall] | None = None
     budgets: ResolvedBudgets
     files: list[StoredInputFile] = Field(default_factory=list)
+    sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
     sandbox_id: str | None = None
     step: int = 0
     usage: Usage = Field(default_factory=Usage)
@@ -157,6 +170,12 @@ class Run(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     deadline: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    """When a cancel was asked for (the run then ends CANCELLED)."""
+    cancelled_by: str | None = None
+    """Who asked for the cancel: the API key id (or tenant) that called ``POST /runs/{id}/cancel``."""
+    origin: RunOrigin | None = None
+    """What started the run when a trigger did: the inbox object, or the schedule and its fire time."""
 
 
 class ToolCall(BaseModel):
@@ -226,3 +245,120 @@ class FailInput(BaseModel):
     run_id: str
     step: int = 0
     error: StateError
+
+
+# --- what an execution's end looks like (EventBridge "Step Functions Execution Status Change") ---
+
+
+class ExecutionStatusChange(BaseModel):
+    """The ``detail`` of an EventBridge "Step Functions Execution Status Change" event."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    executionArn: str  # noqa: N815 - the event's own field names
+    stateMachineArn: str  # noqa: N815
+    name: str
+    """The execution's name: the run id."""
+    status: Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"]
+    error: str | None = None
+    cause: str | None = None
+
+
+# --- triggers: saved tasks, schedules, what started a run ---
+
+TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+"""A saved task's name: letters, digits, ``_``, ``.``, ``-``; it starts with a letter or digit (so ``_`` is free)."""
+
+
+class RunOrigin(BaseModel):
+    """What started a run: an object in the inbox bucket, or a schedule's fire."""
+
+    kind: Literal["s3", "schedule"]
+    task: str | None = None
+    """The saved task the run was made from; ``_`` for an upload that carried its own instructions."""
+    bucket: str | None = None
+    key: str | None = None
+    """The inbox object's key, decoded (``inbox/<tenant>/<task>/<file name>``)."""
+    version_id: str | None = None
+    schedule_id: str | None = None
+    scheduled_time: str | None = None
+    """The fire time EventBridge Scheduler passed (``<aws.scheduler.scheduled-time>``), ISO 8601."""
+
+
+class TaskDefinition(_Strict):
+    """A saved run template: what ``PUT /tasks/{name}`` takes and a schedule may carry inline."""
+
+    instructions: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100_000)]
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    playbook: list[PlaybookCall] | None = Field(default=None, min_length=1, max_length=500)
+    budgets: Budgets = Field(default_factory=Budgets)
+    sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
+    max_input_bytes: int | None = Field(default=None, ge=1)
+    """Uploads larger than this are refused (a ``result.json`` with the error); the configured cap when unset."""
+    allow_empty_input: bool = False
+    """Whether an empty uploaded file may start a run; by default it is refused."""
+
+
+class Task(TaskDefinition):
+    """A stored task (item ``TASKS#<tenant>`` / ``<name>``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    tenant: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleSkip(BaseModel):
+    """A fire that started no run, and why."""
+
+    at: datetime
+    """When the fire was handled."""
+    scheduled_time: str
+    reason: str
+
+
+class ScheduleRequest(_Strict):
+    """The body of ``POST /schedules``: when, and what to run (a saved task, or a run template inline)."""
+
+    expression: Annotated[str, StringConstraints(strip_whitespace=True, min_length=6, max_length=256)]
+    """``cron(min hour day-of-month month day-of-week year)``, ``rate(5 minutes)`` or ``at(2026-12-01T09:00:00)``,
+    as EventBridge Scheduler reads them."""
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    """An IANA time zone (``Europe/Berlin``) the expression is read in."""
+    task: TaskName | None = None
+    """A saved task's name; give this or ``run``."""
+    run: TaskDefinition | None = None
+    """A run template inline; give this or ``task``."""
+    overlap: Literal["skip", "allow"] = "skip"
+    """``skip``: no new run while the previous one is still going (the skip is recorded); ``allow``: start anyway."""
+    description: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+class Schedule(ScheduleRequest):
+    """A stored schedule (item ``SCHEDULES`` / ``<tenant>#<id>``); EventBridge Scheduler fires it by its id."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schedule_id: str
+    tenant: str
+    created_at: datetime
+    last_run_id: str | None = None
+    last_scheduled_time: str | None = None
+    skips: list[ScheduleSkip] = Field(default_factory=list)
+    """The latest fires that started no run (newest last, a few kept)."""
+
+
+class ScheduleFire(BaseModel):
+    """What EventBridge Scheduler sends ``OnScheduleFunction``: the schedule and the time it fired for."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schedule_id: str
+    tenant: str
+    scheduled_time: str
+    """``<aws.scheduler.scheduled-time>``: the same for a retried delivery of one fire."""
+
+
+Run.model_rebuild()

@@ -20,6 +20,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+from pydantic_core import to_jsonable_python
 
 from sandcastle.errors import RunNotFound
 from sandcastle.runs.models import TERMINAL_STATUSES, Event, Run, RunStatus
@@ -37,7 +38,7 @@ USAGE_ATTRIBUTES = {
     "tool_calls": "usage_tool_calls",
     "tool_ms": "usage_tool_ms",
 }
-_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts")
+_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts", "sandbox")
 
 
 def run_pk(run_id: str) -> str:
@@ -250,12 +251,7 @@ class RunStore:
         adds: list[str] = []
         for index, (name, value) in enumerate(update.set.items()):
             names[f"#s{index}"] = name
-            if hasattr(value, "model_dump"):
-                value = value.model_dump(mode="json")
-            elif isinstance(value, datetime):
-                value = value.isoformat()
-            elif hasattr(value, "value") and isinstance(value.value, str):  # enums
-                value = value.value
+            value = to_jsonable_python(value)  # models, datetimes, enums → JSON-shaped values
             if name in _JSON_ATTRIBUTES:
                 value = json.dumps(value)
             values[f":s{index}"] = value
@@ -293,6 +289,100 @@ class RunStore:
         if values:
             request["ExpressionAttributeValues"] = _serialize(values)
         return request
+
+    # --- the HTTP API: listing, counting, cancel marks ---
+
+    def list_runs_by_tenant(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        start: Mapping[str, str] | None = None,
+        status: RunStatus | None = None,
+    ) -> tuple[list[Run], dict[str, str] | None]:
+        """A page of the tenant's runs, newest first (GSI ``by_tenant``), optionally of one status.
+
+        ``start`` is the position a previous page returned; the returned position is None on the
+        last page. With a status filter a page is filled across index pages, and the position is
+        the last run returned, so nothing is skipped.
+        """
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": _BY_TENANT,
+            "KeyConditionExpression": "gsi1pk = :t",
+            "ExpressionAttributeValues": {":t": {"S": _tenant_pk(tenant)}},
+            "ScanIndexForward": False,
+        }
+        if status is not None:
+            request["FilterExpression"] = "#status = :status"
+            request["ExpressionAttributeNames"] = {"#status": "status"}
+            request["ExpressionAttributeValues"][":status"] = {"S": status.value}
+        if start:
+            request["ExclusiveStartKey"] = {name: {"S": value} for name, value in start.items()}
+        runs: list[Run] = []
+        while True:
+            request["Limit"] = limit - len(runs) if status is None else max(limit, 25)
+            response = self._client.query(**request)
+            items = response.get("Items", [])
+            for index, item in enumerate(items):
+                runs.append(self._item_to_run(_deserialize(item)))
+                if len(runs) == limit:
+                    more = index < len(items) - 1 or "LastEvaluatedKey" in response
+                    return runs, (_position(item) if more else None)
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return runs, None
+            request["ExclusiveStartKey"] = last
+
+    def count_active_runs(self, tenant: str, *, since: datetime) -> int:
+        """How many of the tenant's runs created at or after ``since`` have not ended (QUEUED or RUNNING)."""
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":t": {"S": _tenant_pk(tenant)}, ":since": {"S": since.isoformat()}}
+        placeholders = []
+        for index, status in enumerate(sorted(TERMINAL_STATUSES)):
+            values[f":ts{index}"] = {"S": status.value}
+            placeholders.append(f":ts{index}")
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": _BY_TENANT,
+            "KeyConditionExpression": "gsi1pk = :t AND gsi1sk >= :since",
+            "FilterExpression": f"NOT (#status IN ({', '.join(placeholders)}))",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "Select": "COUNT",
+        }
+        count = 0
+        while True:
+            response = self._client.query(**request)
+            count += int(response.get("Count", 0))
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return count
+            request["ExclusiveStartKey"] = last
+
+    def mark_cancel_requested(self, run_id: str, *, by: str, at: datetime) -> bool:
+        """Record who asked to cancel the run and when. False (nothing written) when the run already ended."""
+        try:
+            self.update_run(
+                run_id,
+                RunUpdate(set={"cancel_requested_at": at, "cancelled_by": by}, require_not_terminal=True),
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+
+_BY_TENANT = "by_tenant"
+_POSITION_ATTRIBUTES = ("pk", "sk", "gsi1pk", "gsi1sk")
+
+
+def _tenant_pk(tenant: str) -> str:
+    return f"TENANT#{tenant}"
+
+
+def _position(item: Mapping[str, Any]) -> dict[str, str]:
+    """The index position of an item (what ``ExclusiveStartKey`` takes), as plain strings."""
+    return {name: item[name]["S"] for name in _POSITION_ATTRIBUTES}
 
 
 def _key(pk: str, sk: str) -> dict[str, Any]:

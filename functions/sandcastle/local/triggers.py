@@ -1,0 +1,283 @@
+"""The template's triggers, emulated for the local runtime: EventBridge rules, the inbox folder, the scheduler.
+
+moto delivers no EventBridge events to Lambda targets and fires no schedules, so the runtime stands
+in for them, reading everything from ``template.yaml``:
+
+* **Rules.** Every ``EventBridgeRule`` event of a function (other than the execution-status rule,
+  see ``local/rules.py``) is matched against what EventBridge would see: the events handlers put
+  (``PutEvents``, e.g. ``Run Finished``) and ``Object Created`` events of the buckets whose
+  ``NotificationConfiguration`` enables EventBridge (after ``PutObject``/``CopyObject``). A match
+  invokes the function asynchronously with the event EventBridge would deliver. The domain code is
+  unaware: it calls the same AWS APIs as in the cloud, and the runtime observes the calls.
+* **The inbox folder** (``local/inbox.py``): files dropped into ``<home>/inbox/`` are put into the
+  inbox bucket; results written under ``outbox/`` are mirrored into ``<home>/outbox/``.
+* **The scheduler** (``local/scheduler.py``): the template's and the API's EventBridge Scheduler
+  schedules fire on time, with an injectable clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sandcastle.local.template import ACCOUNT_ID, Template
+
+if TYPE_CHECKING:
+    from sandcastle.local.inbox import LocalInbox
+    from sandcastle.local.runtime import LocalRuntime
+    from sandcastle.local.scheduler import LocalScheduler
+
+logger = logging.getLogger(__name__)
+
+_S3_WRITES = ("PutObject", "CopyObject", "CompleteMultipartUpload")
+
+
+@dataclass(frozen=True)
+class EventRule:
+    """A function of the template triggered by an EventBridge rule, and the rule's pattern."""
+
+    function: str
+    pattern: dict[str, Any]
+
+
+def event_rules(template: Template) -> list[EventRule]:
+    """The template's EventBridge rules on the default bus, but the execution-status one (``local/rules.py``)."""
+    rules = []
+    for logical_id, resource in template.of_type("AWS::Serverless::Function").items():
+        for event in resource.get("Properties", {}).get("Events", {}).values():
+            if event.get("Type") != "EventBridgeRule":
+                continue
+            pattern = template.resolve(event.get("Properties", {}).get("Pattern", {}))
+            if "aws.states" not in pattern.get("source", []):
+                rules.append(EventRule(function=logical_id, pattern=pattern))
+    return rules
+
+
+def eventbridge_buckets(template: Template) -> set[str]:
+    """The buckets that send their events to EventBridge."""
+    names = set()
+    for logical_id, resource in template.of_type("AWS::S3::Bucket").items():
+        notifications = resource.get("Properties", {}).get("NotificationConfiguration", {})
+        if notifications.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled"):
+            names.add(template.physical_name(logical_id))
+    return names
+
+
+def matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    """EventBridge pattern matching, for what templates use: literals, ``prefix``, ``exists``, nesting."""
+    for name, expected in pattern.items():
+        value = event.get(name) if isinstance(event, dict) else None
+        if isinstance(expected, dict):
+            if not isinstance(value, dict) or not matches(expected, value):
+                return False
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not any(_matches_one(condition, item) for condition in expected for item in values):
+            return False
+    return True
+
+
+def _matches_one(condition: Any, value: Any) -> bool:
+    if isinstance(condition, dict):
+        if "prefix" in condition:
+            return isinstance(value, str) and value.startswith(condition["prefix"])
+        if "exists" in condition:
+            return (value is not None) == bool(condition["exists"])
+        if "anything-but" in condition:
+            excluded = condition["anything-but"]
+            return value not in (excluded if isinstance(excluded, list) else [excluded])
+        return False
+    return value is not None and condition == value
+
+
+def object_created_event(
+    *, bucket: str, key: str, version_id: str | None, size: int | None, etag: str | None, region: str
+) -> dict[str, Any]:
+    """The EventBridge ``Object Created`` event S3 sends (its key is not URL-encoded)."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": ACCOUNT_ID,
+        "time": _now(),
+        "region": region,
+        "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": bucket},
+            "object": {"key": key, "size": size, "etag": etag, "version-id": version_id, "sequencer": uuid.uuid4().hex},
+            "request-id": uuid.uuid4().hex,
+            "requester": ACCOUNT_ID,
+            "reason": "PutObject",
+        },
+    }
+
+
+def put_event(entry: dict[str, Any], region: str) -> dict[str, Any]:
+    """The event EventBridge delivers for one ``PutEvents`` entry."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": entry.get("DetailType"),
+        "source": entry.get("Source"),
+        "account": ACCOUNT_ID,
+        "time": _now(),
+        "region": region,
+        "resources": entry.get("Resources", []),
+        "detail": json.loads(entry.get("Detail") or "{}"),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LocalEventBus:
+    """Observes ``PutEvents`` and S3 writes; delivers matching events to the rules' functions, in order."""
+
+    def __init__(self, runtime: LocalRuntime, rules: list[EventRule], buckets: set[str]) -> None:
+        self.runtime = runtime
+        self.rules = rules
+        self.buckets = buckets
+        self.delivered: list[tuple[str, dict[str, Any]]] = []
+        """(function, event) for every delivery, for tests."""
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every S3 ``Object Created`` event to ``listener`` (on the delivery thread)."""
+        self._listeners.append(listener)
+
+    def start(self, events: Any) -> None:
+        """Hook the session's event system ``events``; start delivering."""
+        events.register("provide-client-params.events.PutEvents", self._remember_params)
+        events.register("after-call.events.PutEvents", self._put_events)
+        for operation in _S3_WRITES:
+            events.register(f"provide-client-params.s3.{operation}", self._remember_params)
+            events.register(f"after-call.s3.{operation}", self._object_written)
+        self._thread = threading.Thread(target=self._deliver, name="sandcastle-event-bus", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def drain(self, timeout_s: float = 30) -> None:
+        """Wait until every event observed so far has been delivered (and whatever those deliveries caused)."""
+        for _ in range(5):  # a delivery may cause further events (a run end → an outbox write → a mirror)
+            done = threading.Event()
+            self._queue.put(("_drain", done))
+            done.wait(timeout_s)
+            if self._queue.empty():
+                return
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Deliver ``event`` to every rule it matches (and to listeners, when it is an S3 event)."""
+        self._queue.put(("event", event))
+
+    # --- observing the AWS calls ---
+
+    def _remember_params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["sandcastle_params"] = dict(params)
+
+    def _put_events(self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if getattr(http_response, "status_code", 500) >= 300:
+            return
+        params = context.get("sandcastle_params") or {}
+        results = parsed.get("Entries") or []
+        for index, entry in enumerate(params.get("Entries", [])):
+            if index < len(results) and results[index].get("ErrorCode"):
+                continue
+            if entry.get("EventBusName", "default") in ("default", None, ""):
+                self.publish(put_event(entry, self.runtime.region))
+
+    def _object_written(self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        params = context.get("sandcastle_params") or {}
+        bucket = params.get("Bucket")
+        if getattr(http_response, "status_code", 500) >= 300 or bucket not in self.buckets:
+            return
+        etag = parsed.get("ETag") or (parsed.get("CopyObjectResult") or {}).get("ETag")
+        self._queue.put(("s3", (bucket, params.get("Key"), parsed.get("VersionId"), etag)))
+
+    # --- delivery ---
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            kind, payload = item
+            if kind == "_drain":
+                payload.set()
+                continue
+            try:
+                event = self._s3_event(*payload) if kind == "s3" else payload
+                for listener in self._listeners if event.get("source") == "aws.s3" else []:
+                    listener(event)
+                for rule in self.rules:
+                    if matches(rule.pattern, event):
+                        self.delivered.append((rule.function, event))
+                        self.runtime.invoke(rule.function, event)
+            except Exception:
+                logger.exception("an EventBridge rule's function failed")
+
+    def _s3_event(self, bucket: str, key: str, version_id: str | None, etag: str | None) -> dict[str, Any]:
+        size = None
+        try:
+            request = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+            size = int(self.runtime.deps_client("s3").head_object(**request)["ContentLength"])
+        except Exception:  # deleted meanwhile: the function finds out itself
+            logger.debug("could not head %s/%s", bucket, key, exc_info=True)
+        return object_created_event(
+            bucket=bucket,
+            key=key,
+            version_id=version_id,
+            size=size,
+            etag=(etag or "").strip('"') or None,
+            region=self.runtime.region,
+        )
+
+
+class LocalTriggers:
+    """The event bus, the inbox folder and the scheduler of one local runtime, started and stopped together."""
+
+    def __init__(self, runtime: LocalRuntime) -> None:
+        from sandcastle.local.inbox import LocalInbox
+        from sandcastle.local.scheduler import LocalScheduler
+
+        template = runtime.template
+        self.runtime = runtime
+        self.bus = LocalEventBus(runtime, event_rules(template), eventbridge_buckets(template))
+        self.inbox: LocalInbox = LocalInbox(runtime, self.bus)
+        self.scheduler: LocalScheduler = LocalScheduler(runtime)
+
+    def start(self, events: Any) -> None:
+        enable_versioning(self.runtime.template, self.runtime.deps_client("s3"))
+        self.bus.start(events)
+        self.scheduler.start(events)
+        self.inbox.start()
+
+    def stop(self) -> None:
+        self.inbox.stop()
+        self.scheduler.stop()
+        self.bus.stop()
+
+
+def enable_versioning(template: Template, client: Any) -> None:
+    """Turn versioning on for the template's buckets that have it (``create_buckets`` makes plain ones)."""
+    for logical_id, resource in template.of_type("AWS::S3::Bucket").items():
+        if resource.get("Properties", {}).get("VersioningConfiguration", {}).get("Status") == "Enabled":
+            client.put_bucket_versioning(
+                Bucket=template.physical_name(logical_id), VersioningConfiguration={"Status": "Enabled"}
+            )

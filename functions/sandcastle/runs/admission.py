@@ -1,0 +1,147 @@
+"""Admitting a tenant's run from the API: size caps, the concurrent-run limit, ``Idempotency-Key``.
+
+``admit_run`` wraps ``submit_run``: nothing is written when a cap or the limit refuses the run,
+and a client retrying with the same ``Idempotency-Key`` gets the run its first request created
+(Powertools idempotency on the runs table, scoped by tenant, the body hashed to detect reuse
+with a different body).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sandcastle.errors import SandcastleError
+from sandcastle.runs.models import Run, RunRequest
+from sandcastle.runs.queries import count_active_runs
+from sandcastle.runs.submit import submit_run
+from sandcastle.wiring import Dependencies
+
+#: How long a request waits for a concurrent request with the same key to finish.
+_IN_PROGRESS_WAIT_S = 10.0
+_IN_PROGRESS_POLL_S = 0.1
+
+
+class TooManyActiveRuns(SandcastleError):
+    """The tenant already has as many unfinished runs as it may."""
+
+
+class PayloadTooLarge(SandcastleError):
+    """A request body or an inline input file is over its configured cap. ``field`` names the file."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IdempotencyConflict(SandcastleError):
+    """The ``Idempotency-Key`` was used with another body, or its first request is still running."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    run: Run
+    replayed: bool
+    """True when this is the stored answer to an earlier request with the same ``Idempotency-Key``."""
+
+
+def admit_run(
+    request: RunRequest,
+    deps: Dependencies,
+    *,
+    idempotency_key: str | None = None,
+    lambda_context: Any | None = None,
+) -> Admission:
+    """Submit ``request`` for its tenant unless a cap or the tenant's run limit refuses it.
+
+    Raises ``PayloadTooLarge``, ``TooManyActiveRuns``, ``InvalidRunRequest`` (nothing written
+    for any of them) or ``IdempotencyConflict``.
+    """
+    _check_inline_sizes(request, deps)
+    if not idempotency_key:
+        return Admission(run=_submit_within_limit(request, deps), replayed=False)
+    return _submit_once(request, deps, idempotency_key, lambda_context)
+
+
+def _submit_within_limit(request: RunRequest, deps: Dependencies) -> Run:
+    limit = deps.settings.max_active_runs_per_tenant
+    active = count_active_runs(request.tenant, deps)
+    if active >= limit:
+        raise TooManyActiveRuns(
+            f"tenant {request.tenant} has {active} unfinished runs, the most it may have at once ({limit}); "
+            "wait for one to end or cancel one"
+        )
+    return submit_run(request, deps)
+
+
+def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_context: Any | None) -> Admission:
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError,
+    )
+
+    from sandcastle.store.idempotency import idempotency_layer
+
+    replayed = False
+
+    def mark_replayed(response: Any, record: Any) -> Any:
+        nonlocal replayed
+        replayed = True
+        return response
+
+    config = IdempotencyConfig(
+        event_key_jmespath="[tenant, key]",
+        payload_validation_jmespath="body",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=deps.settings.idempotency_ttl_s,
+        hash_function="sha256",
+        lambda_context=lambda_context,
+        response_hook=mark_replayed,
+    )
+
+    def submit(submission: dict[str, Any]) -> dict[str, Any]:
+        return _submit_within_limit(request, deps).model_dump(mode="json")
+
+    once = idempotent_function(
+        data_keyword_argument="submission",
+        persistence_store=_layer(deps, idempotency_layer),
+        config=config,
+        key_prefix="submit_run",
+    )(submit)
+    submission = {"tenant": request.tenant, "key": key, "body": request.model_dump(mode="json")}
+    deadline = time.monotonic() + _IN_PROGRESS_WAIT_S
+    while True:
+        try:
+            stored = once(submission=submission)
+            break
+        except IdempotencyValidationError:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request body; use a new key"
+            ) from None
+        except IdempotencyAlreadyInProgressError:
+            if time.monotonic() > deadline:
+                raise IdempotencyConflict(
+                    "a request with this Idempotency-Key is still in progress; retry in a moment"
+                ) from None
+            time.sleep(_IN_PROGRESS_POLL_S)
+    return Admission(run=Run.model_validate(stored), replayed=replayed)
+
+
+def _layer(deps: Dependencies, build: Any) -> Any:
+    """One persistence layer per dependencies bundle (it keeps its boto3 client)."""
+    layer = deps.__dict__.get("_idempotency_layer")
+    if layer is None:
+        layer = deps.__dict__["_idempotency_layer"] = build(deps.settings.table_name)
+    return layer
+
+
+def _check_inline_sizes(request: RunRequest, deps: Dependencies) -> None:
+    cap = deps.settings.api_max_inline_file_bytes
+    for index, file in enumerate(request.files):
+        if file.content_base64 is not None and len(file.content_base64) * 3 // 4 > cap + 2:
+            raise PayloadTooLarge(
+                f"{file.name} is over the {cap}-byte limit for inline files; upload it to S3 and give its s3_key",
+                field=f"files[{index}].content_base64",
+            )

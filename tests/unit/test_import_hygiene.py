@@ -1,0 +1,88 @@
+"""Each handler imports what it uses, no more: a cold start pays for every SDK in ``sys.modules``.
+
+Every case runs in a fresh interpreter: it imports the handler module, then builds what the
+handler touches on its first call (``Dependencies`` from ``sandcastle.wiring``, local sandbox
+backend; boto3 clients are fine) and reports which heavy SDKs got loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WATCHED = ("openai", "e2b", "moto")
+
+_PROBE = """
+import json, sys
+from datetime import datetime, timezone
+
+import sandcastle.handlers.{handler}
+from sandcastle.config import Settings
+from sandcastle.runs.models import Run
+from sandcastle.wiring import Dependencies
+
+deps = Dependencies(Settings(sandbox_backend="local", openai_base_url="http://127.0.0.1:9/v1"))
+for name in {attributes!r}:
+    getattr(deps, name)
+if {model_backend!r}:
+    run = Run.model_validate({{
+        "run_id": "r-1", "tenant": "default", "source": "cli", "status": "RUNNING", "instructions": "x",
+        "model_backend": {model_backend!r}, "playbook": [{{"tool": "run_command", "arguments": {{"command": "true"}}}}],
+        "budgets": {{"max_steps": 1, "max_tool_calls": 1, "timeout_s": 60}},
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }})
+    deps.model_for(run)
+print(json.dumps(sorted(name for name in {watched!r} if name in sys.modules)))
+"""
+
+# handler -> (what its first call builds, the model backend it asks for, the SDKs it must not load)
+CASES = {
+    "submit_run": (("store", "objects", "stepfunctions"), None, {"openai", "e2b", "moto"}),
+    "prepare_run": (("store", "objects", "sandboxes"), None, {"openai", "moto"}),
+    "agent_step": (("store",), "openai", {"e2b", "moto"}),
+    "agent_step, playbook run": (("store",), "playbook", {"openai", "e2b", "moto"}),
+    "run_tool": (("store", "sandboxes"), None, {"openai", "moto"}),
+    "finish_run": (("store", "sandboxes"), None, {"openai", "moto"}),
+    "fail_run": (("store", "sandboxes"), None, {"openai", "moto"}),
+}
+
+
+def _loaded_after_first_use(handler: str, attributes: tuple[str, ...], model_backend: str | None, cwd: Path) -> set:
+    script = _PROBE.format(handler=handler, attributes=attributes, model_backend=model_backend, watched=WATCHED)
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "sandcastle",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, f"importing and building {handler} failed:\n{completed.stderr}"
+    return set(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_handler_loads_only_the_sdks_it_uses(case: str, tmp_path: Path) -> None:
+    # Given a fresh interpreter with a Lambda's environment
+    handler = case.split(",", 1)[0]
+    attributes, model_backend, forbidden = CASES[case]
+
+    # When the handler module is imported and what its first call uses is built
+    loaded = _loaded_after_first_use(handler, attributes, model_backend, tmp_path)
+
+    # Then none of the SDKs it has no use for is loaded
+    assert not loaded & forbidden, f"{case} loaded {sorted(loaded & forbidden)}; import them lazily where they are used"
+
+
+def test_the_openai_model_is_what_loads_openai(tmp_path: Path) -> None:
+    # The check above would pass vacuously if openai were never importable here; agent_step does load it.
+    loaded = _loaded_after_first_use("agent_step", ("store",), "openai", tmp_path)
+
+    assert "openai" in loaded
