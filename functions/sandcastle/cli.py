@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run_command)
     _add_api_commands(commands)
+
+    artifacts = commands.add_parser("artifacts", help="list (and download) a run's artifacts")
+    artifacts.add_argument("run_id")
+    artifacts.add_argument("--download", type=Path, metavar="DIR", help="copy the files into DIR")
+    artifacts.set_defaults(command=_artifacts_command)
     return parser
 
 
@@ -68,6 +73,7 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"sandcastle: {_describe(error)}", file=sys.stderr)
         return 2
 
+    from sandcastle.local.run_archive import archive_run
     from sandcastle.local.runtime import LocalRuntime, default_home
 
     if not args.local:
@@ -91,6 +97,8 @@ def _run_command(args: argparse.Namespace) -> int:
                 printer.event(event)
                 spinner.resume(thinking=event.kind in (EventKind.USER, EventKind.TOOL_RESULT))
         final = runtime.get_run(run.run_id)
+        folder = archive_run(final, runtime.deps, runtime.home)
+        _print_artifacts(final, f"{folder / 'artifacts'}/")
         if final.status is RunStatus.RUNNING:
             execution = runtime.execution(run.run_id)
             print(f"execution ended {execution['status']} without ending the run", file=sys.stderr)
@@ -433,6 +441,58 @@ def _run_over_http(client: Any, request: RunRequest, args: argparse.Namespace) -
         payload = {"run": final.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
         print(json.dumps(payload, indent=2))
     return 0 if final.status is RunStatus.SUCCEEDED else 1
+
+
+def _print_artifacts(run: Run, where: str) -> None:
+    if not run.artifacts:
+        return
+    print(f"artifacts ({len(run.artifacts)}) in {where}", flush=True)
+    for artifact in run.artifacts:
+        print(f"  {artifact.name}  {artifact.size} bytes  sha256 {artifact.sha256[:12]}…", flush=True)
+
+
+def _artifacts_command(args: argparse.Namespace) -> int:
+    """List a run's artifacts: from a running server's API, else from this machine's run archive."""
+    import shutil
+    import urllib.request
+
+    from sandcastle.client import ApiError, find_server
+    from sandcastle.local.run_archive import archive_dir, archived_run
+    from sandcastle.local.runtime import default_home
+
+    home = default_home()
+    server = find_server(home)
+    if server is not None:
+        client = server[0]
+        try:
+            listing = client.request("GET", f"/runs/{args.run_id}/artifacts")[1]
+        except (ApiError, OSError) as error:
+            print(f"sandcastle: {client.base_url}: {error}", file=sys.stderr)
+            return 1
+        for artifact in listing["artifacts"]:
+            print(f"{artifact['name']}  {artifact['size']} bytes  sha256 {artifact['sha256']}  {artifact['url']}")
+            if args.download:
+                target = args.download / artifact["name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with urllib.request.urlopen(artifact["url"], timeout=60) as response:  # noqa: S310 - our own URL
+                    target.write_bytes(response.read())
+        return 0
+    run = archived_run(home, args.run_id)
+    if run is None:
+        print(
+            f"sandcastle: no run {args.run_id} on this machine ({archive_dir(home, args.run_id)}) "
+            "and no server running (sandcastle serve)",
+            file=sys.stderr,
+        )
+        return 1
+    source = archive_dir(home, run.run_id) / "artifacts"
+    for artifact in run.artifacts:
+        print(f"{artifact.name}  {artifact.size} bytes  sha256 {artifact.sha256}  {source / artifact.name}")
+        if args.download:
+            target = args.download / artifact.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / artifact.name, target)
+    return 0
 
 
 if __name__ == "__main__":
