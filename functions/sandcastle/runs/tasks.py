@@ -8,6 +8,10 @@ from sandcastle.runs.models import InputFile, RunRequest, Task, TaskDefinition, 
 from sandcastle.wiring import Dependencies
 
 
+_RUN_FIELDS = set(TaskDefinition.model_fields) - {"max_input_bytes", "allow_empty_input"}
+"""What of a task goes into its runs' requests (the rest governs uploads)."""
+
+
 class TaskNotFound(SandcastleError):
     """No task of that name for the tenant."""
 
@@ -53,7 +57,7 @@ def run_request(
     """The run request a task (or an inline run template) makes for ``tenant``."""
     return RunRequest.model_validate(
         {
-            **definition.model_dump(exclude={"max_input_bytes", "allow_empty_input"}, exclude_none=True),
+            **definition.model_dump(include=_RUN_FIELDS, exclude_none=True),
             "tenant": tenant,
             "source": source,
             "files": [file.model_dump(exclude_none=True) for file in files or []],
