@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import boto3
 import pytest
 from pydantic import ValidationError
 
-from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, ModelRequestRejected
+from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, ModelRequestRejected, SandboxGone
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
 from sandcastle.runs.models import EventKind, FailInput, RunRequest, RunStatus, StepState, StopReason, ToolTask
 from sandcastle.runs.submit import submit_run
@@ -311,3 +312,30 @@ def test_a_playbook_run_uses_the_playbook_model(deps: Dependencies) -> None:
     run = deps.store.get_run(run_id)
     assert run.model_backend == "playbook" and run.status is RunStatus.SUCCEEDED
     assert "ran: echo hi" in (run.result or "")
+
+
+def test_an_input_file_in_s3_over_the_size_cap_is_refused(deps: Dependencies) -> None:
+    deps.objects.put("uploads/big.bin", b"x" * 2048)
+    deps.settings = deps.settings.model_copy(update={"max_input_file_bytes": 1024})
+    with pytest.raises(InvalidRunRequest, match="big.bin is 2048 bytes; the limit is 1024") as caught:
+        _submit(deps, files=[{"name": "big.bin", "s3_key": "uploads/big.bin"}])
+    assert caught.value.field == "files[0].s3_key"
+    assert _table_items(deps) == []
+
+
+def test_a_sandbox_that_vanished_mid_run_is_a_clear_error_not_a_hang(
+    deps: Dependencies, model: FakeModel, sandboxes: FakeSandboxProvider
+) -> None:
+    run_id = _prepared(deps)
+    model.then_tools(("run_command", {"command": "ls"}))
+    state = agent_step(StepState(run_id=run_id, step=0), deps, time_left_s=60)
+    sandboxes.kill("fake-1")  # expired, or killed behind the run's back
+
+    with pytest.raises(SandboxGone, match="fake-1 no longer exists") as caught:
+        run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
+    cause = json.dumps({"errorType": "SandboxGone", "errorMessage": str(caught.value)})
+    fail_run(FailInput.model_validate({"run_id": run_id, "error": {"Error": "SandboxGone", "Cause": cause}}), deps)
+
+    run = deps.store.get_run(run_id)
+    assert run.status is RunStatus.FAILED and run.error is not None
+    assert run.error.type == "SandboxGone" and "no longer exists" in run.error.message

@@ -58,6 +58,11 @@ def submit_run(
                 raise InvalidRunRequest(
                     f"s3://{deps.objects.bucket}/{file.s3_key} does not exist", field=f"files[{index}].s3_key"
                 )
+            if size > settings.max_input_file_bytes:
+                raise InvalidRunRequest(
+                    f"{file.name} is {size} bytes; the limit is {settings.max_input_file_bytes}",
+                    field=f"files[{index}].s3_key",
+                )
             stored_files.append(StoredInputFile(name=file.name, s3_key=file.s3_key or "", size=size))
 
     run = Run(
