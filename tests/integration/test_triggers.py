@@ -171,9 +171,7 @@ def test_a_schedule_fires_at_its_time_once(runtime: LocalRuntime) -> None:
     clock = FakeClock(datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1))
     triggers.scheduler.set_clock(clock)
     _task(runtime)
-    schedule = create_schedule(
-        "acme", ScheduleRequest(expression="rate(10 minutes)", task="count-rows"), runtime.deps
-    )
+    schedule = create_schedule("acme", ScheduleRequest(expression="rate(10 minutes)", task="count-rows"), runtime.deps)
 
     clock.advance(minutes=9, seconds=59)
     assert [f for f in triggers.scheduler.tick() if f.function != "sandcastle-local-ReaperFunction"] == []

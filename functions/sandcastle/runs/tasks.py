@@ -7,7 +7,6 @@ from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.models import InputFile, RunRequest, Task, TaskDefinition, utcnow
 from sandcastle.wiring import Dependencies
 
-
 _RUN_FIELDS = set(TaskDefinition.model_fields) - {"max_input_bytes", "allow_empty_input"}
 """What of a task goes into its runs' requests (the rest governs uploads)."""
 
