@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run_command)
     _add_api_commands(commands)
+    _add_trigger_commands(commands)
+    _add_sandbox_server_command(commands)
 
     artifacts = commands.add_parser("artifacts", help="list (and download) a run's artifacts")
     artifacts.add_argument("run_id")
@@ -492,6 +495,295 @@ def _artifacts_command(args: argparse.Namespace) -> int:
             target = args.download / artifact.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / artifact.name, target)
+    return 0
+
+
+# ---------------------------------------------------------------- triggers: tasks, schedules, upload, reap
+
+
+def _add_trigger_commands(commands: Any) -> None:
+    tasks = commands.add_parser(
+        "tasks", help="save, show, list or delete tasks (run templates uploads and schedules use)"
+    )
+    task_commands = tasks.add_subparsers(required=True, metavar="ACTION")
+    put = task_commands.add_parser("put", help="save a task (replacing one of the same name)")
+    put.add_argument("name", help="the task's name (letters, digits, _ . -)")
+    put.add_argument("--instructions", required=True, help="what the agent should do")
+    put.add_argument("--playbook", type=Path, metavar="FILE", help="a JSON list of tool calls instead of a model")
+    put.add_argument("--model", help="model name for the OpenAI-compatible endpoint")
+    put.add_argument("--max-steps", type=int, help="model turns at most")
+    put.add_argument("--max-tool-calls", type=int, help="tool calls at most")
+    put.add_argument("--timeout", type=int, dest="timeout_s", help="seconds a run may take")
+    put.add_argument("--max-input-bytes", type=int, help="refuse uploads larger than this")
+    put.add_argument("--allow-empty", action="store_true", help="let an empty uploaded file start a run")
+    put.set_defaults(command=_tasks_put_command)
+    for action, helptext in (("get", "show a task"), ("delete", "delete a task")):
+        sub = task_commands.add_parser(action, help=helptext)
+        sub.add_argument("name")
+        sub.set_defaults(command=_tasks_command, action=action)
+    task_commands.add_parser("list", help="list the tasks").set_defaults(command=_tasks_command, action="list")
+
+    schedules = commands.add_parser("schedules", help="create, list or delete schedules that run a task")
+    schedule_commands = schedules.add_subparsers(required=True, metavar="ACTION")
+    create = schedule_commands.add_parser("create", help="run a saved task on a cron or rate expression")
+    when = create.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='AWS cron fields, e.g. "0 9 ? * MON-FRI *" (min hour day month weekday year)')
+    when.add_argument("--rate", help='e.g. "5 minutes", "1 hour", "2 days"')
+    when.add_argument("--expression", help="a full expression: cron(...), rate(...) or at(yyyy-mm-ddThh:mm:ss)")
+    create.add_argument("--task", required=True, help="the saved task to run")
+    create.add_argument("--timezone", default="UTC", help="IANA time zone of the expression (default UTC)")
+    create.add_argument("--overlap", choices=["skip", "allow"], default="skip", help="while the last run goes on")
+    create.set_defaults(command=_schedules_create_command)
+    schedule_commands.add_parser("list", help="list the schedules").set_defaults(command=_schedules_command)
+    delete = schedule_commands.add_parser("delete", help="delete a schedule")
+    delete.add_argument("schedule_id")
+    delete.set_defaults(command=_schedules_command)
+
+    upload = commands.add_parser("upload", help="drop a file into the local inbox and follow the run it starts")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--task", required=True, help="the saved task to run ('_' with --instructions)")
+    upload.add_argument("--tenant", default="default", help="the tenant the task belongs to (default: default)")
+    upload.add_argument("--instructions", help="with --task _: the instructions, carried as object metadata")
+    upload.add_argument("--timeout", type=float, default=900, dest="wait_s", help="seconds to wait for the result")
+    upload.set_defaults(command=_upload_command)
+
+    reap = commands.add_parser("reap", help="kill sandboxes whose run is over (locally, or a deployed stack's)")
+    reap.add_argument("--stack", help="a deployed stack: invoke its reaper function (uses your AWS credentials)")
+    reap.set_defaults(command=_reap_command)
+
+
+def _api_client() -> Any:
+    """The running server's client, or None after saying how to start one."""
+    from sandcastle.client import find_server
+    from sandcastle.local.runtime import default_home
+
+    server = find_server(default_home())
+    if server is None:
+        print("sandcastle: no server: start `sandcastle serve` or set SANDCASTLE_URL", file=sys.stderr)
+        return None
+    return server[0]
+
+
+def _call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    from sandcastle.client import ApiError
+
+    client = _api_client()
+    if client is None:
+        return 2, None
+    try:
+        return 0, client.request(method, path, body)[1]
+    except (ApiError, OSError, ValueError) as error:
+        print(f"sandcastle: {error}", file=sys.stderr)
+        return 1, None
+
+
+def _tasks_put_command(args: argparse.Namespace) -> int:
+    definition: dict[str, Any] = {"instructions": args.instructions, "allow_empty_input": args.allow_empty}
+    if args.playbook:
+        try:
+            definition["playbook"] = json.loads(args.playbook.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"sandcastle: --playbook: {error}", file=sys.stderr)
+            return 2
+    if args.model:
+        definition["model"] = args.model
+    if args.max_input_bytes:
+        definition["max_input_bytes"] = args.max_input_bytes
+    budgets = {"max_steps": args.max_steps, "max_tool_calls": args.max_tool_calls, "timeout_s": args.timeout_s}
+    definition["budgets"] = {name: value for name, value in budgets.items() if value is not None}
+    code, task = _call("PUT", f"/tasks/{quote(args.name, safe='')}", definition)
+    if task is not None:
+        print(f"saved task {task['name']} (tenant {task['tenant']})")
+    return code
+
+
+def _tasks_command(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        code, answer = _call("GET", "/tasks")
+        for task in (answer or {}).get("tasks", []):
+            kind = "playbook" if task.get("playbook") else task.get("model") or "model"
+            print(f"{task['name']}\t{kind}\t{task['instructions'][:60]}")
+        return code
+    path = f"/tasks/{quote(args.name, safe='')}"
+    if args.action == "delete":
+        code, _ = _call("DELETE", path)
+        if code == 0:
+            print(f"deleted task {args.name}")
+        return code
+    code, task = _call("GET", path)
+    if task is not None:
+        print(json.dumps(task, indent=2))
+    return code
+
+
+def _schedules_create_command(args: argparse.Namespace) -> int:
+    expression = args.expression or (f"cron({args.cron})" if args.cron else f"rate({args.rate})")
+    body = {"expression": expression, "timezone": args.timezone, "task": args.task, "overlap": args.overlap}
+    code, schedule = _call("POST", "/schedules", body)
+    if schedule is not None:
+        print(f"schedule {schedule['schedule_id']}: {schedule['expression']} ({schedule['timezone']}) → {args.task}")
+    return code
+
+
+def _schedules_command(args: argparse.Namespace) -> int:
+    if getattr(args, "schedule_id", None):
+        code, _ = _call("DELETE", f"/schedules/{quote(args.schedule_id, safe='')}")
+        if code == 0:
+            print(f"deleted schedule {args.schedule_id}")
+        return code
+    code, answer = _call("GET", "/schedules")
+    for schedule in (answer or {}).get("schedules", []):
+        last = schedule.get("last_run_id") or "-"
+        skips = len(schedule.get("skips") or [])
+        print(
+            f"{schedule['schedule_id']}\t{schedule['expression']}\t{schedule['timezone']}\t"
+            f"{schedule.get('task') or 'inline'}\tlast run {last}\t{skips} skips"
+        )
+    return code
+
+
+def _upload_command(args: argparse.Namespace) -> int:
+    """Drop the file into the running ``serve``'s inbox folder, follow its run, print where the result landed."""
+    import time
+
+    from sandcastle.client import read_serve_state
+    from sandcastle.local.inbox import outbox_path, receipt_path
+    from sandcastle.local.runtime import default_home
+
+    home = default_home().resolve()
+    if not args.file.is_file():
+        print(f"sandcastle: {args.file}: no such file", file=sys.stderr)
+        return 2
+    if read_serve_state(home) is None:
+        print("sandcastle: no local server: start `sandcastle serve` first (same SANDCASTLE_HOME)", file=sys.stderr)
+        return 2
+    relative = f"{args.tenant}/{args.task}/{args.file.name}"
+    target = home / "inbox" / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    receipt_file = receipt_path(home / "inbox", relative)
+    receipt_file.unlink(missing_ok=True)
+    if args.instructions:
+        (target.parent / f".{args.file.name}.meta.json").write_text(json.dumps({"instructions": args.instructions}))
+    partial = target.parent / f".{args.file.name}.partial"
+    partial.write_bytes(args.file.read_bytes())
+    partial.replace(target)
+    print(f"dropped {args.file} into {target}")
+
+    deadline = time.monotonic() + args.wait_s
+    while not receipt_file.exists():
+        if time.monotonic() > deadline:
+            print("sandcastle: the server did not pick the file up; is `sandcastle serve` running?", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    receipt = json.loads(receipt_file.read_text())
+    run_id = receipt["run_id"]
+    print(f"uploaded s3://{receipt['bucket']}/{receipt['key']} (version {receipt['version_id']}) → run {run_id}")
+    _follow_upload(run_id)
+    result_file = outbox_path(home / "outbox", args.tenant, args.task, run_id) / "result.json"
+    while not result_file.exists():
+        if time.monotonic() > deadline:
+            print(f"sandcastle: no result yet at {result_file}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    time.sleep(0.2)  # the artifacts are written before result.json; give the mirror a moment
+    result = json.loads(result_file.read_text())
+    if result.get("error"):
+        print(f"error: {result['error']['type']}: {result['error']['message']}")
+    print(f"status: {result['status']}")
+    print(f"result: {result_file}")
+    for artifact in result.get("artifacts", []):
+        print(f"  {result_file.parent / artifact['name']}")
+    return 0 if result["status"] == "SUCCEEDED" else 1
+
+
+def _follow_upload(run_id: str) -> None:
+    """Print the run's transcript through the API while it runs (quietly nothing when it cannot be read)."""
+    import time
+
+    from sandcastle.client import ApiError
+
+    client = _api_client()
+    if client is None:
+        return
+    for _ in range(25):  # a rejected upload starts no run: give up after a few seconds
+        try:
+            run = Run.model_validate(client.get_run(run_id))
+            break
+        except (ApiError, OSError):
+            time.sleep(0.2)
+    else:
+        return
+    printer = EventPrinter(sys.stdout)
+    printer.header(run)
+    try:
+        for raw in client.follow(run_id):
+            printer.event(Event.model_validate(raw))
+    except (ApiError, OSError) as error:
+        print(f"sandcastle: could not follow the run: {error}", file=sys.stderr)
+
+
+def _reap_command(args: argparse.Namespace) -> int:
+    if args.stack:
+        import boto3
+
+        [stack] = boto3.client("cloudformation").describe_stacks(StackName=args.stack)["Stacks"]
+        outputs = {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
+        response = boto3.client("lambda").invoke(FunctionName=outputs["ReaperFunctionName"], Payload=b"{}")
+        report = json.loads(response["Payload"].read() or b"{}")
+    else:
+        from sandcastle.client import read_serve_state
+        from sandcastle.local.runtime import LocalRuntime, default_home
+
+        home = default_home()
+        if read_serve_state(home.resolve()) is not None:
+            print("sandcastle: `sandcastle serve` is running and reaps every 5 minutes itself", file=sys.stderr)
+            return 2
+        from sandcastle.runs.reaper import reap
+
+        # With no server, no run is live: every local sandbox left under this home is an orphan.
+        with LocalRuntime(home=home, log_file=home / "logs" / "functions.log") as runtime:
+            report = reap(runtime.deps).__dict__
+    print(f"reaper: {report['seen']} sandboxes seen, {report['killed']} killed, {report['timed_out']} runs timed out")
+    for action in report.get("actions", []):
+        where = action.get("sandbox_id") or ""
+        print(f"  {action['action']} {where} (run {action.get('run_id')}) {action.get('reason', '')}")
+    return 0 if not report.get("errors") else 1
+
+
+def _add_sandbox_server_command(commands: Any) -> None:
+    server = commands.add_parser(
+        "sandbox-server", help="serve an E2B-compatible sandbox API (bubblewrap sandboxes) for the e2b SDK"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    server.add_argument("--port", type=int, default=3000, help="port for the API and every sandbox's envd")
+    server.add_argument("--root", type=Path, help="where sandbox workspaces live (default: $SANDCASTLE_HOME/sandboxes)")
+    server.add_argument("--api-key", help="the key clients must send (default: any key is accepted)")
+    server.set_defaults(command=_sandbox_server_command)
+
+
+def _sandbox_server_command(args: argparse.Namespace) -> int:
+    """Serve until interrupted; print how to point the e2b SDK (or ``SANDBOX_BACKEND=e2b``) here."""
+    from sandcastle.config import Settings
+    from sandcastle.e2b_server import SandboxServer
+    from sandcastle.local.runtime import default_home
+    from sandcastle.sandbox import build_sandbox_provider
+
+    root = (args.root or default_home() / "sandboxes").resolve()
+    provider = build_sandbox_provider(Settings(sandbox_backend="local", sandbox_root=root))
+    server = SandboxServer(root, host=args.host, port=args.port, api_key=args.api_key, provider=provider)
+    try:
+        server.start()
+    except OSError as error:
+        print(f"sandcastle: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 2
+    print(f"E2B-compatible sandbox server on {server.url} (sandboxes under {root})")
+    print("point the e2b SDK or Sandcastle's e2b backend at it:")
+    for name, value in server.client_environment(args.api_key or "local").items():
+        print(f"  export {name}={value}")
+    from contextlib import suppress
+
+    with suppress(KeyboardInterrupt):
+        server.serve_forever()
     return 0
 
 

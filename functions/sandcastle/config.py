@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     reaper_grace_s: int = Field(default=60, ge=0)
     """The reaper leaves sandboxes younger than this alone: their run may not record them yet."""
 
+    # --- a local E2B (sandcastle.e2b_server) ---
+    e2b_api_url: str | None = None
+    """Where the ``e2b`` backend sends E2B API calls instead of E2B's cloud (the local sandbox server)."""
+    e2b_sandbox_url: str | None = None
+    """Where the ``e2b`` backend sends envd (command and file) calls; the local sandbox server's URL too."""
+
     @property
     def openai_configured(self) -> bool:
         """True when a real model endpoint is configured (key, secret or base URL)."""

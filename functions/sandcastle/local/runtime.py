@@ -11,9 +11,14 @@ substitutions. A Lambda invocation — from the state machine or from ``invoke``
 the function's ``Handler`` string to the in-process Python function, with a Lambda-like
 context. The emulated AWS lives as long as the runtime object: state is in memory.
 
-Differences from the cloud, on purpose: the sandbox backend is ``local`` (bubblewrap) unless
-``E2B_API_KEY`` is set; Powertools tracing and metrics are off; a function's ``Timeout`` is
-reported through ``get_remaining_time_in_millis`` but not enforced.
+Sandboxes: the runtime uses the ``e2b`` backend — the real e2b SDK over HTTP — as the cloud
+does. Without ``E2B_API_KEY`` it starts the local E2B-compatible sandbox server
+(``sandcastle.e2b_server``: bubblewrap workspaces under ``<home>/sandboxes``) on a free loopback
+port and points the SDK at it; with ``E2B_API_KEY`` (and no ``E2B_API_URL``) the same code goes to
+E2B's cloud. ``SANDBOX_BACKEND=local`` selects the in-process bubblewrap backend instead.
+
+Differences from the cloud, on purpose: Powertools tracing and metrics are off; a function's
+``Timeout`` is reported through ``get_remaining_time_in_millis`` but not enforced.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from sandcastle.runs.models import Event, Run, RunRequest
 from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
 
 if TYPE_CHECKING:
+    from sandcastle.e2b_server import SandboxServer
     from sandcastle.local.gateway import LocalGateway
     from sandcastle.local.rules import ExecutionRuleEmulator
     from sandcastle.local.triggers import LocalTriggers
@@ -120,6 +126,9 @@ class LocalRuntime:
         self.execution_rule: ExecutionRuleEmulator | None = None
         self.triggers: LocalTriggers | None = None
         """The inbox folder, the scheduler and the EventBridge rules on events and uploads (``local/triggers.py``)."""
+        self.sandbox_server: SandboxServer | None = None
+        """The local E2B-compatible sandbox server the ``e2b`` backend talks to (None: E2B's cloud, or ``local``)."""
+        self._sandbox_environment: dict[str, str] = {}
 
     # --- lifecycle ---
 
@@ -155,6 +164,7 @@ class LocalRuntime:
             create_tables(self.template, self.deps_client("dynamodb"))
             create_buckets(self.template, self.deps_client("s3"))
             create_state_machines(self.template, self.deps_client("stepfunctions"))
+            self._start_sandbox_server()
             os.environ.update(self._function_environment())
             runtime = self
 
@@ -185,6 +195,12 @@ class LocalRuntime:
         if self.execution_rule is not None:
             self.execution_rule.stop()
             self.execution_rule = None
+        if self.sandbox_server is not None:
+            # Sandboxes outlive the runtime, as they would in the cloud: the next runtime on this
+            # home adopts them, and the reaper ends the orphans.
+            self.sandbox_server.stop(kill_sandboxes=False)
+            self.sandbox_server = None
+            self._sandbox_environment = {}
         if self._patch is not None:
             self._patch.stop()
             self._patch = None
@@ -344,9 +360,41 @@ class LocalRuntime:
             }
         )
         if "SANDBOX_BACKEND" not in self._saved_environ_or_empty:
-            environment["SANDBOX_BACKEND"] = "e2b" if self._saved_environ_or_empty.get("E2B_API_KEY") else "local"
+            environment["SANDBOX_BACKEND"] = "e2b"
+        environment.update(self._sandbox_environment)
         environment.update(self._extra_environment)
         return environment
+
+    def _start_sandbox_server(self) -> None:
+        """Start the local E2B-compatible sandbox server, unless E2B's cloud, another server or ``local`` is chosen.
+
+        The server's sandboxes live under ``<home>/sandboxes`` with the ``SANDBOX_*`` limits; the
+        functions get ``E2B_API_URL``/``E2B_SANDBOX_URL`` pointing at it and a key made for it.
+        """
+        chosen = {**self._saved_environ_or_empty, **self._extra_environment}
+        if chosen.get("SANDBOX_BACKEND", "e2b") != "e2b" or chosen.get("E2B_API_URL"):
+            return
+        if chosen.get("E2B_API_KEY") or chosen.get("E2B_API_KEY_SECRET_ARN"):
+            return
+        import secrets
+
+        from sandcastle.config import Settings
+        from sandcastle.e2b_server import SandboxServer
+        from sandcastle.sandbox import build_sandbox_provider
+        from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+
+        root = self.home / "sandboxes"
+        settings = Settings(sandbox_backend="local", sandbox_root=root)
+        provider = build_sandbox_provider(settings)
+        assert isinstance(provider, LocalSandboxProvider)
+        api_key = f"local-{secrets.token_hex(16)}"
+        self.sandbox_server = SandboxServer(root, api_key=api_key, provider=provider).start()
+        self._sandbox_environment = {
+            "SANDBOX_BACKEND": "e2b",
+            "E2B_API_KEY": api_key,
+            "E2B_API_URL": self.sandbox_server.url,
+            "E2B_SANDBOX_URL": self.sandbox_server.url,
+        }
 
     @property
     def _saved_environ_or_empty(self) -> dict[str, str]:

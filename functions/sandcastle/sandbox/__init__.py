@@ -31,7 +31,8 @@ def build_sandbox_provider(settings: Settings) -> SandboxProvider:
 
     For ``e2b`` the API key comes from ``E2B_API_KEY``, or else from the Secrets Manager secret
     ``E2B_API_KEY_SECRET_ARN`` (cached for five minutes). Raises ``SandboxError`` when neither
-    is set.
+    is set. ``E2B_API_URL``/``E2B_SANDBOX_URL`` point it at an E2B-compatible server instead of
+    E2B's cloud (the local runtime's sandbox server, ``sandcastle.e2b_server``).
     """
     if settings.sandbox_backend == "local":
         from sandcastle.sandbox.local_sandbox import LocalSandboxProvider, SandboxLimits
@@ -46,7 +47,12 @@ def build_sandbox_provider(settings: Settings) -> SandboxProvider:
 
     from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
 
-    return E2BSandboxProvider(_e2b_api_key(settings), settings.e2b_template)
+    return E2BSandboxProvider(
+        _e2b_api_key(settings),
+        settings.e2b_template,
+        api_url=settings.e2b_api_url,
+        sandbox_url=settings.e2b_sandbox_url,
+    )
 
 
 def _e2b_api_key(settings: Settings) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import math
 import posixpath
+import re
 import shlex
 import time
 from collections.abc import Iterator
@@ -33,14 +34,32 @@ class E2BSandboxProvider:
 
     ``sandbox_factory`` stands in for ``e2b.Sandbox`` (its ``create``/``connect``/``kill``
     class methods); tests pass a fake, production leaves it unset.
+
+    ``api_url`` and ``sandbox_url`` point the SDK at another E2B-compatible service — the local
+    sandbox server (``sandcastle.e2b_server``) sets both to its own URL; ``debug`` is the SDK's
+    debug mode. Unset, the SDK uses E2B's cloud (or its own ``E2B_*`` environment variables).
     """
 
     name = "e2b"
 
-    def __init__(self, api_key: str, template: str, *, sandbox_factory: Any = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        template: str,
+        *,
+        sandbox_factory: Any = None,
+        api_url: str | None = None,
+        sandbox_url: str | None = None,
+        debug: bool | None = None,
+    ) -> None:
         self._api_key = api_key
         self._template = template
         self._sandbox_factory = sandbox_factory
+        self._connection: dict[str, Any] = {"api_key": api_key}
+        """The SDK's connection options, passed on every call."""
+        for option, value in (("api_url", api_url), ("sandbox_url", sandbox_url), ("debug", debug)):
+            if value is not None:
+                self._connection[option] = value
 
     def create(self, spec: SandboxSpec) -> E2BSandbox:
         """Create a sandbox that E2B kills after ``spec.timeout_s`` seconds unless kept alive.
@@ -60,9 +79,9 @@ class E2BSandboxProvider:
                 timeout=spec.timeout_s,
                 metadata=metadata,
                 envs=dict(spec.envs) or None,
-                api_key=self._api_key,
                 allow_internet_access=spec.allow_internet_access,
                 **options,
+                **self._connection,
             )
         return E2BSandbox(sandbox, self._api_key)
 
@@ -73,7 +92,7 @@ class E2BSandboxProvider:
         run's remaining time plus a margin): the sandbox follows its run instead of dying mid-run.
         """
         with _translated_errors(self._api_key):
-            sandbox = self._sdk_sandbox().connect(sandbox_id, api_key=self._api_key)
+            sandbox = self._sdk_sandbox().connect(sandbox_id, **self._connection)
             if keep_alive_s is not None:
                 sandbox.set_timeout(max(1, int(keep_alive_s)))
         return E2BSandbox(sandbox, self._api_key)
@@ -82,7 +101,7 @@ class E2BSandboxProvider:
         """Kill a sandbox. Idempotent: False when E2B no longer knows it."""
         try:
             with _translated_errors(self._api_key):
-                return bool(self._sdk_sandbox().kill(sandbox_id, api_key=self._api_key))
+                return bool(self._sdk_sandbox().kill(sandbox_id, **self._connection))
         except SandboxGone:
             return False
 
@@ -99,9 +118,7 @@ class E2BSandboxProvider:
 
         infos: list[SandboxInfo] = []
         with _translated_errors(self._api_key):
-            paginator = self._sdk_sandbox().list(
-                query=SandboxQuery(metadata={"app": "sandcastle"}), api_key=self._api_key
-            )
+            paginator = self._sdk_sandbox().list(query=SandboxQuery(metadata={"app": "sandcastle"}), **self._connection)
             while paginator.has_next:
                 for item in paginator.next_items():
                     metadata = dict(item.metadata or {})
@@ -123,6 +140,7 @@ class E2BSandbox:
     def __init__(self, sandbox: Any, api_key: str) -> None:
         self._sandbox = sandbox
         self._api_key = api_key
+        self._commands = _ByteCommands.wrapping(sandbox)
 
     @property
     def sandbox_id(self) -> str:
@@ -144,6 +162,10 @@ class E2BSandbox:
         Output printed before the kill is returned either way. A lost connection is not a
         timeout: it raises ``SandboxUnavailable`` (or ``SandboxGone``), and the in-sandbox
         deadline still ends the command.
+
+        Output is kept byte-exact: the SDK's ``commands.run`` decodes it as UTF-8 with
+        replacement characters, so the command is started through the SDK's own envd process
+        client instead (``_ByteCommands``), which hands over the raw bytes envd sent.
         """
         from e2b import (
             CommandExitException,
@@ -153,11 +175,11 @@ class E2BSandbox:
         )
 
         deadline_s = max(1, math.ceil(timeout_s))
-        stdout: list[str] = []
-        stderr: list[str] = []
+        stdout: list[bytes | str] = []
+        stderr: list[bytes | str] = []
         started = time.monotonic()
         with _translated_errors(self._api_key):
-            handle = self._sandbox.commands.run(
+            handle = self._commands.run(
                 _under_deadline(command, deadline_s),
                 background=True,
                 cwd=_sandbox_path(cwd) if cwd else None,
@@ -177,8 +199,8 @@ class E2BSandbox:
         timed_out = exit_code is None or (exit_code == _SIGKILL_EXIT_CODE and elapsed_s >= deadline_s)
         return CommandResult(
             exit_code=None if timed_out else exit_code,
-            stdout="".join(stdout).encode(),
-            stderr="".join(stderr).encode(),
+            stdout=_joined(stdout),
+            stderr=_without_kill_notice(_joined(stderr)) if timed_out else _joined(stderr),
             duration_ms=int(elapsed_s * 1000),
             timed_out=timed_out,
         )
@@ -192,6 +214,120 @@ class E2BSandbox:
         """Read a file; raises ``FileNotFoundError`` when it does not exist."""
         with _translated_errors(self._api_key, path=path):
             return bytes(self._sandbox.files.read(_sandbox_path(path), format="bytes"))
+
+
+class _ByteCommands:
+    """``commands.run(..., background=True)`` whose handle streams output as the bytes envd sent.
+
+    Built on the SDK's generated envd process client (``process_connect.ProcessClientSync`` via
+    ``e2b.envd.client_sync.create_rpc_client``, with the sandbox's own URL and headers) and its
+    error mapping, so it behaves like ``Sandbox.commands`` except that nothing is decoded.
+    """
+
+    def __init__(self, sandbox: Any) -> None:
+        from e2b.api.client_sync import get_envd_api
+        from e2b.envd.client_sync import create_rpc_client
+        from e2b.envd.process import process_connect
+
+        self._rpc = create_rpc_client(
+            process_connect.ProcessClientSync, sandbox.envd_api_url, sandbox.connection_config
+        )
+        self._health_api = get_envd_api(sandbox.connection_config, sandbox.envd_api_url, retry_connect=False)
+
+    @classmethod
+    def wrapping(cls, sandbox: Any) -> Any:
+        """Byte commands for a real ``e2b.Sandbox``; anything else (a test's fake) keeps its own ``commands``."""
+        from e2b import Sandbox
+
+        return cls(sandbox) if isinstance(sandbox, Sandbox) else sandbox.commands
+
+    def run(
+        self, cmd: str, *, background: bool, cwd: str | None, envs: dict[str, str] | None, timeout: float
+    ) -> _ByteHandle:
+        from e2b.connection_config import KEEPALIVE_PING_HEADER, KEEPALIVE_PING_INTERVAL_SEC
+        from e2b.envd.process import process_pb
+        from e2b.envd.utils import authentication_header, extract_start_pid, timeout_to_ms
+        from packaging.version import Version
+
+        assert background, "the byte path always returns a handle"
+        events = self._rpc.start(
+            process_pb.StartRequest(
+                process=process_pb.ProcessConfig(cmd="/bin/bash", args=["-l", "-c", cmd], envs=envs, cwd=cwd),
+                stdin=False,
+            ),
+            headers={
+                **authentication_header(Version("0.4.0"), "user"),
+                KEEPALIVE_PING_HEADER: str(KEEPALIVE_PING_INTERVAL_SEC),
+            },
+            timeout_ms=timeout_to_ms(timeout),
+        )
+        try:
+            pid = extract_start_pid(next(events), "start process")
+        except Exception as error:
+            events.close()
+            raise self.translated(error) from None
+        return _ByteHandle(pid, events, self)
+
+    def translated(self, error: Exception) -> Exception:
+        """An envd RPC error as the SDK's exception (probing the sandbox's health when the connection failed)."""
+        from e2b.envd.api import check_sandbox_health
+        from e2b.envd.rpc import handle_rpc_exception_with_health
+        from e2b.exceptions import SandboxUnreachableException
+
+        mapped = handle_rpc_exception_with_health(error, lambda: check_sandbox_health(self._health_api))
+        if mapped is error and not isinstance(error, SandboxUnreachableException):
+            return SandboxUnreachableException(f"the command stream failed: {error}")
+        return mapped
+
+
+class _ByteHandle:
+    """A started command: ``wait`` streams its raw output to the callbacks, then returns or raises like the SDK's."""
+
+    def __init__(self, pid: int, events: Any, commands: _ByteCommands) -> None:
+        self.pid = pid
+        self._events = events
+        self._commands = commands
+
+    def wait(self, on_stdout: Any, on_stderr: Any) -> Any:
+        from e2b import CommandExitException, CommandResult
+        from protobuf import Oneof
+
+        try:
+            for response in self._events:
+                match response.event.event if response.event is not None else None:
+                    case Oneof(field="data", value=data):
+                        match data.output:
+                            case Oneof(field="stdout", value=chunk):
+                                on_stdout(bytes(chunk))
+                            case Oneof(field="stderr", value=chunk):
+                                on_stderr(bytes(chunk))
+                    case Oneof(field="end", value=end):
+                        if end.exit_code != 0:
+                            raise CommandExitException(stdout="", stderr="", exit_code=end.exit_code, error=end.error)
+                        return CommandResult(stdout="", stderr="", exit_code=0, error=None)
+        except CommandExitException:
+            raise
+        except Exception as error:
+            raise self._commands.translated(error) from None
+        finally:
+            self._events.close()
+        raise self._commands.translated(RuntimeError("the command stream ended without an end event"))
+
+
+_KILL_NOTICE = re.compile(rb"(?:\A|\n)[^\n]*: line \d+: +\d+ Killed +timeout -s KILL \d+ bash -lc .*\Z", re.DOTALL)
+"""What the outer shell of ``_under_deadline`` prints last when ``timeout`` SIGKILLs its group."""
+
+
+def _without_kill_notice(stderr: bytes) -> bytes:
+    """The command's stderr without the wrapper shell's ``Killed`` job notice (not the command's output)."""
+    match = _KILL_NOTICE.search(stderr)
+    if match is None:
+        return stderr
+    return stderr[: match.start()] + (b"\n" if match.group().startswith(b"\n") else b"")
+
+
+def _joined(chunks: list[bytes | str]) -> bytes:
+    return b"".join(chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in chunks)
 
 
 def _under_deadline(command: str, deadline_s: int) -> str:

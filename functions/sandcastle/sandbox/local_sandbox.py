@@ -34,13 +34,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from sandcastle.errors import SandboxError, SandboxGone
 from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
-from sandcastle.sandbox.local_limits import CgroupSupport, SandboxLimits, detect_cgroup_support
+from sandcastle.sandbox.local_limits import CgroupSupport, CommandCgroup, SandboxLimits, detect_cgroup_support
 
-__all__ = ["LocalSandbox", "LocalSandboxProvider", "SandboxLimits"]
+__all__ = ["LocalSandbox", "LocalSandboxProvider", "SandboxLimits", "SandboxProcess"]
 
 _BWRAP_MISSING = "bubblewrap (bwrap) is not installed; run `make setup` or apt-get install bubblewrap"
 _UTIL_LINUX_MISSING = "{tool} (util-linux) is not installed; apt-get install util-linux"
@@ -318,6 +319,126 @@ class LocalSandbox:
             with os.fdopen(fd, "rb") as file:
                 return file.read()
 
+    def spawn(self, program: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None) -> SandboxProcess:
+        """Start ``program`` (an argv) in a fresh bwrap, under the same isolation and limits as ``run``.
+
+        Unlike ``run`` it returns at once: the caller streams ``stdout``/``stderr`` while the
+        command runs, then calls ``wait`` (which releases its cgroup). ``kill`` ends the whole
+        tree, and so does ``LocalSandboxProvider.kill`` of the sandbox. Used by the E2B-compatible
+        sandbox server (``sandcastle.e2b_server``), whose clients stream output and send signals.
+        """
+        limits = self._provider.limits
+        cgroups = self._provider.cgroups
+        stack = ExitStack()
+        try:
+            cgroup = stack.enter_context(cgroups.command_cgroup(limits, self._sandbox_id)) if cgroups else None
+            envs = {**self._envs, **(env or {})}
+            argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(
+                "", cwd, envs, cgroup is None, program=list(program)
+            )
+            process = stack.enter_context(self._registered_process(argv))
+        except BaseException:
+            stack.close()
+            raise
+        return SandboxProcess(process, stack, cgroup, limits)
+
+    def stat_path(self, path: str) -> os.stat_result:
+        """``stat`` a path of the workspace (symlinks followed inside it); ``FileNotFoundError`` when missing.
+
+        Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user``.
+        """
+        self.ensure_alive()
+        if _is_workspace_root(path):
+            return os.stat(self._workspace)
+        with _resolve_in_workspace(self._workspace, path, create_parents=False) as (parent_fd, name):
+            try:
+                return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory in the sandbox", path) from None
+
+    def list_dir(self, path: str, *, depth: int = 1) -> list[tuple[str, os.stat_result]]:
+        """The entries under a workspace directory, ``depth`` levels deep: ``(sandbox path, lstat)`` pairs.
+
+        Symlinks are listed, never followed (so a listing never leaves the workspace).
+        """
+        self.ensure_alive()
+        base = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
+        entries: list[tuple[str, os.stat_result]] = []
+        with self._open_directory(path) as directory_fd:
+            _list_directory(directory_fd, base, max(1, depth), entries)
+        return entries
+
+    def make_dir(self, path: str) -> bool:
+        """Create a directory (and its parents), owned by the sandbox user. False when it already existed."""
+        self.ensure_alive()
+        if _is_workspace_root(path):
+            return False
+        owner = self._provider.sandbox_uid
+        with _resolve_in_workspace(self._workspace, path, create_parents=True, owner=owner) as (parent_fd, name):
+            try:
+                os.mkdir(name, mode=0o755, dir_fd=parent_fd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                    raise
+                return False
+            if owner is not None:
+                os.chown(name, owner, owner, dir_fd=parent_fd, follow_symlinks=False)
+            return True
+
+    def remove_path(self, path: str) -> None:
+        """Remove a file, symlink or directory tree of the workspace; ``FileNotFoundError`` when missing."""
+        self.ensure_alive()
+        if _is_workspace_root(path):
+            raise ValueError(f"refusing to remove the sandbox workspace {SANDBOX_HOME} itself")
+        with _resolve_in_workspace(self._workspace, path, create_parents=False, follow_final=False) as (
+            parent_fd,
+            name,
+        ):
+            try:
+                mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory in the sandbox", path) from None
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(name, dir_fd=parent_fd)
+            else:
+                os.unlink(name, dir_fd=parent_fd)
+
+    def move_path(self, source: str, destination: str) -> None:
+        """Rename a workspace path to another (parents of the destination are created)."""
+        self.ensure_alive()
+        owner = self._provider.sandbox_uid
+        with (
+            _resolve_in_workspace(self._workspace, source, create_parents=False, follow_final=False) as (
+                source_fd,
+                source_name,
+            ),
+            _resolve_in_workspace(self._workspace, destination, create_parents=True, owner=owner) as (
+                destination_fd,
+                destination_name,
+            ),
+        ):
+            try:
+                os.rename(source_name, destination_name, src_dir_fd=source_fd, dst_dir_fd=destination_fd)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory in the sandbox", source) from None
+
+    @contextmanager
+    def _open_directory(self, path: str) -> Iterator[int]:
+        """A file descriptor of a workspace directory, reached without leaving the workspace."""
+        if _is_workspace_root(path):
+            fd = os.open(self._workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            with _resolve_in_workspace(self._workspace, path, create_parents=False) as (parent_fd, name):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    fd = _open_no_follow(name, flags, parent_fd, path)
+                except NotADirectoryError:
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
     def _ensure_not_killed(self) -> None:
         if not (self._sandbox_dir / "meta.json").exists():
             raise SandboxGone(f"sandbox {self._sandbox_id} was killed")
@@ -346,7 +467,15 @@ class LocalSandbox:
                     if not processes:
                         del _live_commands[self._sandbox_id]
 
-    def _bwrap_argv(self, command: str, cwd: str | None, env: dict[str, str], rlimit_nproc: bool) -> list[str]:
+    def _bwrap_argv(
+        self,
+        command: str,
+        cwd: str | None,
+        env: dict[str, str],
+        rlimit_nproc: bool,
+        program: list[str] | None = None,
+    ) -> list[str]:
+        """The full argv: bwrap, its flags, then ``bash -lc command`` (or ``program`` as given)."""
         uid = self._provider.sandbox_uid
         limits = self._provider.limits
         # Why each flag:
@@ -392,8 +521,82 @@ class LocalSandbox:
         else:
             argv += ["--cap-drop", "ALL", "--", "setpriv", "--no-new-privs", "--"]
         argv += ["prlimit", *limits.prlimit_argv(with_nproc=rlimit_nproc), "--"]
+        if program is not None:
+            return argv + program
         shell = ["bash", "-lc"] if shutil.which("bash") else ["/bin/sh", "-c"]
         return argv + [*shell, command]
+
+
+class SandboxProcess:
+    """A command started by ``LocalSandbox.spawn``: read its pipes while it runs, then ``wait``."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        resources: ExitStack,
+        cgroup: CommandCgroup | None,
+        limits: SandboxLimits,
+    ) -> None:
+        self._process = process
+        self._resources = resources
+        self._cgroup = cgroup
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._exit_code: int | None = None
+        self.limit_note: str | None = None
+        """Why a limit ended the command (e.g. ``killed: memory limit ...``), once it has exited."""
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        """The command's standard output (a pipe)."""
+        assert self._process.stdout is not None
+        return self._process.stdout
+
+    @property
+    def stderr(self) -> IO[bytes]:
+        """The command's standard error (a pipe)."""
+        assert self._process.stderr is not None
+        return self._process.stderr
+
+    def kill(self) -> None:
+        """SIGKILL the command and everything it started (its PID namespace dies with bwrap)."""
+        _kill_process_group(self._process)
+
+    def wait(self) -> int:
+        """Wait for the command to end; its exit code (128+n for a signal n), its cgroup released.
+
+        Safe to call more than once and from several threads.
+        """
+        returncode = self._process.wait()
+        with self._lock:
+            if self._exit_code is None:
+                oom_killed = self._cgroup.oom_killed() if self._cgroup else False
+                self._resources.close()
+                exit_code = returncode if returncode >= 0 else 128 - returncode
+                if exit_code or oom_killed:
+                    self.limit_note = self._limits.explain_exit(exit_code, oom_killed=oom_killed)
+                self._exit_code = exit_code
+            return self._exit_code
+
+
+def _is_workspace_root(path: str) -> bool:
+    """True when ``path`` names ``/home/user`` itself (``ValueError`` when it points outside it)."""
+    return not _workspace_relative_parts(path)
+
+
+def _list_directory(directory_fd: int, base: str, depth: int, entries: list[tuple[str, os.stat_result]]) -> None:
+    """Append ``(path, lstat)`` of each entry under ``directory_fd`` (recursing ``depth - 1`` levels)."""
+    for name in sorted(os.listdir(directory_fd)):
+        with suppress(FileNotFoundError):
+            info = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+            entries.append((posixpath.join(base, name), info))
+            if depth > 1 and stat.S_ISDIR(info.st_mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                child_fd = os.open(name, flags, dir_fd=directory_fd)
+                try:
+                    _list_directory(child_fd, posixpath.join(base, name), depth - 1, entries)
+                finally:
+                    os.close(child_fd)
 
 
 def _write_meta(sandbox_dir: Path, meta: dict[str, object]) -> None:
@@ -468,7 +671,7 @@ def _workspace_relative_parts(path: str) -> list[str]:
 
 @contextmanager
 def _resolve_in_workspace(
-    workspace: Path, path: str, *, create_parents: bool, owner: int | None = None
+    workspace: Path, path: str, *, create_parents: bool, owner: int | None = None, follow_final: bool = True
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(parent_dir_fd, name)`` for a sandbox path, following symlinks as the sandbox would.
 
@@ -478,17 +681,20 @@ def _resolve_in_workspace(
     runs can lead it outside the workspace. The final name is returned unopened and is not a
     symlink at the time of the walk; callers open it with ``O_NOFOLLOW``. Directories it creates
     are given to ``owner`` (uid and gid) when set, so the sandbox user can write into them.
+    With ``follow_final=False`` a final symlink is returned as it is (to remove or rename the link).
     """
     directory_fds = [os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
     try:
-        name = _walk_to_final_name(directory_fds, path, create_parents, owner)
+        name = _walk_to_final_name(directory_fds, path, create_parents, owner, follow_final)
         yield directory_fds[-1], name
     finally:
         for fd in directory_fds:
             os.close(fd)
 
 
-def _walk_to_final_name(directory_fds: list[int], path: str, create_parents: bool, owner: int | None) -> str:
+def _walk_to_final_name(
+    directory_fds: list[int], path: str, create_parents: bool, owner: int | None, follow_final: bool = True
+) -> str:
     """Descend ``directory_fds`` (workspace first) to the directory holding ``path``'s final name."""
     pending = deque(_workspace_relative_parts(path))
     symlink_hops = 0
@@ -511,6 +717,8 @@ def _walk_to_final_name(directory_fds: list[int], path: str, create_parents: boo
                 os.chown(part, owner, owner, dir_fd=directory_fds[-1], follow_symlinks=False)
             mode = stat.S_IFDIR
         if stat.S_ISLNK(mode):
+            if not pending and not follow_final:
+                return part
             symlink_hops += 1
             if symlink_hops > _MAX_SYMLINK_HOPS:
                 raise ValueError(f"path {path!r} has too many levels of symbolic links")

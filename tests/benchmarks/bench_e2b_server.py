@@ -1,0 +1,101 @@
+"""What the local E2B costs: the e2b SDK over HTTP against ``sandcastle.e2b_server``.
+
+Sandbox create and kill, the round trip of ``commands.run("true")`` (set against the in-process
+``local`` backend's ``run("true")``, so the ratio is the price of the protocol: HTTP, Connect,
+JSON), and a 1 MiB file write + read.
+
+``python -m tests.benchmarks.bench_e2b_server [--quick]`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sandcastle.sandbox.base import SandboxSpec
+from tests.benchmarks import section, table
+
+
+def _timings_ms(action: Callable[[], object], repeat: int) -> list[float]:
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
+def report(quick: bool = False) -> str:
+    """The local E2B figures as text (the ``python -m tests.benchmarks`` entry point)."""
+    from e2b import Sandbox
+
+    from sandcastle.e2b_server import SandboxServer
+    from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+
+    repeat = 15 if quick else 50
+    lifecycles = 5 if quick else 20
+    payload = os.urandom(1024 * 1024)
+    with tempfile.TemporaryDirectory(prefix="bench-e2b-server-") as root, SandboxServer(Path(root) / "e2b") as server:
+        options = {"api_key": "bench", "api_url": server.url, "sandbox_url": server.url}
+        creates: list[float] = []
+        kills: list[float] = []
+        for _ in range(lifecycles):
+            started = time.perf_counter()
+            created = Sandbox.create(timeout=120, **options)
+            creates.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            Sandbox.kill(created.sandbox_id, **options)
+            kills.append((time.perf_counter() - started) * 1000)
+
+        sandbox = Sandbox.create(timeout=600, **options)
+        sandbox.commands.run("true")  # warm the connection pool
+        sdk_true = _timings_ms(lambda: sandbox.commands.run("true"), repeat)
+
+        def write_and_read() -> None:
+            sandbox.files.write("bench.bin", payload)
+            assert bytes(sandbox.files.read("bench.bin", format="bytes")) == payload
+
+        files = _timings_ms(write_and_read, max(5, repeat // 3))
+        Sandbox.kill(sandbox.sandbox_id, **options)
+
+        local = LocalSandboxProvider(Path(root) / "local")
+        local_sandbox = local.create(SandboxSpec(run_id="bench", tenant="bench", timeout_s=600))
+        local_sandbox.run("true", timeout_s=60)
+        local_true = _timings_ms(lambda: local_sandbox.run("true", timeout_s=60), repeat)
+        local.kill(local_sandbox.sandbox_id)
+
+    ratio = statistics.median(sdk_true) / statistics.median(local_true)
+    rows = [
+        ("Sandbox.create", statistics.median(creates), _p95(creates), "ms"),
+        ("Sandbox.kill", statistics.median(kills), _p95(kills), "ms"),
+        ('commands.run("true") through the SDK', statistics.median(sdk_true), _p95(sdk_true), "ms"),
+        ('local backend run("true"), in-process', statistics.median(local_true), _p95(local_true), "ms"),
+        ("ratio (SDK + server / in-process, medians)", ratio, None, "×"),
+        ("files.write + files.read of 1 MiB", statistics.median(files), _p95(files), "ms"),
+    ]
+    body = table(["figure", "median", "p95", "unit"], rows, digits=1)
+    return section(
+        "local E2B (e2b SDK → sandcastle.e2b_server → bubblewrap)",
+        body,
+        note="One server on a loopback port; HTTP/1.1, a connection per request (wsgiref), Connect JSON.",
+    )
+
+
+def main(quick: bool) -> None:
+    """Measure and print the local E2B figures (fewer repetitions when ``quick``)."""
+    print(report(quick), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_e2b_server", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    main(parser.parse_args().quick)
