@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 ## demo: a real run, offline — a playbook writes and runs a script on a CSV in the local sandbox
 demo: setup
-	cd examples/demo && ../../$(BIN)/sandcastle run \
+	cd examples/demo && SANDCASTLE_HOME="$${SANDCASTLE_HOME:-$(CURDIR)/.sandcastle}" ../../$(BIN)/sandcastle run \
 	  "Analyse sales.csv: revenue per region and the best-selling product" \
 	  --file sales.csv --playbook playbook.json
 
