@@ -208,3 +208,16 @@ def test_input_files_land_in_the_sandbox(runtime: LocalRuntime, fake_openai: Fak
     assert run.status is RunStatus.SUCCEEDED
     assert _results(runtime, run.run_id)[0]["output"]["stdout"]["text"].strip() == "3"
     assert "~/input/data.csv" in fake_openai.requests[0]["messages"][1]["content"]
+
+
+def test_many_parallel_tool_calls_are_all_recorded_once(runtime: LocalRuntime, fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.reply_tool_calls([("run_command", {"command": f"echo {n} > n{n}.txt; echo {n}"}) for n in range(8)])
+    fake_openai.reply_tool_calls([("run_command", {"command": "cat n*.txt | sort -n | tr '\\n' ' '"})])
+    fake_openai.reply_text("All eight.")
+
+    run = _run(runtime)
+
+    assert run.status is RunStatus.SUCCEEDED and run.usage.tool_calls == 9
+    results = _results(runtime, run.run_id)
+    assert [r["output"]["stdout"]["text"] for r in results[:8]] == [f"{n}\n" for n in range(8)]
+    assert results[8]["output"]["stdout"]["text"] == "0 1 2 3 4 5 6 7 "

@@ -121,6 +121,7 @@ class LocalRuntime:
         self._saved_environ: dict[str, str] | None = None
         self._mock: Any = None
         self._patch: Any = None
+        self._serial_dynamodb: Any = None
         self.stats = Stats()
         self.gateway: LocalGateway | None = None
         self.execution_rule: ExecutionRuleEmulator | None = None
@@ -175,6 +176,8 @@ class LocalRuntime:
 
             self._patch = mock.patch.object(LambdaSimpleBackend, "invoke", invoke)
             self._patch.start()
+            self._serial_dynamodb = _serialize_emulated_dynamodb()
+            self._serial_dynamodb.start()
             reset_dependencies()
             for spec in self.functions.values():
                 self._handler(spec)
@@ -204,6 +207,9 @@ class LocalRuntime:
         if self._patch is not None:
             self._patch.stop()
             self._patch = None
+        if self._serial_dynamodb is not None:
+            self._serial_dynamodb.stop()
+            self._serial_dynamodb = None
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
@@ -519,3 +525,27 @@ def create_state_machines(template: Template, client: Any) -> None:
             roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{logical_id}Role",
             type=resource["Properties"].get("Type", "STANDARD"),
         )
+
+
+def _serialize_emulated_dynamodb() -> Any:
+    """A patch that lets one emulated DynamoDB request run at a time.
+
+    DynamoDB is linearizable per item and its transactions are isolated; moto's emulation is
+    neither when called from several threads (the Map's tool calls run on threads): a query can
+    fail with "dictionary changed size during iteration", and a cancelled transaction restores a
+    snapshot of the table that undoes another thread's commit. Serializing the emulated calls
+    restores the guarantees the code relies on in the cloud. Only DynamoDB requests take the lock:
+    they never call out to another service, so it cannot deadlock with a Lambda invocation.
+    """
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    original = BotocoreStubber.process_request
+    lock = threading.Lock()
+
+    def process_request(stubber: Any, request: Any) -> Any:
+        if "//dynamodb." not in str(request.url):
+            return original(stubber, request)
+        with lock:
+            return original(stubber, request)
+
+    return mock.patch.object(BotocoreStubber, "process_request", process_request)
