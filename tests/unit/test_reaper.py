@@ -97,11 +97,13 @@ def test_a_run_past_its_deadline_is_timed_out_and_its_sandbox_killed(
     deps: Dependencies, provider: ListingProvider
 ) -> None:
     run_id, sandbox_id = _run(deps, provider, RunStatus.RUNNING, deadline=datetime.now(UTC) + timedelta(seconds=30))
+    provider.sandboxes[sandbox_id].files["output/partial.csv"] = b"a,b\n"
 
     report = reap(deps, now=datetime.now(UTC) + LATER)
 
     run = deps.store.get_run(run_id)
     assert run.status is RunStatus.TIMED_OUT and run.error and run.error.type == "DeadlineExceeded"
+    assert [a.name for a in run.artifacts] == ["partial.csv"]  # kept before the sandbox was killed
     assert "the reaper ended it" in run.error.message
     assert provider.killed == [sandbox_id] and report.timed_out == 1
     assert deps.events.entries[-1]["DetailType"] == "Run Finished"  # type: ignore[attr-defined]

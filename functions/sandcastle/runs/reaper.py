@@ -22,6 +22,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from sandcastle.errors import RunNotFound, SandboxError, SandboxGone
+from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.lifecycle import end_run
 from sandcastle.runs.models import Run, RunError, RunStatus, StopReason, utcnow
 from sandcastle.sandbox.listing import SandboxInfo, SandboxLister
@@ -117,7 +118,14 @@ def _time_out(run: Run, deadline: datetime, deps: Dependencies, report: ReapRepo
         message=f"the run was still {run.status.value} at its deadline {deadline.isoformat()} "
         f"(timeout_s {run.budgets.timeout_s}); the reaper ended it",
     )
-    ended = end_run(run, deps, status=RunStatus.TIMED_OUT, stop_reason=StopReason.TIMEOUT, error=error)
+    try:  # what the run left in ~/output is kept, as when a run ends on its own
+        artifacts = export_artifacts(run, deps)
+    except Exception:
+        logger.exception("could not keep the overdue run's artifacts", extra={"run_id": run.run_id})
+        artifacts = []
+    ended = end_run(
+        run, deps, status=RunStatus.TIMED_OUT, stop_reason=StopReason.TIMEOUT, error=error, artifacts=artifacts
+    )
     _stop_execution(run.run_id, deps)
     if ended.status is RunStatus.TIMED_OUT:
         report.timed_out += 1
