@@ -21,6 +21,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,13 +175,14 @@ class LocalEventBus:
             self._thread = None
 
     def drain(self, timeout_s: float = 30) -> None:
-        """Wait until every event observed so far has been delivered (and whatever those deliveries caused)."""
-        for _ in range(5):  # a delivery may cause further events (a run end → an outbox write → a mirror)
-            done = threading.Event()
-            self._queue.put(("_drain", done))
-            done.wait(timeout_s)
-            if self._queue.empty():
-                return
+        """Wait until every event observed so far has been delivered (and whatever those deliveries caused).
+
+        A delivery may cause further events (a run end → an outbox write → a mirror); they are queued
+        before the delivery that caused them is marked done, so no unfinished item means all settled.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def publish(self, event: dict[str, Any]) -> None:
         """Deliver ``event`` to every rule it matches (and to listeners, when it is an S3 event)."""
@@ -215,13 +217,10 @@ class LocalEventBus:
     def _deliver(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                return
-            kind, payload = item
-            if kind == "_drain":
-                payload.set()
-                continue
             try:
+                if item is None:
+                    return
+                kind, payload = item
                 event = self._s3_event(*payload) if kind == "s3" else payload
                 for listener in self._listeners if event.get("source") == "aws.s3" else []:
                     listener(event)
@@ -231,6 +230,8 @@ class LocalEventBus:
                         self.runtime.invoke(rule.function, event)
             except Exception:
                 logger.exception("an EventBridge rule's function failed")
+            finally:
+                self._queue.task_done()
 
     def _s3_event(self, bucket: str, key: str, version_id: str | None, etag: str | None) -> dict[str, Any]:
         size = None
