@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from http import HTTPStatus
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -19,10 +19,9 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
 
 from sandcastle.api.auth import Unauthorized
-from sandcastle.api.errors import ApiError, error_proxy_result, error_response
+from sandcastle.api.errors import error_proxy_result, error_response
 from sandcastle.api.models import (
     ArtifactList,
     ArtifactView,
@@ -32,6 +31,7 @@ from sandcastle.api.models import (
     RunSubmission,
     RunSummary,
 )
+from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
 from sandcastle.errors import InvalidRunRequest, RunNotFound
 from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooManyActiveRuns, admit_run
@@ -53,19 +53,10 @@ app.configure_openapi(
 app.enable_swagger(path="/docs")
 app.include_router(tasks_router)  # saved tasks and schedules (api/tasks_routes.py)
 
-M = TypeVar("M", bound=BaseModel)
 RunId = Annotated[str, Path(min_length=1, max_length=100, description="The run's id (`run-...`).")]
 
 
-def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"model": model}}}
-
-
-def _errors(*codes: HTTPStatus) -> dict[int, Any]:
-    return {code.value: _json(ApiError, code.phrase) for code in (HTTPStatus.UNAUTHORIZED, *codes)}
-
-
-_READ_ERRORS = _errors(HTTPStatus.NOT_FOUND, HTTPStatus.UNPROCESSABLE_ENTITY)
+_READ_ERRORS = error_contents(HTTPStatus.NOT_FOUND, HTTPStatus.UNPROCESSABLE_ENTITY)
 
 
 # ---------------------------------------------------------------- routes
@@ -73,7 +64,7 @@ _READ_ERRORS = _errors(HTTPStatus.NOT_FOUND, HTTPStatus.UNPROCESSABLE_ENTITY)
 
 @app.get("/health", include_in_schema=False)
 def health() -> Response[Health]:
-    return _ok(Health())
+    return ok(Health())
 
 
 @app.get("/openapi.json", include_in_schema=False)
@@ -87,9 +78,9 @@ def openapi_document():  # no return annotation: the document is served as gener
     description="Validates the request, stores the run QUEUED and starts it. With `Idempotency-Key`, a retry "
     "with the same body returns the same run; the same key with another body is a 409.",
     responses={
-        201: _json(Run, "The run was created; `Location` names it."),
-        200: _json(Run, "A retry with the same Idempotency-Key: the run the first request created."),
-        **_errors(
+        201: json_content(Run, "The run was created; `Location` names it."),
+        200: json_content(Run, "A retry with the same Idempotency-Key: the run the first request created."),
+        **error_contents(
             HTTPStatus.BAD_REQUEST,
             HTTPStatus.CONFLICT,
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -110,14 +101,14 @@ def post_run(
         request, get_dependencies(), idempotency_key=idempotency_key, lambda_context=app.lambda_context
     )
     status = HTTPStatus.OK if admission.replayed else HTTPStatus.CREATED
-    return _ok(admission.run, status, headers={"Location": f"/runs/{admission.run.run_id}"})
+    return ok(admission.run, status, headers={"Location": f"/runs/{admission.run.run_id}"})
 
 
 @app.get(
     "/runs",
     summary="List runs",
     description="The tenant's runs, newest first, a page at a time.",
-    responses={200: _json(RunList, "A page of runs."), **_errors(HTTPStatus.UNPROCESSABLE_ENTITY)},
+    responses={200: json_content(RunList, "A page of runs."), **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY)},
 )
 def get_runs(
     limit: Annotated[int, Query(ge=1, le=100, description="Runs per page.")] = 20,
@@ -125,17 +116,17 @@ def get_runs(
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
 ) -> Response[RunList]:
     page = list_tenant_runs(_tenant(), get_dependencies(), limit=limit, cursor=cursor, status=status)
-    return _ok(RunList(runs=[RunSummary.of(run) for run in page.runs], cursor=page.cursor))
+    return ok(RunList(runs=[RunSummary.of(run) for run in page.runs], cursor=page.cursor))
 
 
 @app.get(
     "/runs/<run_id>",
     summary="Get a run",
     description="Status, step, usage, result or error, timestamps, sandbox id and artifacts.",
-    responses={200: _json(Run, "The run."), **_READ_ERRORS},
+    responses={200: json_content(Run, "The run."), **_READ_ERRORS},
 )
 def get_run(run_id: RunId) -> Response[Run]:
-    return _ok(get_tenant_run(run_id, _tenant(), get_dependencies()))
+    return ok(get_tenant_run(run_id, _tenant(), get_dependencies()))
 
 
 @app.get(
@@ -143,7 +134,7 @@ def get_run(run_id: RunId) -> Response[Run]:
     summary="Read the transcript",
     description="Events in order after `after`. With `wait`, waits up to that many seconds for a new event "
     "(returning as soon as one lands or the run ends). Resume with the returned `cursor`.",
-    responses={200: _json(EventList, "Events (possibly none)."), **_READ_ERRORS},
+    responses={200: json_content(EventList, "Events (possibly none)."), **_READ_ERRORS},
 )
 def get_events(
     run_id: RunId,
@@ -152,7 +143,7 @@ def get_events(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for a new event.")] = 0,
 ) -> Response[EventList]:
     page = read_events(run_id, _tenant(), get_dependencies(), after=after, limit=limit, wait_s=wait)
-    return _ok(EventList(run_id=run_id, events=page.events, cursor=page.cursor, status=page.status))
+    return ok(EventList(run_id=run_id, events=page.events, cursor=page.cursor, status=page.status))
 
 
 @app.post(
@@ -160,23 +151,23 @@ def get_events(
     summary="Cancel a run",
     description="Stops the run's execution, kills its sandbox and ends it CANCELLED. A run that already "
     "ended is returned as it is.",
-    responses={200: _json(Run, "The run, ended."), **_errors(HTTPStatus.NOT_FOUND)},
+    responses={200: json_content(Run, "The run, ended."), **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def post_cancel(run_id: RunId) -> Response[Run]:
     tenant, key_id = _principal()
-    return _ok(cancel_run(run_id, tenant, get_dependencies(), by=key_id or tenant))
+    return ok(cancel_run(run_id, tenant, get_dependencies(), by=key_id or tenant))
 
 
 @app.get(
     "/runs/<run_id>/artifacts",
     summary="List a run's artifacts",
     description="The files the run left in ~/output, each with a download URL.",
-    responses={200: _json(ArtifactList, "The artifact manifest."), **_READ_ERRORS},
+    responses={200: json_content(ArtifactList, "The artifact manifest."), **_READ_ERRORS},
 )
 def get_artifacts(run_id: RunId) -> Response[ArtifactList]:
     links = artifact_links(run_id, _tenant(), get_dependencies())
     views = [ArtifactView(**link.artifact.model_dump(), url=link.url) for link in links]
-    return _ok(ArtifactList(run_id=run_id, artifacts=views))
+    return ok(ArtifactList(run_id=run_id, artifacts=views))
 
 
 # ---------------------------------------------------------------- errors
@@ -258,21 +249,11 @@ def handle_request(event: dict[str, Any], context: LambdaContext, *, max_body_by
 
 
 def _principal() -> tuple[str, str | None]:
-    """The tenant (and key id) the authorizer put in the request context."""
-    authorizer = (app.current_event.raw_event.get("requestContext") or {}).get("authorizer") or {}
-    tenant = authorizer.get("tenant")
-    if not tenant:
-        raise Unauthorized()
-    return str(tenant), authorizer.get("key_id")
+    return principal(app.current_event.raw_event)
 
 
 def _tenant() -> str:
     return _principal()[0]
-
-
-def _ok(model: M, status: HTTPStatus = HTTPStatus.OK, *, headers: dict[str, str] | None = None) -> Response[M]:
-    """A JSON response; the resolver validates ``model`` against the route's return annotation."""
-    return Response(status_code=status.value, content_type=content_types.APPLICATION_JSON, body=model, headers=headers)
 
 
 def _field_name(loc: Any) -> str:

@@ -7,14 +7,15 @@ API's one shape (``api/errors.py``): an unknown task or schedule — or another 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel
 
-from sandcastle.api.errors import ApiError, error_response
+from sandcastle.api.errors import error_response
+from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.runs.models import Schedule, ScheduleRequest, Task, TaskDefinition
 from sandcastle.runs.schedules import ScheduleNotFound, create_schedule, delete_schedule, get_schedule, list_schedules
 from sandcastle.runs.tasks import TaskNotFound, delete_task, get_task, list_tasks, put_task
@@ -36,22 +37,8 @@ class ScheduleList(BaseModel):
     schedules: list[Schedule]
 
 
-def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"model": model}}}
-
-
-def _errors(*codes: HTTPStatus) -> dict[int, Any]:
-    return {code.value: _json(ApiError, code.phrase) for code in (HTTPStatus.UNAUTHORIZED, *codes)}
-
-
 def _tenant() -> str:
-    from sandcastle.api.app import _tenant as tenant_of_request  # the API's helper (imported late: no cycle)
-
-    return tenant_of_request()
-
-
-def _ok(model: BaseModel, status: HTTPStatus = HTTPStatus.OK) -> Response:
-    return Response(status_code=status.value, content_type=content_types.APPLICATION_JSON, body=model)
+    return principal(router.current_event.raw_event)[0]
 
 
 def _no_content() -> Response:
@@ -66,35 +53,35 @@ def _no_content() -> Response:
     summary="Save a task",
     description="A named run template (instructions or playbook, model, budgets, sandbox options). An upload "
     "to `inbox/<tenant>/<name>/<file>` in the inbox bucket, or a schedule, starts a run of it.",
-    responses={200: _json(Task, "The saved task."), **_errors(HTTPStatus.UNPROCESSABLE_ENTITY)},
+    responses={200: json_content(Task, "The saved task."), **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY)},
 )
 def put_task_route(name: TaskNamePath, definition: TaskDefinition) -> Response[Task]:
-    return _ok(put_task(_tenant(), name, definition, get_dependencies()))
+    return ok(put_task(_tenant(), name, definition, get_dependencies()))
 
 
 @router.get(
     "/tasks",
     summary="List tasks",
     description="The tenant's saved tasks.",
-    responses={200: _json(TaskList, "The tasks.")},
+    responses={200: json_content(TaskList, "The tasks.")},
 )
 def list_tasks_route() -> Response[TaskList]:
-    return _ok(TaskList(tasks=list_tasks(_tenant(), get_dependencies())))
+    return ok(TaskList(tasks=list_tasks(_tenant(), get_dependencies())))
 
 
 @router.get(
     "/tasks/<name>",
     summary="Get a task",
-    responses={200: _json(Task, "The task."), **_errors(HTTPStatus.NOT_FOUND)},
+    responses={200: json_content(Task, "The task."), **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def get_task_route(name: TaskNamePath) -> Response[Task]:
-    return _ok(get_task(_tenant(), name, get_dependencies()))
+    return ok(get_task(_tenant(), name, get_dependencies()))
 
 
 @router.delete(
     "/tasks/<name>",
     summary="Delete a task",
-    responses={204: {"description": "Deleted."}, **_errors(HTTPStatus.NOT_FOUND)},
+    responses={204: {"description": "Deleted."}, **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def delete_task_route(name: TaskNamePath):  # no return annotation: 204, no body
     delete_task(_tenant(), name, get_dependencies())
@@ -110,35 +97,35 @@ def delete_task_route(name: TaskNamePath):  # no return annotation: 204, no body
     description="Runs a saved task (`task`) or an inline run template (`run`) on a `cron(...)`, `rate(...)` or "
     "`at(...)` expression in a time zone. Each fire starts one run; with `overlap: skip` (the default) a fire "
     "while the previous run is still going is skipped and recorded on the schedule.",
-    responses={201: _json(Schedule, "The schedule."), **_errors(HTTPStatus.UNPROCESSABLE_ENTITY)},
+    responses={201: json_content(Schedule, "The schedule."), **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY)},
 )
 def post_schedule_route(request: ScheduleRequest) -> Response[Schedule]:
-    return _ok(create_schedule(_tenant(), request, get_dependencies()), HTTPStatus.CREATED)
+    return ok(create_schedule(_tenant(), request, get_dependencies()), HTTPStatus.CREATED)
 
 
 @router.get(
     "/schedules",
     summary="List schedules",
     description="The tenant's schedules, each with its latest run and recent skips.",
-    responses={200: _json(ScheduleList, "The schedules.")},
+    responses={200: json_content(ScheduleList, "The schedules.")},
 )
 def list_schedules_route() -> Response[ScheduleList]:
-    return _ok(ScheduleList(schedules=list_schedules(_tenant(), get_dependencies())))
+    return ok(ScheduleList(schedules=list_schedules(_tenant(), get_dependencies())))
 
 
 @router.get(
     "/schedules/<schedule_id>",
     summary="Get a schedule",
-    responses={200: _json(Schedule, "The schedule."), **_errors(HTTPStatus.NOT_FOUND)},
+    responses={200: json_content(Schedule, "The schedule."), **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def get_schedule_route(schedule_id: ScheduleIdPath) -> Response[Schedule]:
-    return _ok(get_schedule(_tenant(), schedule_id, get_dependencies()))
+    return ok(get_schedule(_tenant(), schedule_id, get_dependencies()))
 
 
 @router.delete(
     "/schedules/<schedule_id>",
     summary="Delete a schedule",
-    responses={204: {"description": "Deleted."}, **_errors(HTTPStatus.NOT_FOUND)},
+    responses={204: {"description": "Deleted."}, **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def delete_schedule_route(schedule_id: ScheduleIdPath):  # no return annotation: 204, no body
     delete_schedule(_tenant(), schedule_id, get_dependencies())
