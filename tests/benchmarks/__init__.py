@@ -7,7 +7,8 @@ with ``section`` and ``table`` below, so every report reads the same way.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Cell = str | int | float | None
@@ -29,6 +30,21 @@ class Spread:
 
     def scaled(self, factor: float) -> Spread:
         return Spread(self.median * factor, self.low * factor, self.high * factor)
+
+
+def timings_ms(action: Callable[[], object], repeat: int) -> list[float]:
+    """Wall time of ``repeat`` calls of ``action``, in ms each."""
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def p95(values: list[float]) -> float:
+    """The 95th percentile (the value itself for a single sample)."""
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
 
 
 def section(title: str, body: str, note: str | None = None) -> str:

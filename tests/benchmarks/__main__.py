@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names = sorted(info.name for info in pkgutil.iter_modules(package.__path__) if info.name.startswith("bench_"))
     if args.only:
+        args.only = [name.removeprefix("bench_") for name in args.only]  # NAME or bench_NAME
         unknown = {f"bench_{name}" for name in args.only} - set(names)
         if unknown:
             parser.error(f"no such benchmark: {', '.join(sorted(unknown))}; choose from {', '.join(names)}")

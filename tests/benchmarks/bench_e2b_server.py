@@ -14,24 +14,10 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sandcastle.sandbox.base import SandboxSpec
-from tests.benchmarks import section, table
-
-
-def _timings_ms(action: Callable[[], object], repeat: int) -> list[float]:
-    timings = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        timings.append((time.perf_counter() - started) * 1000)
-    return timings
-
-
-def _p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+from tests.benchmarks import p95, section, table, timings_ms
 
 
 def report(quick: bool = False) -> str:
@@ -58,29 +44,29 @@ def report(quick: bool = False) -> str:
 
         sandbox = Sandbox.create(timeout=600, **options)
         sandbox.commands.run("true")  # warm the connection pool
-        sdk_true = _timings_ms(lambda: sandbox.commands.run("true"), repeat)
+        sdk_true = timings_ms(lambda: sandbox.commands.run("true"), repeat)
 
         def write_and_read() -> None:
             sandbox.files.write("bench.bin", payload)
             assert bytes(sandbox.files.read("bench.bin", format="bytes")) == payload
 
-        files = _timings_ms(write_and_read, max(5, repeat // 3))
+        files = timings_ms(write_and_read, max(5, repeat // 3))
         Sandbox.kill(sandbox.sandbox_id, **options)
 
         local = LocalSandboxProvider(Path(root) / "local")
         local_sandbox = local.create(SandboxSpec(run_id="bench", tenant="bench", timeout_s=600))
         local_sandbox.run("true", timeout_s=60)
-        local_true = _timings_ms(lambda: local_sandbox.run("true", timeout_s=60), repeat)
+        local_true = timings_ms(lambda: local_sandbox.run("true", timeout_s=60), repeat)
         local.kill(local_sandbox.sandbox_id)
 
     ratio = statistics.median(sdk_true) / statistics.median(local_true)
     rows = [
-        ("Sandbox.create", statistics.median(creates), _p95(creates), "ms"),
-        ("Sandbox.kill", statistics.median(kills), _p95(kills), "ms"),
-        ('commands.run("true") through the SDK', statistics.median(sdk_true), _p95(sdk_true), "ms"),
-        ('local backend run("true"), in-process', statistics.median(local_true), _p95(local_true), "ms"),
+        ("Sandbox.create", statistics.median(creates), p95(creates), "ms"),
+        ("Sandbox.kill", statistics.median(kills), p95(kills), "ms"),
+        ('commands.run("true") through the SDK', statistics.median(sdk_true), p95(sdk_true), "ms"),
+        ('local backend run("true"), in-process', statistics.median(local_true), p95(local_true), "ms"),
         ("ratio (SDK + server / in-process, medians)", ratio, None, "×"),
-        ("files.write + files.read of 1 MiB", statistics.median(files), _p95(files), "ms"),
+        ("files.write + files.read of 1 MiB", statistics.median(files), p95(files), "ms"),
     ]
     body = table(["figure", "median", "p95", "unit"], rows, digits=1)
     return section(

@@ -15,26 +15,12 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sandcastle.sandbox.base import SandboxProvider, SandboxSpec
-from tests.benchmarks import section, table
+from tests.benchmarks import p95, section, table, timings_ms
 
 _THROUGHPUT_COMMANDS = 100
-
-
-def _timings_ms(action: Callable[[], object], repeat: int) -> list[float]:
-    timings = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        timings.append((time.perf_counter() - started) * 1000)
-    return timings
-
-
-def _p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
 
 
 def _measure(provider: SandboxProvider, quick: bool) -> list[tuple[str, float | None, float | None, str]]:
@@ -45,8 +31,8 @@ def _measure(provider: SandboxProvider, quick: bool) -> list[tuple[str, float | 
     sandbox = provider.create(spec)
     try:
         sandbox.run("true", timeout_s=60)  # warm caches
-        round_trip = _timings_ms(lambda: sandbox.run("true", timeout_s=60), repeat)
-        bare = _timings_ms(lambda: subprocess.run(["true"], check=True), repeat)
+        round_trip = timings_ms(lambda: sandbox.run("true", timeout_s=60), repeat)
+        bare = timings_ms(lambda: subprocess.run(["true"], check=True), repeat)
         commands = 20 if quick else _THROUGHPUT_COMMANDS
         started = time.perf_counter()
         for number in range(commands):
@@ -62,13 +48,13 @@ def _measure(provider: SandboxProvider, quick: bool) -> list[tuple[str, float | 
         finally:
             provider.kill(created.sandbox_id)
 
-    creation = _timings_ms(create_and_run, creations)
+    creation = timings_ms(create_and_run, creations)
     ratio = statistics.median(round_trip) / statistics.median(bare)
     return [
-        ("round trip of `true`", statistics.median(round_trip), _p95(round_trip), "ms"),
-        ("bare subprocess.run(['true'])", statistics.median(bare), _p95(bare), "ms"),
+        ("round trip of `true`", statistics.median(round_trip), p95(round_trip), "ms"),
+        ("bare subprocess.run(['true'])", statistics.median(bare), p95(bare), "ms"),
         ("ratio (sandbox / bare, medians)", ratio, None, "×"),
-        ("create + first command", statistics.median(creation), _p95(creation), "ms"),
+        ("create + first command", statistics.median(creation), p95(creation), "ms"),
         (f"throughput ({commands} small commands, sequential)", throughput, None, "commands/s"),
     ]
 
