@@ -367,7 +367,11 @@ def _keys_command(args: argparse.Namespace, *, create: bool) -> int:
         from sandcastle.store.keys import ApiKeyStore, stack_table_name
 
         keys = ApiKeyStore(args.table or stack_table_name(args.stack))
-        answer = keys.create(args.tenant).model_dump(mode="json") if create else keys.revoke(args.key_id)
+        try:
+            answer = keys.create(args.tenant).model_dump(mode="json") if create else keys.revoke(args.key_id)
+        except ValueError as error:  # not a tenant name
+            print(f"sandcastle: --tenant: {error}", file=sys.stderr)
+            return 2
         if answer is None:
             print(f"sandcastle: no API key {args.key_id}", file=sys.stderr)
             return 1

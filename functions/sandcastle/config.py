@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     """How often a long-polling ``GET /runs/{id}/events?wait=`` looks for new events."""
     local_artifacts_base_url: str | None = None
     """Local runtime only: artifact links point at this gateway's ``/local-artifacts/`` instead of presigned S3."""
+    local_link_secret: SecretStr | None = None
+    """Local runtime only: the key local download and upload links are signed with (the runtime makes one)."""
+    tenant_files_role_arn: str = ""
+    """The role assumed, tagged with the tenant, to read a tenant's ``uploads/<tenant>/`` keys and sign upload URLs."""
 
     # --- triggers: the inbox, schedules, the reaper ---
     inbox_bucket: str = "sandcastle-inbox"

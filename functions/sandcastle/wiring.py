@@ -8,7 +8,9 @@ openai or e2b, ``run_tool`` never imports openai, ``agent_step`` never imports e
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import SecretStr
 
 from sandcastle.config import Settings, get_settings
 from sandcastle.redaction import Redactor
@@ -19,8 +21,10 @@ if TYPE_CHECKING:
     from sandcastle.agent.base import Model
     from sandcastle.runs.models import Run
     from sandcastle.sandbox.base import SandboxProvider
+    from sandcastle.store.downloads import DownloadLinks
     from sandcastle.store.schedules import EventBridgeSchedules, ScheduleStore
     from sandcastle.store.tasks import TaskStore
+    from sandcastle.store.tenant_files import TenantFiles
 
 
 class Dependencies:
@@ -63,7 +67,7 @@ class Dependencies:
     def redactor(self) -> Redactor:
         """Knows the secrets configured here; the adapters add the ones they read from Secrets Manager."""
         settings = self.settings
-        values = [settings.openai_api_key, settings.e2b_api_key, *settings.redact_values]
+        values = [settings.openai_api_key, settings.e2b_api_key, settings.local_link_secret, *settings.redact_values]
         return Redactor(value.get_secret_value() for value in values if value is not None)
 
     @cached_property
@@ -104,6 +108,36 @@ class Dependencies:
             return PlaybookModel(run.playbook or [])
         return self._model
 
+    # --- a tenant's own files: uploads and links ---
+
+    @cached_property
+    def tenant_files(self) -> TenantFiles:
+        """``uploads/<tenant>/`` through tenant-scoped STS sessions (IAM confines each tenant)."""
+        from sandcastle.store.tenant_files import TenantFiles
+
+        settings = self.settings
+        return TenantFiles(settings.artifacts_bucket, settings.tenant_files_role_arn, region=settings.aws_region)
+
+    @cached_property
+    def upload_links(self) -> UploadLinks:
+        """Upload URLs: presigned with a tenant-scoped session, or the local gateway's signed links."""
+        settings = self.settings
+        if settings.local_artifacts_base_url:
+            from sandcastle.store.downloads import LocalUploadLinks
+
+            return LocalUploadLinks(settings.local_artifacts_base_url, _secret(settings.local_link_secret))
+        return CloudUploadLinks(self.tenant_files)
+
+    def download_links(self) -> DownloadLinks:
+        from sandcastle.store.downloads import DownloadLinks
+
+        settings = self.settings
+        return DownloadLinks(
+            self.objects.bucket,
+            local_base_url=settings.local_artifacts_base_url,
+            local_secret=_secret(settings.local_link_secret),
+        )
+
     # --- triggers: the inbox bucket, saved tasks, schedules ---
 
     @cached_property
@@ -135,6 +169,24 @@ class Dependencies:
             role_arn=settings.scheduler_role_arn,
             dead_letter_arn=settings.schedule_dead_letter_arn,
         )
+
+
+class UploadLinks(Protocol):
+    def put_url(self, tenant: str, key: str, *, size: int, content_type: str, expires_s: int) -> str: ...
+
+
+class CloudUploadLinks:
+    """Presigned ``PutObject`` URLs signed by the tenant's scoped session."""
+
+    def __init__(self, tenant_files: TenantFiles) -> None:
+        self._files = tenant_files
+
+    def put_url(self, tenant: str, key: str, *, size: int, content_type: str, expires_s: int) -> str:
+        return self._files.presign_put(tenant, key, size=size, content_type=content_type, expires_s=expires_s)
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
 
 
 def _cached_secret(arn: str) -> str | None:

@@ -66,6 +66,7 @@ def deps(aws: Template, sandboxes: FakeSandboxProvider, model: FakeModel, events
         table_name=aws.physical_name("RunsTable"),
         artifacts_bucket=aws.physical_name("ArtifactsBucket"),
         state_machine_arn=aws.arn("AgentRunStateMachine"),
+        tenant_files_role_arn=aws.arn("TenantFilesRole"),
         openai_base_url="http://127.0.0.1:9/v1",
         default_max_steps=10,
         max_steps_ceiling=50,

@@ -68,6 +68,7 @@ def test_submitting_the_same_run_id_twice_starts_one_execution(deps: Dependencie
         ({"instructions": "x", "colour": "blue"}, "colour"),
         ({"instructions": "x", "budgets": {"max_steps": 0}}, "budgets.max_steps"),
         ({"instructions": "x", "budgets": {"max_stepz": 3}}, "budgets.max_stepz"),
+        ({"instructions": "x", "files": [{"name": "../etc/passwd", "content_base64": "eA=="}]}, "files.0.name"),
     ],
 )
 def test_a_malformed_request_is_rejected_naming_the_field(fields: dict, field_named: str) -> None:
@@ -86,8 +87,8 @@ def test_a_missing_instructions_field_is_named() -> None:
     ("fields", "field", "message"),
     [
         ({"budgets": {"max_steps": 51}}, "budgets.max_steps", "at most 50"),
-        ({"files": [{"name": "x.csv", "s3_key": "nowhere/x.csv"}]}, "files[0].s3_key", "does not exist"),
-        ({"files": [{"name": "../etc/passwd", "content_base64": "eA=="}]}, "files[0].name", "not a plain file name"),
+        ({"files": [{"name": "x.csv", "s3_key": "uploads/default/up-1/x.csv"}]}, "files[0].s3_key", "does not exist"),
+        ({"files": [{"name": "x.csv", "s3_key": "nowhere/x.csv"}]}, "files[0].s3_key", "under uploads/default/"),
         ({"files": [{"name": "x", "content_base64": "@@@"}]}, "files[0].content_base64", "not valid base64"),
         ({"files": [{"name": "x"}]}, "files[0]", "exactly one of"),
     ],
@@ -315,10 +316,10 @@ def test_a_playbook_run_uses_the_playbook_model(deps: Dependencies) -> None:
 
 
 def test_an_input_file_in_s3_over_the_size_cap_is_refused(deps: Dependencies) -> None:
-    deps.objects.put("uploads/big.bin", b"x" * 2048)
+    deps.objects.put("uploads/default/big.bin", b"x" * 2048)
     deps.settings = deps.settings.model_copy(update={"max_input_file_bytes": 1024})
     with pytest.raises(InvalidRunRequest, match="big.bin is 2048 bytes; the limit is 1024") as caught:
-        _submit(deps, files=[{"name": "big.bin", "s3_key": "uploads/big.bin"}])
+        _submit(deps, files=[{"name": "big.bin", "s3_key": "uploads/default/big.bin"}])
     assert caught.value.field == "files[0].s3_key"
     assert _table_items(deps) == []
 

@@ -126,8 +126,10 @@ def test_the_same_object_version_twice_is_one_run(inbox_deps: Dependencies) -> N
         ),
         ("inbox/acme/data.csv", b"1", "InvalidKey", "does not follow inbox/<tenant>/<task>/<file name>", "acme/_"),
         ("inbox/acme/count/sub/data.csv", b"1", "InvalidKey", "does not follow", "acme/_"),
-        ("inbox/acme/count/.hidden", b"1", "InvalidKey", "not a plain file name", "acme/count"),
+        ("inbox/acme/count/.hidden", b"1", "InvalidName", "starts with '.'", "acme/count"),
+        ("inbox/acme/count/a\x07b.csv", b"1", "InvalidName", "control character", "acme/count"),
         ("inbox/bad tenant!/count/d.csv", b"1", "InvalidKey", "tenant 'bad tenant!'", "_unknown/count"),
+        ("inbox/../count/d.csv", b"1", "InvalidKey", "tenant '..'", "_unknown/count"),
         ("inbox/acme/_/notes.txt", b"1", "MissingInstructions", "x-amz-meta-instructions", "acme/_"),
     ],
 )

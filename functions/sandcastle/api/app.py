@@ -33,6 +33,7 @@ from sandcastle.api.models import (
 )
 from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
+from sandcastle.api.uploads_routes import router as uploads_router
 from sandcastle.errors import InvalidRunRequest, RunNotFound
 from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooManyActiveRuns, admit_run
 from sandcastle.runs.cancel import cancel_run
@@ -52,6 +53,7 @@ app.configure_openapi(
 )
 app.enable_swagger(path="/docs")
 app.include_router(tasks_router)  # saved tasks and schedules (api/tasks_routes.py)
+app.include_router(uploads_router)  # POST /uploads (api/uploads_routes.py)
 
 RunId = Annotated[str, Path(min_length=1, max_length=100, description="The run's id (`run-...`).")]
 

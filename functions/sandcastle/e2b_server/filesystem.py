@@ -16,6 +16,8 @@ import pwd
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -111,9 +113,15 @@ def upload(record: SandboxRecord, query: str, content_type: str, body: bytes) ->
     default_path = parse_qs(query).get("path", [None])[0]
     if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
         try:
-            files = [(name or default_path, data) for name, data in _multipart_files(content_type, body)]
+            parts = list(_multipart_files(content_type, body))
         except ValueError as error:
             return _json_error(400, f"malformed multipart upload: {error}")
+        # As envd: one part with ?path= goes to that path; the part's filename is only the fallback
+        # (the SDK sends both, and a form filename is a lossy encoding of the path: httpx writes '"' as %22).
+        if len(parts) == 1 and default_path:
+            files = [(default_path, parts[0][1])]
+        else:
+            files = [(name or default_path, data) for name, data in parts]
     else:
         files = [(default_path, body)]
     written = []
@@ -154,14 +162,17 @@ def _multipart_files(content_type: str, body: bytes) -> Iterator[tuple[str | Non
 
 
 def _part_filename(head: str) -> str | None:
+    """The part's ``filename`` parameter, its quoted string read whole (a ``;`` inside it is part of the name)."""
     for line in head.split("\r\n"):
         name, _, value = line.partition(":")
         if name.strip().lower() != "content-disposition":
             continue
-        for parameter in value.split(";"):
-            key, _, raw = parameter.strip().partition("=")
-            if key.lower() == "filename":
-                return raw.strip().strip('"')
+        header = Message()
+        header["Content-Disposition"] = value.strip()
+        filename = header.get_param("filename", header="content-disposition")
+        if filename is None:
+            return None
+        return str(collapse_rfc2231_value(filename))
     return None
 
 

@@ -8,8 +8,11 @@ no route matches is a 404 in the API's error shape, as the template's gateway re
 
 Two paths exist only here, never in the cloud:
 
-* ``GET /local-artifacts/<key>`` serves an object of the emulated artifacts bucket (the URLs
-  ``GET /runs/{id}/artifacts`` returns locally);
+* ``GET /local-artifacts/<key>?run=&expires=&signature=`` serves an object of one run from the
+  emulated artifacts bucket — only with a valid, unexpired signature for that run (the URLs
+  ``GET /runs/{id}/artifacts`` returns locally; ``store/downloads.py`` signs them);
+* ``PUT /local-uploads/<key>?tenant=&size=&expires=&signature=`` writes a tenant's upload (the URLs
+  ``POST /uploads`` returns locally), exactly the signed byte count, under ``uploads/<tenant>/``;
 * ``POST /local-admin/keys`` (``{"tenant": ...}``) and ``POST /local-admin/keys/<key id>/revoke``
   manage API keys of the running runtime, for ``sandcastle keys``; they need the admin token
   (``X-Sandcastle-Admin``) that ``sandcastle serve`` writes to its state file.
@@ -18,6 +21,7 @@ Two paths exist only here, never in the cloud:
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import re
@@ -32,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sandcastle.local.template import ACCOUNT_ID, Template
+from sandcastle.store.downloads import LOCAL_DOWNLOAD_PATH, LOCAL_UPLOAD_PATH, LinkSigner, content_disposition
+from sandcastle.store.tenant_files import tenant_prefix
 
 if TYPE_CHECKING:
     from sandcastle.local.runtime import LocalRuntime
@@ -177,6 +183,7 @@ class LocalGateway:
         port: int = 8787,
         admin_token: str | None = None,
         authorizer_ttl_s: int | None = None,
+        link_secret: str | None = None,
     ) -> None:
         spec = api_spec(runtime.template)
         if spec is None:
@@ -184,6 +191,7 @@ class LocalGateway:
         self.runtime = runtime
         self.spec = spec
         self.admin_token = admin_token
+        self._signer = LinkSigner(link_secret) if link_secret else None
         self.authorizer_ttl_s = spec.authorizer_ttl_s if authorizer_ttl_s is None else authorizer_ttl_s
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
@@ -218,8 +226,10 @@ class LocalGateway:
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str) -> _Reply:
         split = urlsplit(target)
         path = split.path or "/"
-        if path.startswith("/local-artifacts/") and method == "GET":
-            return self._artifact(unquote(path.removeprefix("/local-artifacts/")))
+        if path.startswith(LOCAL_DOWNLOAD_PATH) and method in ("GET", "HEAD"):
+            return self._artifact(unquote(path.removeprefix(LOCAL_DOWNLOAD_PATH)), _query(split.query))
+        if path.startswith(LOCAL_UPLOAD_PATH) and method == "PUT":
+            return self._upload(unquote(path.removeprefix(LOCAL_UPLOAD_PATH)), _query(split.query), body)
         if path.startswith("/local-admin/"):
             return self._admin(method, path, headers, body)
         for route in self.spec.routes:
@@ -275,12 +285,39 @@ class LocalGateway:
             return _error(HTTPStatus.FORBIDDEN, "forbidden", "the API key may not call this API")
         return {"principalId": answer.get("principalId"), **answer.get("context", {})}
 
-    def _artifact(self, key: str) -> _Reply:
+    def _artifact(self, key: str, query: dict[str, str]) -> _Reply:
+        """A signed, unexpired link of one run's object (as a presigned GET would be): else 403, never the object."""
+        run_id = query.get("run", "")
+        signed = self._signer is not None and self._signer.verify(
+            "get", key, run_id, query.get("expires", ""), query.get("signature", "")
+        )
+        if not signed or not run_id or not key.startswith(f"runs/{run_id}/"):
+            return _error(HTTPStatus.FORBIDDEN, "forbidden", "this link is not signed for this object, or has expired")
         try:
             data = self.runtime.deps.objects.get(key)
         except FileNotFoundError:
             return _error(HTTPStatus.NOT_FOUND, "not_found", f"no artifact {key}")
-        return _Reply(HTTPStatus.OK.value, {"Content-Type": "application/octet-stream"}, data)
+        headers = {"Content-Type": "application/octet-stream"}
+        if query.get("filename"):
+            headers["Content-Disposition"] = content_disposition(query["filename"])
+        return _Reply(HTTPStatus.OK.value, headers, data)
+
+    def _upload(self, key: str, query: dict[str, str], body: bytes) -> _Reply:
+        """``PUT`` of a signed upload link: exactly the signed byte count, to a key under the tenant's prefix."""
+        tenant, size = query.get("tenant", ""), query.get("size", "")
+        signed = self._signer is not None and self._signer.verify(
+            "put", key, f"{tenant}\n{size}", query.get("expires", ""), query.get("signature", "")
+        )
+        if not signed or not tenant or not key.startswith(tenant_prefix(tenant)):
+            return _error(
+                HTTPStatus.FORBIDDEN, "forbidden", "this upload link is not signed for this key, or has expired"
+            )
+        if str(len(body)) != size:
+            return _error(
+                HTTPStatus.BAD_REQUEST, "size_mismatch", f"the link is for {size} bytes; {len(body)} were sent"
+            )
+        self.runtime.deps.objects.put(key, body)
+        return _Reply(HTTPStatus.OK.value, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b"")  # noqa: S324 - S3's ETag
 
     def _admin(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Reply:
         from sandcastle.api.auth import header
@@ -295,9 +332,10 @@ class LocalGateway:
                 tenant = json.loads(body or b"{}").get("tenant") or "default"
             except (ValueError, AttributeError):
                 return _error(HTTPStatus.BAD_REQUEST, "malformed_json", 'send {"tenant": "..."}')
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(tenant)):
-                return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", "bad tenant name", "tenant")
-            created = keys.create(str(tenant))
+            try:
+                created = keys.create(str(tenant))
+            except ValueError as error:
+                return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", str(error), "tenant")
             return _Reply.json(HTTPStatus.CREATED, created.model_dump(mode="json"))
         found = re.fullmatch(r"/local-admin/keys/([^/]+)/revoke", path)
         if method == "POST" and found:
@@ -328,6 +366,10 @@ class _Reply:
         body = result.get("body") or ""
         data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
         return cls(int(result.get("statusCode", 502)), headers, data)
+
+
+def _query(query: str) -> dict[str, str]:
+    return {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
 
 
 def _error(status: HTTPStatus, code: str, message: str, field: str | None = None) -> _Reply:

@@ -27,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -309,10 +310,17 @@ class LocalRuntime:
         """Serve the API on ``host:port`` (0: any free port) until the runtime stops; artifact links point at it."""
         from sandcastle.local.gateway import LocalGateway
 
+        link_secret = secrets.token_urlsafe(32)  # signs local download/upload links; lives in this process only
         self.gateway = LocalGateway(
-            self, host=host, port=port, admin_token=admin_token, authorizer_ttl_s=authorizer_ttl_s
+            self,
+            host=host,
+            port=port,
+            admin_token=admin_token,
+            authorizer_ttl_s=authorizer_ttl_s,
+            link_secret=link_secret,
         )
         os.environ["LOCAL_ARTIFACTS_BASE_URL"] = self.gateway.url
+        os.environ["LOCAL_LINK_SECRET"] = link_secret
         reset_dependencies()  # the settings now carry the gateway's URL
         return self.gateway.start()
 

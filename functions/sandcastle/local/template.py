@@ -85,6 +85,8 @@ class Template:
             return f"arn:aws:dynamodb:{self.region}:{ACCOUNT_ID}:table/{name}"
         if resource_type == "AWS::S3::Bucket":
             return f"arn:aws:s3:::{name}"
+        if resource_type == "AWS::IAM::Role":
+            return f"arn:aws:iam::{ACCOUNT_ID}:role/{name}"
         return f"arn:aws:local:{self.region}:{ACCOUNT_ID}:{logical_id}"
 
     # --- intrinsic functions ---

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from sandcastle.names import FileName, TenantName
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -81,9 +83,12 @@ class PlaybookCall(_Strict):
 class InputFile(_Strict):
     """A file placed at ``~/input/<name>`` in the sandbox: inline (base64) or an S3 object."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    name: FileName
+    """Kept exactly (``;``, ``"``, ``#``, ``%``, ``\\``, spaces, Unicode); refused: ``/``, control characters,
+    a leading ``.``, over 255 bytes (``sandcastle.names``)."""
     content_base64: str | None = None
     s3_key: str | None = None
+    """A key under ``uploads/<your tenant>/`` (``POST /uploads`` gives one); copied to the run at submission."""
 
 
 class SandboxOptions(_Strict):
@@ -102,7 +107,7 @@ class RunRequest(_Strict):
 
     instructions: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100_000)]
     """The task, in words."""
-    tenant: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "default"
+    tenant: TenantName = "default"
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     """The model name for an OpenAI-compatible endpoint; the configured default when unset."""
     playbook: list[PlaybookCall] | None = Field(default=None, min_length=1, max_length=500)

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound
 from sandcastle.runs.models import Artifact, Event, Run, RunStatus, utcnow
-from sandcastle.store.downloads import DownloadLinks
 from sandcastle.wiring import Dependencies
 
 #: Runs older than the longest possible run (plus this) cannot still be active.
@@ -97,9 +96,10 @@ def read_events(
 def artifact_links(run_id: str, tenant: str, deps: Dependencies) -> list[ArtifactLink]:
     """The run's artifact manifest, each with a URL to download it from."""
     run = get_tenant_run(run_id, tenant, deps)
-    links = DownloadLinks(deps.objects.bucket, local_base_url=deps.settings.local_artifacts_base_url)
+    links = deps.download_links()
     return [
-        ArtifactLink(artifact=a, url=links.url(a.s3_key, filename=a.name.rsplit("/", 1)[-1])) for a in run.artifacts
+        ArtifactLink(artifact=a, url=links.url(a.s3_key, run_id=run.run_id, filename=a.name.rsplit("/", 1)[-1]))
+        for a in run.artifacts
     ]
 
 

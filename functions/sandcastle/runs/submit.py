@@ -5,18 +5,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import uuid
 
 from botocore.exceptions import ClientError
 
 from sandcastle.errors import InvalidRunRequest
 from sandcastle.runs.budget import resolve_budgets
+from sandcastle.runs.input_files import check_tenant_key
 from sandcastle.runs.models import Run, RunError, RunOrigin, RunRequest, RunStatus, StoredInputFile, utcnow
 from sandcastle.store.dynamo import RunUpdate
+from sandcastle.store.tenant_files import FileTooLarge, TenantFileAccessDenied
 from sandcastle.wiring import Dependencies
-
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def new_run_id() -> str:
@@ -44,26 +43,17 @@ def submit_run(
         )
     _check_sandbox_options(request, deps)
     run_id = run_id or new_run_id()
-    inline = _check_files(request, deps)
+    inline = _check_files(request, run_id, deps)
 
     stored_files = []
     for index, file in enumerate(request.files):
+        key = deps.objects.input_key(run_id, file.name)
         if file.name in inline:
-            key = deps.objects.input_key(run_id, file.name)
             deps.objects.put(key, inline[file.name])
-            stored_files.append(StoredInputFile(name=file.name, s3_key=key, size=len(inline[file.name])))
+            size = len(inline[file.name])
         else:
-            size = deps.objects.size(file.s3_key or "")
-            if size is None:
-                raise InvalidRunRequest(
-                    f"s3://{deps.objects.bucket}/{file.s3_key} does not exist", field=f"files[{index}].s3_key"
-                )
-            if size > settings.max_input_file_bytes:
-                raise InvalidRunRequest(
-                    f"{file.name} is {size} bytes; the limit is {settings.max_input_file_bytes}",
-                    field=f"files[{index}].s3_key",
-                )
-            stored_files.append(StoredInputFile(name=file.name, s3_key=file.s3_key or "", size=size))
+            size = _stage_s3_file(request.tenant, file.s3_key or "", key, run_id, f"files[{index}].s3_key", deps)
+        stored_files.append(StoredInputFile(name=file.name, s3_key=key, size=size))
 
     run = Run(
         run_id=run_id,
@@ -86,6 +76,26 @@ def submit_run(
     return run
 
 
+def _stage_s3_file(tenant: str, source: str, key: str, run_id: str, field: str, deps: Dependencies) -> int:
+    """Copy a tenant's ``s3_key`` file to the run's input ``key``; its size. A key a trigger already put
+    there (``runs/<this run>/input/<name>``) stays; any other must be under ``uploads/<tenant>/``."""
+    limit = deps.settings.max_input_file_bytes
+    if source == key:
+        size = deps.objects.size(key)
+    else:
+        try:
+            size = deps.tenant_files.copy_into_run(tenant, source, run_id, key, max_bytes=limit)
+        except TenantFileAccessDenied:
+            raise InvalidRunRequest(f"{source} is not one of tenant {tenant!r}'s uploads", field=field) from None
+        except FileTooLarge as error:
+            raise InvalidRunRequest(f"{source} is {error.size} bytes; the limit is {limit}", field=field) from None
+    if size is None:
+        raise InvalidRunRequest(f"s3://{deps.objects.bucket}/{source} does not exist", field=field)
+    if size > limit:
+        raise InvalidRunRequest(f"{source} is {size} bytes; the limit is {limit}", field=field)
+    return size
+
+
 def _check_sandbox_options(request: RunRequest, deps: Dependencies) -> None:
     options = request.sandbox
     allowed = set(deps.settings.sandbox_env_allowlist)
@@ -102,23 +112,20 @@ def _check_sandbox_options(request: RunRequest, deps: Dependencies) -> None:
         )
 
 
-def _check_files(request: RunRequest, deps: Dependencies) -> dict[str, bytes]:
+def _check_files(request: RunRequest, run_id: str, deps: Dependencies) -> dict[str, bytes]:
     """Check names, sources and sizes of the input files; return the inline ones decoded."""
     limit = deps.settings.max_input_file_bytes
     seen: set[str] = set()
     inline: dict[str, bytes] = {}
     for index, file in enumerate(request.files):
         field = f"files[{index}]"
-        if _UNSAFE_NAME.search(file.name) or file.name in (".", "..") or file.name.startswith("."):
-            raise InvalidRunRequest(
-                f"{file.name!r} is not a plain file name (no slashes, control characters or leading dot)",
-                field=f"{field}.name",
-            )
         if file.name in seen:
             raise InvalidRunRequest(f"{file.name!r} is given twice", field=f"{field}.name")
         seen.add(file.name)
         if (file.content_base64 is None) == (file.s3_key is None):
             raise InvalidRunRequest("give exactly one of content_base64 and s3_key", field=field)
+        if file.s3_key is not None and file.s3_key != deps.objects.input_key(run_id, file.name):
+            check_tenant_key(file.s3_key, request.tenant, field=f"{field}.s3_key")
         if file.content_base64 is not None:
             try:
                 data = base64.b64decode(file.content_base64, validate=True)

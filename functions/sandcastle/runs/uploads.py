@@ -28,6 +28,7 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound, SandcastleError
+from sandcastle.names import file_name_problem, tenant_problem
 from sandcastle.runs.models import InputFile, Run, RunOrigin, TaskDefinition
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request
@@ -44,7 +45,6 @@ INSTRUCTIONS_METADATA = "instructions"
 RESULT_FILE = "result.json"
 REJECTED = "REJECTED"
 
-_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TASK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNKNOWN = "_unknown"
 
@@ -144,17 +144,21 @@ def _place(key: str) -> _Place:
             f"(use {AD_HOC_TASK!r} as the task to give instructions in x-amz-meta-instructions)",
         )
     tenant, task, file_name = parts
-    if not _TENANT.match(tenant):
-        raise UploadRejected("InvalidKey", f"tenant {tenant!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    problem = tenant_problem(tenant)
+    if problem:
+        raise UploadRejected("InvalidKey", problem)
     if task != AD_HOC_TASK and not _TASK.match(task):
         raise UploadRejected("InvalidKey", f"task {task!r} is not a task name (letters, digits, '_', '.', '-')")
+    problem = file_name_problem(file_name)
+    if problem:
+        raise UploadRejected("InvalidName", problem)
     return _Place(tenant, task, file_name)
 
 
 def _reject_place(key: str) -> tuple[str, str]:
     """Where a rejected key's ``result.json`` goes: its tenant and task where they can be read."""
     parts = key[len(INBOX_PREFIX) :].split("/")
-    tenant = parts[0] if parts and _TENANT.match(parts[0]) else _UNKNOWN
+    tenant = parts[0] if parts and tenant_problem(parts[0]) is None else _UNKNOWN
     task = parts[1] if len(parts) == 3 and (parts[1] == AD_HOC_TASK or _TASK.match(parts[1])) else AD_HOC_TASK
     return tenant, task
 
@@ -212,8 +216,7 @@ def _submit(obj: InboxObject, place: _Place, run_id: str, deps: Dependencies) ->
             source="s3",
             files=[InputFile(name=place.file_name, s3_key=input_key)],
         )
-        # Validate before copying: a bad file name or request leaves nothing behind.
-        _check_file_name(place.file_name)
+        # Validated (the request, its file name) before copying: a bad upload leaves nothing behind.
         deps.objects.copy_from(obj.bucket, obj.key, input_key, version_id=obj.version_id or head.version_id)
         origin = RunOrigin(
             kind="s3", task=place.task, bucket=obj.bucket, key=obj.key, version_id=obj.version_id or head.version_id
@@ -245,13 +248,6 @@ def _definition(place: _Place, metadata: dict[str, str], deps: Dependencies) -> 
         return TaskDefinition(instructions=instructions)
     except ValidationError as error:
         raise UploadRejected("InvalidRequest", _describe(error)) from error
-
-
-def _check_file_name(name: str) -> None:
-    if name.startswith(".") or re.search(r"[\x00-\x1f\x7f\\]", name):
-        raise UploadRejected(
-            "InvalidKey", f"{name!r} is not a plain file name (no leading dot, backslashes or control characters)"
-        )
 
 
 def _result_key(run: Run) -> str | None:

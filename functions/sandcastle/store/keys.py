@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from sandcastle.names import check_tenant
 from sandcastle.runs.models import utcnow
 
 KEY_PREFIX = "sc_"
@@ -55,7 +56,11 @@ class ApiKeyStore:
         self._table = table_name
 
     def create(self, tenant: str) -> CreatedApiKey:
-        """A new key for ``tenant``: stored hashed, returned in clear once."""
+        """A new key for ``tenant``: stored hashed, returned in clear once.
+
+        ``ValueError`` naming the rule when ``tenant`` is not a tenant name (``sandcastle.names``).
+        """
+        check_tenant(tenant)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         created = CreatedApiKey(key=key, key_id=f"key_{secrets.token_hex(8)}", tenant=tenant, created_at=utcnow())
         digest = hash_key(key)
