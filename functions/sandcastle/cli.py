@@ -428,7 +428,7 @@ def _run_over_http(client: Any, request: RunRequest, args: argparse.Namespace) -
 
     body = request.model_dump(mode="json", exclude={"tenant", "source"}, exclude_none=True)
     try:
-        submitted = client.submit(body)
+        submitted = client.submit(client.stage_large_files(body))
         run = Run.model_validate(submitted)
         printer = EventPrinter(sys.stdout)
         printer.header(run)

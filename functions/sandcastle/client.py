@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
@@ -12,6 +13,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8787"
+INLINE_FILE_LIMIT = 1024 * 1024
+"""Files larger than this go through ``POST /uploads`` (the API's default cap on an inline file)."""
 STATE_FILE = "serve.json"
 
 
@@ -74,6 +77,33 @@ class SandcastleClient:
     def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", "/runs", body, headers=headers)[1]
+
+    def upload(self, name: str, data: bytes, *, content_type: str = "application/octet-stream") -> str:
+        """Stage a file with ``POST /uploads`` and PUT its bytes to the URL given; return its ``s3_key``."""
+        ticket = self.request("POST", "/uploads", {"name": name, "size": len(data), "content_type": content_type})[1]
+        put = urllib.request.Request(ticket["url"], data=data, method=ticket.get("method", "PUT"))
+        for header, value in ticket.get("headers", {}).items():
+            put.add_header(header, value)
+        try:
+            with urllib.request.urlopen(put, timeout=self.timeout_s) as response:  # noqa: S310 - the API's own URL
+                response.read()
+        except urllib.error.HTTPError as error:
+            raise ApiError(
+                error.code, {"error": "upload_failed", "message": error.read().decode(errors="replace")}
+            ) from None
+        return str(ticket["key"])
+
+    def stage_large_files(self, body: dict[str, Any], *, inline_limit: int = INLINE_FILE_LIMIT) -> dict[str, Any]:
+        """``body`` with every inline file over ``inline_limit`` bytes uploaded and given by ``s3_key`` instead."""
+        files = []
+        for file in body.get("files") or []:
+            content = file.get("content_base64")
+            if content is not None and len(content) * 3 // 4 > inline_limit:
+                data = base64.b64decode(content)
+                if len(data) > inline_limit:
+                    file = {"name": file["name"], "s3_key": self.upload(file["name"], data)}
+            files.append(file)
+        return {**body, "files": files} if files else body
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/runs/{run_id}")[1]

@@ -106,3 +106,29 @@ def test_run_goes_through_the_server_when_one_is_running(server: tuple[Path, dic
     request = urllib.request.Request(f"{state['url']}/runs", headers={"Authorization": f"Bearer {state['cli_key']}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert [run["source"] for run in json.loads(response.read())["runs"]] == ["api"]
+
+
+def test_run_uploads_a_file_over_the_inline_cap_through_serve(server: tuple[Path, dict], tmp_path: Path) -> None:
+    home, state = server
+    big = tmp_path / "big;data #1.bin"
+    big.write_bytes(b"0123456789abcdef" * (3 * 1024 * 1024 // 16))  # 3 MiB: over the 1 MiB inline cap
+    playbook = tmp_path / "playbook.json"
+    playbook.write_text(json.dumps([{"tool": "run_command", "arguments": {"command": "wc -c ~/input/*"}}]))
+
+    result = _sandcastle("run", "Count the bytes", "--file", str(big), "--playbook", str(playbook), "--json", home=home)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout[result.stdout.index('{\n  "run"') :])
+    [stored] = report["run"]["files"]
+    assert stored["name"] == big.name and stored["size"] == 3 * 1024 * 1024
+    assert f"3145728 /home/user/input/{big.name}" in json.dumps(report["events"], ensure_ascii=False)
+
+
+@pytest.mark.parametrize("tenant", ["..", ".", "a/b"])
+def test_keys_create_refuses_a_tenant_that_is_not_a_name(server: tuple[Path, dict], tenant: str) -> None:
+    home, _ = server
+
+    created = _sandcastle("keys", "create", "--tenant", tenant, home=home)
+
+    assert created.returncode != 0
+    assert f"tenant: tenant '{tenant}' is not 1-64 letters, digits" in created.stderr
