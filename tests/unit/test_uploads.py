@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import pytest
@@ -84,6 +85,31 @@ def test_the_run_id_names_one_object_version() -> None:
 
 
 # ---------------------------------------------------------------- starting runs
+
+
+@pytest.mark.parametrize(
+    "name", ["semi;colon.txt", 'quo"te.txt', "ha#sh.txt", "50%.txt", "back\\slash.txt", "a+b c.txt"]
+)
+def test_an_uploads_file_name_is_kept_exactly(inbox_deps: Dependencies, name: str) -> None:
+    notification = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": inbox_deps.settings.inbox_bucket},
+                    "object": {"key": quote_plus(f"inbox/acme/count/{name}", safe="/"), "versionId": None},
+                },
+            }
+        ]
+    }
+    obj = _put(inbox_deps, f"inbox/acme/count/{name}")
+    [decoded] = created_objects(notification)  # an S3 notification carries the key URL-encoded
+    assert decoded.key == obj.key
+
+    run = inbox_deps.store.get_run(start_upload_run(obj, inbox_deps).run_id or "")
+
+    assert [f.name for f in run.files] == [name]
 
 
 def test_an_upload_starts_a_run_with_the_file_as_input(inbox_deps: Dependencies) -> None:
