@@ -329,8 +329,13 @@ def _serve_command(args: argparse.Namespace) -> int:
 
     from sandcastle.client import write_serve_state
     from sandcastle.local.runtime import LocalRuntime, default_home
+    from sandcastle.names import tenant_problem
     from sandcastle.store.keys import ApiKeyStore
 
+    problem = tenant_problem(args.tenant)
+    if problem:
+        print(f"sandcastle: --tenant: {problem}", file=sys.stderr)
+        return 2
     home = default_home()
     with LocalRuntime(home=home, log_file=home / "logs" / "functions.log") as runtime:
         admin_token = secrets.token_urlsafe(32)

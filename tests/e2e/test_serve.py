@@ -132,3 +132,10 @@ def test_keys_create_refuses_a_tenant_that_is_not_a_name(server: tuple[Path, dic
 
     assert created.returncode != 0
     assert f"tenant: tenant '{tenant}' is not 1-64 letters, digits" in created.stderr
+
+
+def test_serve_refuses_a_first_tenant_that_is_not_a_name(tmp_path: Path) -> None:
+    result = _sandcastle("serve", "--port", "0", "--tenant", "..", home=tmp_path / "home")
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--tenant: tenant '..' is not 1-64 letters, digits" in result.stderr

@@ -125,3 +125,40 @@ def test_the_admin_path_refuses_a_tenant_name_that_is_not_one(gateway: LocalGate
     for tenant in ("..", ".", "a/b"):
         status, _, error = admin("POST", "/local-admin/keys", {"tenant": tenant}, {"X-Sandcastle-Admin": "admin-token"})
         assert status == 422 and error["field"] == "tenant" and "is not 1-64 letters" in error["message"]
+
+
+def test_in_process_an_upload_goes_to_s3_by_a_presigned_put_and_the_run_reads_it(runtime: LocalRuntime) -> None:
+    import json
+
+    import requests
+
+    from sandcastle.local.gateway import proxy_event
+    from sandcastle.runs.models import RunRequest
+
+    data = b"x" * (2 * 1024 * 1024)
+    event = proxy_event(
+        "POST",
+        "/uploads",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps({"name": NAME, "size": len(data)}),
+        authorizer={"tenant": "acme", "key_id": "key_test"},
+    )
+    answer = runtime.invoke("ApiFunction", event)
+    assert answer["statusCode"] == 201, answer
+    ticket = json.loads(answer["body"])
+    assert ticket["url"].startswith("https://") and "X-Amz-SignedHeaders=content-length%3Bcontent-type" in ticket["url"]
+    assert requests.put(ticket["url"], data=data, headers=ticket["headers"], timeout=30).status_code == 200
+
+    command = "wc -c ~/input/*"
+    run = runtime.submit(
+        RunRequest(
+            instructions="Count.",
+            tenant="acme",
+            files=[{"name": NAME, "s3_key": ticket["key"]}],
+            playbook=[{"tool": "run_command", "arguments": {"command": command}}],
+        )
+    )
+    events = list(runtime.follow(run.run_id, timeout_s=120))
+
+    [result] = [e for e in events if e.kind == "tool_result"]
+    assert result.data["output"]["stdout"]["text"] == f"{len(data)} /home/user/input/{NAME}\n"

@@ -245,3 +245,54 @@ def test_local_urls_carry_the_signature_never_the_secret() -> None:
     assert "/local-artifacts/runs/r1/artifacts/a%20%231.txt?" in urls[0]
     with pytest.raises(ValueError, match="link secret"):
         DownloadLinks("b", local_base_url="http://127.0.0.1:1")
+
+
+# --- the local E2B server keeps upload paths exactly (where `semi;colon.txt` used to become `semi`) ---
+
+
+class _Workspace:
+    def __init__(self) -> None:
+        self.written: dict[str, bytes] = {}
+
+    def write_file(self, path: str, data: bytes) -> None:
+        self.written[path] = data
+
+
+class _Record:
+    sandbox_id = "lsb-test"
+
+    def __init__(self) -> None:
+        self.sandbox = _Workspace()
+
+
+def _multipart(files: dict[str, bytes]) -> tuple[str, bytes]:
+    import httpx
+
+    request = httpx.Request("POST", "http://envd/files", files=[("file", (n, d)) for n, d in files.items()])
+    return request.headers["Content-Type"], request.read()
+
+
+@pytest.mark.parametrize("name", TRICKY_NAMES)
+def test_an_sdk_upload_with_a_path_lands_at_that_exact_path(name: str) -> None:
+    from urllib.parse import urlencode
+
+    from sandcastle.e2b_server.filesystem import upload
+
+    record = _Record()
+    content_type, body = _multipart({f"input/{name}": b"1"})
+
+    status, _, _ = upload(record, urlencode({"path": f"input/{name}"}), content_type, body)  # type: ignore[arg-type]
+
+    assert status == 200 and record.sandbox.written == {f"/home/user/input/{name}": b"1"}
+
+
+def test_a_multipart_filename_is_read_as_a_quoted_string() -> None:
+    from sandcastle.e2b_server.filesystem import upload
+
+    record = _Record()
+    content_type, body = _multipart({"in/semi;colon.txt": b"1", "in/back\\slash.txt": b"2"})
+
+    status, _, _ = upload(record, "", content_type, body)  # type: ignore[arg-type]
+
+    assert status == 200
+    assert record.sandbox.written == {"/home/user/in/semi;colon.txt": b"1", "/home/user/in/back\\slash.txt": b"2"}

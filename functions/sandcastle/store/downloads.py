@@ -86,8 +86,9 @@ class DownloadLinks:
             )
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("s3")
+            self._client = boto3.client("s3", config=Config(signature_version="s3v4"))
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if filename:
             params["ResponseContentDisposition"] = content_disposition(filename)

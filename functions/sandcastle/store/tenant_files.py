@@ -129,10 +129,13 @@ class TenantFiles:
             Tags=[{"Key": TENANT_TAG, "Value": tenant}],
             DurationSeconds=SESSION_TTL_S,
         )["Credentials"]
+        from botocore.config import Config
+
         factory = self._s3_factory or boto3.client
         return factory(
             "s3",
             region_name=self.region,
+            config=Config(signature_version="s3v4"),  # SigV4 signs Content-Length into an upload URL
             aws_access_key_id=credentials["AccessKeyId"],
             aws_secret_access_key=credentials["SecretAccessKey"],
             aws_session_token=credentials["SessionToken"],
