@@ -655,13 +655,28 @@ def _upload_command(args: argparse.Namespace) -> int:
     """Drop the file into the running ``serve``'s inbox folder, follow its run, print where the result landed."""
     import time
 
+    from pydantic import TypeAdapter
+
     from sandcastle.client import read_serve_state
     from sandcastle.local.inbox import outbox_path, receipt_path
     from sandcastle.local.runtime import default_home
+    from sandcastle.names import file_name_problem, tenant_problem
+    from sandcastle.runs.models import TaskName
+    from sandcastle.runs.uploads import AD_HOC_TASK
 
     home = default_home().resolve()
     if not args.file.is_file():
         print(f"sandcastle: {args.file}: no such file", file=sys.stderr)
+        return 2
+    # The folder path is made of these: each must be what the inbox key convention allows (no '..').
+    problem = tenant_problem(args.tenant) or file_name_problem(args.file.name)
+    if problem is None and args.task != AD_HOC_TASK:
+        try:
+            TypeAdapter(TaskName).validate_python(args.task)
+        except ValidationError:
+            problem = f"task {args.task!r} is not a task name (letters, digits, '_', '.', '-')"
+    if problem:
+        print(f"sandcastle: {problem}", file=sys.stderr)
         return 2
     if read_serve_state(home) is None:
         print("sandcastle: no local server: start `sandcastle serve` first (same SANDCASTLE_HOME)", file=sys.stderr)

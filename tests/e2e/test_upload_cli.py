@@ -117,3 +117,21 @@ def test_schedules_are_created_listed_and_deleted(serve: Path, tmp_path: Path) -
 
     assert _sandcastle("schedules", "delete", schedule_id, home=serve, cwd=tmp_path).returncode == 0
     assert schedule_id not in _sandcastle("schedules", "list", home=serve, cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tenant", "..", "--task", "count"], "tenant '..' is not 1-64 letters"),
+        (["--tenant", "acme", "--task", "../../x"], "task '../../x' is not a task name"),
+    ],
+)
+def test_an_upload_outside_the_inbox_convention_is_refused_before_anything_is_written(
+    serve: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "data.csv").write_text("a\n")
+
+    result = _sandcastle("upload", "data.csv", *args, "--timeout", "5", home=serve, cwd=tmp_path)
+
+    assert result.returncode == 2 and message in result.stderr
+    assert list(serve.rglob("data.csv")) == []  # nothing dropped, inside the inbox folder or beside it

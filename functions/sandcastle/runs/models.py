@@ -87,7 +87,7 @@ class InputFile(_Strict):
     """Kept exactly (``;``, ``"``, ``#``, ``%``, ``\\``, spaces, Unicode); refused: ``/``, control characters,
     a leading ``.``, over 255 bytes (``sandcastle.names``)."""
     content_base64: str | None = None
-    s3_key: str | None = None
+    s3_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     """A key under ``uploads/<your tenant>/`` (``POST /uploads`` gives one); copied to the run at submission."""
 
 
