@@ -162,3 +162,20 @@ def test_in_process_an_upload_goes_to_s3_by_a_presigned_put_and_the_run_reads_it
 
     [result] = [e for e in events if e.kind == "tool_result"]
     assert result.data["output"]["stdout"]["text"] == f"{len(data)} /home/user/input/{NAME}\n"
+
+
+def test_even_a_signed_local_link_reaches_only_its_run_or_its_tenants_prefix(http: Http, runtime: LocalRuntime) -> None:  # noqa: F811
+    import os
+
+    from sandcastle.store.downloads import DownloadLinks, LocalUploadLinks
+
+    secret, base = os.environ["LOCAL_LINK_SECRET"], os.environ["LOCAL_ARTIFACTS_BASE_URL"]
+    runtime.deps.objects.put("uploads/acme/up-1/secret.txt", b"acme's")
+
+    download = DownloadLinks("unused", local_base_url=base, local_secret=secret)
+    assert _get(download.url("uploads/acme/up-1/secret.txt", run_id="run-x"))[0] == 403  # not under runs/run-x/
+    upload = LocalUploadLinks(base, secret).put_url(
+        "beta", "uploads/acme/up-1/secret.txt", size=3, content_type="text/plain", expires_s=60
+    )
+    assert _put(upload, b"own", {"Content-Type": "text/plain"}) == 403  # not under uploads/beta/
+    assert runtime.deps.objects.get("uploads/acme/up-1/secret.txt") == b"acme's"
