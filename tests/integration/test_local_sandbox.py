@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,13 @@ pytestmark = pytest.mark.bwrap
 
 
 @pytest.fixture
-def sandbox_root(tmp_path: Path) -> Path:
-    return tmp_path / "sandboxes"
+def sandbox_root(tmp_path: Path) -> Iterator[Path]:
+    """Where the test's sandboxes live; every one left is killed afterwards (its workspace is a mount)."""
+    root = tmp_path / "sandboxes"
+    yield root
+    cleaner = LocalSandboxProvider(root)
+    for sandbox_dir in root.glob("lsb-*"):
+        cleaner.kill(sandbox_dir.name)
 
 
 @pytest.fixture
@@ -273,6 +279,8 @@ def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
         sandbox_file_size_mb=30,
         sandbox_max_processes=40,
         sandbox_uid=12345,
+        sandbox_disk_quota_mb=48,
+        sandbox_mount_root=tmp_path / "mounts",
     )
 
     provider = build_sandbox_provider(settings)
@@ -280,6 +288,13 @@ def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
     assert isinstance(provider, LocalSandboxProvider)
     assert provider.limits == SandboxLimits(cpu_seconds=7, memory_mb=300, file_size_mb=30, max_processes=40)
     assert provider.sandbox_uid == (12345 if os.geteuid() == 0 else None)
+    if os.geteuid() == 0:
+        sandbox = provider.create(SandboxSpec(run_id="run-q", tenant="acme", timeout_s=60))
+        try:
+            assert sandbox.disk_quota_mb == 48
+            assert sandbox.workspace.parent.parent == tmp_path / "mounts"
+        finally:
+            provider.kill(sandbox.sandbox_id)
 
 
 # --- run options: envs, keep-alive, idempotent create ---
@@ -362,7 +377,8 @@ def test_create_records_meta_and_a_private_workspace(provider: LocalSandboxProvi
     sandbox_dir = provider.root / sandbox.sandbox_id
     meta = (sandbox_dir / "meta.json").read_text()
     assert sandbox.sandbox_id.startswith("lsb-")
-    assert sandbox.workspace == sandbox_dir / "home"
+    assert sandbox.workspace == provider.workspace_of(sandbox.sandbox_id)
+    assert sandbox.workspace.stat().st_mode & 0o777 == 0o700
     assert '"run_id": "run-9"' in meta and '"tenant": "acme"' in meta and '"purpose": "test"' in meta
     assert "expires_at" in meta
     provider.kill(sandbox.sandbox_id)
