@@ -665,3 +665,35 @@ def test_reading_or_writing_a_fifo_is_refused_at_once(sandbox: LocalSandbox) -> 
         "path 'pipe' is a FIFO, not a regular file; file tools read and write files",
         "path 'pipe_link' is a FIFO, not a regular file; file tools read and write files",
     ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "message"),
+    [(0o777, 0, "must not be writable by other users"), (0o711, 65534, "must be a directory owned by root")],
+)
+def test_a_mount_root_others_could_tamper_with_is_refused(
+    sandbox_root: Path, tmp_path: Path, mode: int, owner: int, message: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("workspaces are mounted only when root")
+    mount_root = tmp_path / "mounts"
+    mount_root.mkdir()
+    os.chmod(mount_root, mode)
+    os.chown(mount_root, owner, owner)
+    provider = LocalSandboxProvider(sandbox_root, mount_root=mount_root)
+
+    with pytest.raises(SandboxError, match=message):
+        provider.create(SandboxSpec(run_id="run-m", tenant="acme", timeout_s=60))
+    assert list(sandbox_root.iterdir()) == []
+
+
+def test_a_private_mount_root_is_opened_for_the_sandbox_uid_to_pass(sandbox_root: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("workspaces are mounted only when root")
+    mount_root = tmp_path / "mounts"
+    mount_root.mkdir(mode=0o700)
+    provider = LocalSandboxProvider(sandbox_root, mount_root=mount_root, disk_quota_mb=16)
+    sandbox = provider.create(SandboxSpec(run_id="run-p", tenant="acme", timeout_s=60))
+
+    assert _run(sandbox, "echo reachable").stdout == b"reachable\n"
+    assert mount_root.stat().st_mode & 0o777 == 0o711

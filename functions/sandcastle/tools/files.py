@@ -18,11 +18,10 @@ PATH_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     IsADirectoryError,
     NotADirectoryError,
-    PermissionError,
     DiskQuotaExceeded,
 )
 """What a sandbox's file operations raise for a path the model can fix: outside the workspace
-(a symlink included), not a regular file (a directory, a FIFO, a device), not permitted, or the
+(a symlink included), not a regular file (a directory, a FIFO, a device), or the
 workspace full. Every file tool reports these as its error, never as a failed run."""
 
 
