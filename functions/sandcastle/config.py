@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     """Local backend: the largest file a command may write, and the size of its /tmp."""
     sandbox_max_processes: int = Field(default=256, ge=1)
     """Local backend: processes per command (pids cgroup), or per sandbox uid without cgroups."""
+    sandbox_disk_quota_mb: int = Field(default=4096, ge=0)
+    """Local backend, when run as root: the size of each sandbox's workspace filesystem (0: no cap)."""
+    sandbox_mount_root: Path = Path("/run/sandcastle")
+    """Local backend, when run as root: where each sandbox's workspace filesystem is mounted."""
     e2b_api_key: SecretStr | None = None
     e2b_api_key_secret_arn: str | None = None
     """Cloud: the Secrets Manager secret holding the E2B API key."""

@@ -67,6 +67,29 @@ def provider(request: pytest.FixtureRequest, tmp_path: Path) -> SandboxProvider:
     return _BACKENDS[request.param](tmp_path)
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("local", marks=pytest.mark.bwrap),
+        pytest.param("e2b-local", marks=pytest.mark.bwrap),
+        "e2b",
+        "fake",
+    ]
+)
+def file_sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sandbox]:
+    """A sandbox for the file contract, which the tests' ``FakeSandbox`` honours too (``[fake]``)."""
+    if request.param == "fake":
+        from tests.fakes.sandbox import FakeSandboxProvider
+
+        provider: SandboxProvider = FakeSandboxProvider()
+    elif request.param == "e2b-local":
+        provider = _e2b_local_provider(request.getfixturevalue("sandbox_server"))
+    else:
+        provider = _BACKENDS[request.param](tmp_path)
+    sandbox = provider.create(SandboxSpec(run_id="conformance", tenant="tests", timeout_s=300))
+    yield sandbox
+    provider.kill(sandbox.sandbox_id)
+
+
 @pytest.fixture
 def make_sandbox(provider: SandboxProvider) -> Iterator[Callable[[], Sandbox]]:
     """Creates sandboxes for the test and kills them all afterwards."""

@@ -82,17 +82,57 @@ def test_files_a_command_writes_are_readable_and_host_files_are_writable_by_comm
     assert sandbox.read_file("data/new.txt") == b"made"
 
 
-def test_reading_a_missing_file_raises_file_not_found(sandbox: Sandbox) -> None:
+def test_reading_a_missing_file_raises_file_not_found(file_sandbox: Sandbox) -> None:
     with pytest.raises(FileNotFoundError):
-        sandbox.read_file("nope.txt")
+        file_sandbox.read_file("nope.txt")
 
 
-@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "notes/../../outside", "/home/userx/f"])
-def test_paths_outside_the_workspace_are_rejected(sandbox: Sandbox, path: str) -> None:
+def test_a_written_file_reads_back_by_relative_and_absolute_path(file_sandbox: Sandbox) -> None:
+    file_sandbox.write_file("notes/today.txt", b"first")
+    file_sandbox.write_file(f"{SANDBOX_HOME}/notes/../notes/today.txt", b"second")
+
+    assert file_sandbox.read_file("notes/today.txt") == b"second"
+    assert file_sandbox.read_file(f"{SANDBOX_HOME}/notes/today.txt") == b"second"
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "notes/../../outside", "/home/userx/f", ".."])
+def test_paths_outside_the_workspace_are_rejected(file_sandbox: Sandbox, path: str) -> None:
     with pytest.raises(ValueError, match="outside the sandbox workspace"):
-        sandbox.read_file(path)
+        file_sandbox.read_file(path)
     with pytest.raises(ValueError, match="outside the sandbox workspace"):
-        sandbox.write_file(path, b"x")
+        file_sandbox.write_file(path, b"x")
+
+
+def test_symlinks_that_resolve_inside_the_workspace_work(sandbox: Sandbox) -> None:
+    made = _run(
+        sandbox, "mkdir -p real && echo linked > real/t.txt && ln -s real rel && ln -s ~/real abs && ln -s t.txt real/f"
+    )
+
+    assert made.exit_code == 0, made.stderr
+    for path in ["rel/t.txt", "abs/t.txt", "real/f", "rel/f"]:
+        assert sandbox.read_file(path) == b"linked\n", path
+    sandbox.write_file("abs/new.txt", b"via link")
+    assert _run(sandbox, "cat real/new.txt").stdout == b"via link"
+
+
+@pytest.mark.parametrize("link", ["/etc/passwd", "../../../etc/passwd", "/dev/zero", "/etc"])
+def test_symlinks_that_resolve_outside_the_workspace_are_a_path_error(sandbox: Sandbox, link: str) -> None:
+    assert _run(sandbox, f"ln -s {link} escape").exit_code == 0
+    target = "escape/passwd" if link == "/etc" else "escape"
+
+    with pytest.raises(ValueError, match="outside the sandbox workspace"):
+        sandbox.read_file(target)
+    with pytest.raises(ValueError, match="outside the sandbox workspace"):
+        sandbox.write_file(target, b"overwritten")
+
+
+def test_a_fifo_is_refused_not_waited_on(sandbox: Sandbox) -> None:
+    assert _run(sandbox, "mkfifo pipe").exit_code == 0
+
+    with pytest.raises(ValueError, match="FIFO"):
+        sandbox.read_file("pipe")
+    with pytest.raises(ValueError, match="FIFO"):
+        sandbox.write_file("pipe", b"x")
 
 
 # --- timeouts and process lifetime ---

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import posixpath
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sandcastle.errors import SandboxGone
-from sandcastle.sandbox.base import CommandResult, SandboxSpec
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
 
 
 @dataclass
@@ -32,15 +33,21 @@ class FakeSandbox:
         return CommandResult(exit_code=0, stdout=f"ran: {command}\n".encode(), stderr=b"", duration_ms=1)
 
     def write_file(self, path: str, data: bytes) -> None:
-        if path.startswith("/") and not path.startswith("/home/user/"):
-            raise ValueError(f"path: {path} is outside the sandbox home")
-        self.files[path.removeprefix("/home/user/")] = data
+        self.files[_workspace_key(path)] = data
 
     def read_file(self, path: str) -> bytes:
         try:
-            return self.files[path.removeprefix("/home/user/")]
+            return self.files[_workspace_key(path)]
         except KeyError:
             raise FileNotFoundError(path) from None
+
+
+def _workspace_key(path: str) -> str:
+    """The path relative to the home directory, as the real backends resolve it (``ValueError`` outside it)."""
+    absolute = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
+    if not absolute.startswith(SANDBOX_HOME + "/"):
+        raise ValueError(f"path {path!r} is outside the sandbox workspace {SANDBOX_HOME}")
+    return absolute.removeprefix(SANDBOX_HOME + "/")
 
 
 class FakeSandboxProvider:

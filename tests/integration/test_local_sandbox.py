@@ -7,11 +7,14 @@ backend does: each test makes a real attempt to break out or exhaust the host.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +22,20 @@ import pytest
 from sandcastle.config import Settings
 from sandcastle.errors import SandboxError, SandboxGone
 from sandcastle.sandbox import build_sandbox_provider
-from sandcastle.sandbox.base import CommandResult, SandboxSpec
+from sandcastle.sandbox.base import CommandResult, DiskQuotaExceeded, SandboxSpec
 from sandcastle.sandbox.local_sandbox import LocalSandbox, LocalSandboxProvider, SandboxLimits
 
 pytestmark = pytest.mark.bwrap
 
 
 @pytest.fixture
-def sandbox_root(tmp_path: Path) -> Path:
-    return tmp_path / "sandboxes"
+def sandbox_root(tmp_path: Path) -> Iterator[Path]:
+    """Where the test's sandboxes live; every one left is killed afterwards (its workspace is a mount)."""
+    root = tmp_path / "sandboxes"
+    yield root
+    cleaner = LocalSandboxProvider(root)
+    for sandbox_dir in root.glob("lsb-*"):
+        cleaner.kill(sandbox_dir.name)
 
 
 @pytest.fixture
@@ -273,6 +281,8 @@ def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
         sandbox_file_size_mb=30,
         sandbox_max_processes=40,
         sandbox_uid=12345,
+        sandbox_disk_quota_mb=48,
+        sandbox_mount_root=tmp_path / "mounts",
     )
 
     provider = build_sandbox_provider(settings)
@@ -280,6 +290,13 @@ def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
     assert isinstance(provider, LocalSandboxProvider)
     assert provider.limits == SandboxLimits(cpu_seconds=7, memory_mb=300, file_size_mb=30, max_processes=40)
     assert provider.sandbox_uid == (12345 if os.geteuid() == 0 else None)
+    if os.geteuid() == 0:
+        sandbox = provider.create(SandboxSpec(run_id="run-q", tenant="acme", timeout_s=60))
+        try:
+            assert sandbox.disk_quota_mb == 48
+            assert sandbox.workspace.parent.parent == tmp_path / "mounts"
+        finally:
+            provider.kill(sandbox.sandbox_id)
 
 
 # --- run options: envs, keep-alive, idempotent create ---
@@ -362,7 +379,8 @@ def test_create_records_meta_and_a_private_workspace(provider: LocalSandboxProvi
     sandbox_dir = provider.root / sandbox.sandbox_id
     meta = (sandbox_dir / "meta.json").read_text()
     assert sandbox.sandbox_id.startswith("lsb-")
-    assert sandbox.workspace == sandbox_dir / "home"
+    assert sandbox.workspace == provider.workspace_of(sandbox.sandbox_id)
+    assert sandbox.workspace.stat().st_mode & 0o777 == 0o700
     assert '"run_id": "run-9"' in meta and '"tenant": "acme"' in meta and '"purpose": "test"' in meta
     assert "expires_at" in meta
     provider.kill(sandbox.sandbox_id)
@@ -424,3 +442,262 @@ def test_missing_bwrap_is_reported_at_create(
 
     with pytest.raises(SandboxError, match=r"bubblewrap \(bwrap\) is not installed; run `make setup`"):
         provider.create(SandboxSpec(run_id="run-1", tenant="acme", timeout_s=60))
+
+
+# --- privilege: nothing a tool call sets runs with privilege, and nothing inside is host root ---
+
+_PLANTED_HELPER = """#!/bin/sh
+{ echo "uid $(id -u)"; grep CapEff /proc/self/status; } > "/home/user/ran-$(basename "$0")-$$"
+exec "/usr/bin/$(basename "$0")" "$@"
+"""
+
+_PLANTED_LIBRARY = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((constructor)) static void planted(void) {
+    char path[64], line[256], comm[64] = "";
+    FILE *name = fopen("/proc/self/comm", "r");
+    if (name) { fgets(comm, sizeof comm, name); fclose(name); comm[strcspn(comm, "\n")] = 0; }
+    snprintf(path, sizeof path, "/home/user/ran-preload-%s-%d", comm, (int)getpid());
+    FILE *out = fopen(path, "w"), *status = fopen("/proc/self/status", "r");
+    if (!out || !status) return;
+    fprintf(out, "uid %d\n", (int)geteuid());
+    while (fgets(line, sizeof line, status)) if (!strncmp(line, "CapEff:", 7)) fputs(line, out);
+    fclose(out);
+    fclose(status);
+}
+"""
+
+
+def test_planted_helpers_and_loader_variables_never_run_with_privilege(sandbox: LocalSandbox) -> None:
+    sandbox.write_file("planted.c", _PLANTED_LIBRARY.encode())
+    helpers = ["setpriv", "prlimit", "env", "bash", "sh", "timeout", "bwrap"]
+    for helper in helpers:
+        sandbox.write_file(f"bin/{helper}", _PLANTED_HELPER.encode())
+    built = _run(sandbox, "chmod +x bin/* && gcc -shared -fPIC -o planted.so planted.c", timeout_s=60)
+    assert built.exit_code == 0, built.stderr
+    sandbox.write_file("bash_env.sh", b'echo "uid $(id -u)" > /home/user/ran-bash-env-$$\n')
+    hostile = {
+        "PATH": "/home/user/bin:/usr/bin:/bin",
+        "LD_PRELOAD": "/home/user/planted.so",
+        "BASH_ENV": "/home/user/bash_env.sh",
+        "ENV": "/home/user/bash_env.sh",
+    }
+
+    result = _run(sandbox, "true", env=hostile)
+
+    assert result.exit_code == 0, result.stderr
+    markers = {path.name: path.read_text() for path in sandbox.workspace.glob("ran-*")}
+    assert markers, "the final command itself runs with the caller's variables"
+    for name, content in markers.items():
+        assert "uid 0\n" not in content, (name, content)
+        assert "CapEff:\t0000000000000000" in content or "CapEff" not in content, (name, content)
+    helpers_that_ran = [name for name in markers if name.split("-")[1 if "preload" not in name else 2] in helpers[:3]]
+    assert helpers_that_ran == []  # the caller's variables reach the final command only
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a non-root user the sandbox runs as that user")
+def test_seen_from_the_host_a_command_is_the_sandbox_uid_in_a_user_namespace_of_its_own(
+    sandbox: LocalSandbox,
+) -> None:
+    seconds = _unique_sleep_seconds()
+    runner = threading.Thread(target=_run, args=(sandbox, f"sleep {seconds}"), kwargs={"timeout_s": 60})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        found: list[str] = []
+        while not found and time.monotonic() < deadline:
+            found = [line for line in _host_processes_matching(f"sleep {seconds}") if line.split()[1] == "sleep"]
+            time.sleep(0.05)
+        pid = found[0].split()[0]
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        uid_map = Path(f"/proc/{pid}/uid_map").read_text().split()
+        user_ns = os.readlink(f"/proc/{pid}/ns/user")
+    finally:
+        if found:
+            os.kill(int(found[0].split()[0]), signal.SIGKILL)
+        runner.join(timeout=30)
+
+    assert status["Uid"].split() == ["65534"] * 4
+    assert status["Gid"].split() == ["65534"] * 4
+    assert status["Groups"].split() == []
+    assert uid_map == ["65534", "65534", "1"]  # only the sandbox uid exists in there; host root does not
+    assert user_ns != os.readlink("/proc/self/ns/user")
+
+
+_SYSCALL_PROBE = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+machine = os.uname().machine
+numbers = {
+    "x86_64": {"setns": 308, "umount2": 166, "mount": 165, "settimeofday": 164, "clock_settime": 227, "clone3": 435},
+    "aarch64": {"setns": 268, "umount2": 39, "mount": 40, "settimeofday": 170, "clock_settime": 112, "clone3": 435},
+}[machine]
+class timeval(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("usec", ctypes.c_long)]
+class timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+# Arguments the kernel would reject with another errno (EBADF, EINVAL, ENOENT) were the call let through.
+calls = {
+    "setns": (-1, 0),
+    "umount2": (b"/home/user", 0x7FFF0000),
+    "mount": (b"none", b"/no/such/dir", b"tmpfs", 0, None),
+    "settimeofday": (ctypes.byref(timeval(0, 5_000_000)), None),
+    "clock_settime": (1, ctypes.byref(timespec(0, 0))),
+    "clone3": (None, 0),
+}
+for name, args in calls.items():
+    ctypes.set_errno(0)
+    libc.syscall(numbers[name], *args)
+    print(name, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+"""
+
+
+def test_namespaces_mounts_devices_and_the_clock_are_refused_inside(sandbox: LocalSandbox) -> None:
+    sandbox.write_file("probe.py", _SYSCALL_PROBE.encode())
+
+    new_userns = _run(sandbox, "unshare -U -r id -u")
+    nested_mount = _run(sandbox, "unshare -U -r --mount mount -t tmpfs none /tmp")
+    mount = _run(sandbox, "mount -t tmpfs none /tmp")
+    mknod = _run(sandbox, "mknod ~/zero c 1 5")
+    set_clock = _run(sandbox, "date -s '2001-01-01 00:00:00'")
+    probe = _run(sandbox, "python3 probe.py")
+    threads_still_work = _run(
+        sandbox, "python3 -c 'import threading; t = threading.Thread(target=print, args=(7,)); t.start()'"
+    )
+
+    assert new_userns.exit_code != 0 and b"Operation not permitted" in new_userns.stderr, new_userns
+    assert nested_mount.exit_code != 0 and b"Operation not permitted" in nested_mount.stderr, nested_mount
+    assert mount.exit_code != 0
+    assert mknod.exit_code != 0 and b"Operation not permitted" in mknod.stderr
+    assert set_clock.exit_code != 0 and b"Operation not permitted" in set_clock.stderr
+    assert dict(line.split() for line in probe.stdout.decode().splitlines()) == {
+        "setns": "EPERM",
+        "umount2": "EPERM",
+        "mount": "EPERM",
+        "settimeofday": "EPERM",
+        "clock_settime": "EPERM",
+        "clone3": "ENOSYS",  # so the C library falls back to clone, whose flags the filter reads
+    }, probe.stderr
+    assert threads_still_work.stdout == b"7\n"
+
+
+def test_the_host_environment_never_reaches_the_helpers(sandbox: LocalSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDCASTLE_HOST_SECRET", "do-not-leak")
+    seconds = _unique_sleep_seconds()
+    process = sandbox.spawn(["/bin/sleep", seconds])
+    try:
+        host_environ = Path(f"/proc/{process._process.pid}/environ").read_bytes()
+    finally:
+        process.kill()
+        process.wait()
+
+    assert b"do-not-leak" not in host_environ
+
+
+# --- disk quota ---
+
+
+@pytest.fixture
+def small_quota_sandbox(sandbox_root: Path) -> LocalSandbox:
+    if os.geteuid() != 0:
+        pytest.skip("a disk quota needs root (a mounted workspace filesystem)")
+    provider = LocalSandboxProvider(sandbox_root, SandboxLimits(file_size_mb=512), disk_quota_mb=32)
+    return provider.create(SandboxSpec(run_id="run-disk", tenant="acme", timeout_s=600))
+
+
+def test_a_disk_hog_fills_only_its_quota_and_is_told_why(small_quota_sandbox: LocalSandbox) -> None:
+    sandbox = small_quota_sandbox
+
+    hog = _run(sandbox, "head -c 200M /dev/zero > big")
+
+    assert hog.exit_code != 0
+    assert b"No space left on device" in hog.stderr
+    assert b"disk quota exceeded: the workspace /home/user is full (its quota is 32 MB)" in hog.stderr
+    assert (sandbox.workspace / "big").stat().st_size <= 32 << 20
+    with pytest.raises(DiskQuotaExceeded, match="disk quota exceeded"):
+        sandbox.write_file("more.bin", b"x" * (1 << 20))
+    assert _run(sandbox, "rm big && echo freed > note && cat note").stdout == b"freed\n"
+    sandbox.write_file("more.bin", b"x" * (1 << 20))
+
+
+def test_kill_and_the_reapers_listing_unmount_workspace_filesystems(sandbox_root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("workspaces are mounted only when root")
+    provider = LocalSandboxProvider(sandbox_root, disk_quota_mb=16)
+    killed = provider.create(SandboxSpec(run_id="run-a", tenant="acme", timeout_s=600))
+    deleted = provider.create(SandboxSpec(run_id="run-b", tenant="acme", timeout_s=600))
+    portals = {sandbox.sandbox_id: sandbox.workspace.parent for sandbox in (killed, deleted)}
+    assert all(_is_mounted(portal) for portal in portals.values())
+
+    provider.kill(killed.sandbox_id)
+    shutil.rmtree(provider.root / deleted.sandbox_id)  # deleted by hand, never killed
+    provider.list_sandboxes()
+
+    assert not any(_is_mounted(portal) or portal.exists() for portal in portals.values())
+
+
+def _is_mounted(path: Path) -> bool:
+    return any(line.split()[4] == str(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+# --- files: FIFOs and devices ---
+
+
+def test_reading_or_writing_a_fifo_is_refused_at_once(sandbox: LocalSandbox) -> None:
+    _run(sandbox, "mkfifo pipe && ln -s pipe pipe_link")
+    outcome: list[BaseException] = []
+
+    def touch_fifo() -> None:
+        for attempt in (lambda: sandbox.read_file("pipe"), lambda: sandbox.write_file("pipe_link", b"x")):
+            try:
+                attempt()
+            except ValueError as error:
+                outcome.append(error)
+
+    worker = threading.Thread(target=touch_fifo, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+
+    assert not worker.is_alive(), "a file operation on a FIFO hung"
+    assert [str(error) for error in outcome] == [
+        "path 'pipe' is a FIFO, not a regular file; file tools read and write files",
+        "path 'pipe_link' is a FIFO, not a regular file; file tools read and write files",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "message"),
+    [(0o777, 0, "must not be writable by other users"), (0o711, 65534, "must be a directory owned by root")],
+)
+def test_a_mount_root_others_could_tamper_with_is_refused(
+    sandbox_root: Path, tmp_path: Path, mode: int, owner: int, message: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("workspaces are mounted only when root")
+    mount_root = tmp_path / "mounts"
+    mount_root.mkdir()
+    os.chmod(mount_root, mode)
+    os.chown(mount_root, owner, owner)
+    provider = LocalSandboxProvider(sandbox_root, mount_root=mount_root)
+
+    with pytest.raises(SandboxError, match=message):
+        provider.create(SandboxSpec(run_id="run-m", tenant="acme", timeout_s=60))
+    assert list(sandbox_root.iterdir()) == []
+
+
+def test_a_private_mount_root_is_opened_for_the_sandbox_uid_to_pass(sandbox_root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("workspaces are mounted only when root")
+    mount_root = Path(f"/run/sandcastle-test-{uuid.uuid4().hex}")  # its ancestors are searchable
+    mount_root.mkdir(mode=0o700)
+    provider = LocalSandboxProvider(sandbox_root, mount_root=mount_root, disk_quota_mb=16)
+    try:
+        sandbox = provider.create(SandboxSpec(run_id="run-p", tenant="acme", timeout_s=60))
+        reached = _run(sandbox, "echo reachable")
+        provider.kill(sandbox.sandbox_id)
+    finally:
+        mount_root.rmdir()
+
+    assert reached.stdout == b"reachable\n", reached.stderr

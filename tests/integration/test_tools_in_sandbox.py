@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,30 @@ def test_a_patch_cannot_reach_outside_home_through_a_symlink(sandbox: LocalSandb
 
     with pytest.raises(ToolInputError, match="outside the sandbox workspace"):
         call(sandbox, "apply_patch", patch="--- a/etc_link/hostname\n+++ b/etc_link/hostname\n@@ -1 +1 @@\n-a\n+b\n")
+
+
+def test_file_tools_report_fifos_escaping_symlinks_and_a_full_workspace_as_tool_errors(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a disk quota needs root (a mounted workspace filesystem)")
+    provider = LocalSandboxProvider(tmp_path, disk_quota_mb=16)
+    sandbox = provider.create(SandboxSpec(run_id="r", tenant="t", timeout_s=120))
+    try:
+        shell(sandbox, "mkfifo pipe && ln -s /dev/zero zero && echo a > small.txt")
+        errors = {}
+        for name, tool, arguments in [
+            ("read fifo", "read_file", {"path": "pipe"}),
+            ("read device link", "read_file", {"path": "zero"}),
+            ("patch fifo", "apply_patch", {"patch": "--- a/pipe\n+++ b/pipe\n@@ -1 +1 @@\n-a\n+b\n"}),
+        ]:
+            with pytest.raises(ToolInputError) as raised:
+                call(sandbox, tool, **arguments)
+            errors[name] = str(raised.value)
+        call(sandbox, "run_command", command="head -c 64M /dev/zero > filler")
+        with pytest.raises(ToolInputError, match="disk quota exceeded: the workspace /home/user is full"):
+            call(sandbox, "write_file", path="more.txt", content="x" * 100_000)
+    finally:
+        provider.kill(sandbox.sandbox_id)
+
+    assert "is a FIFO, not a regular file" in errors["read fifo"]
+    assert "outside the sandbox workspace" in errors["read device link"]
+    assert "is a FIFO, not a regular file" in errors["patch fifo"]

@@ -20,7 +20,7 @@ from e2b import exceptions as e2b_errors
 from sandcastle.config import Settings
 from sandcastle.errors import SandboxError, SandboxGone, SandboxUnavailable
 from sandcastle.sandbox import build_sandbox_provider
-from sandcastle.sandbox.base import SandboxSpec
+from sandcastle.sandbox.base import DiskQuotaExceeded, SandboxSpec
 from sandcastle.sandbox.e2b_sandbox import E2BSandbox, E2BSandboxProvider
 from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
 
@@ -443,8 +443,19 @@ def test_errors_without_the_key_keep_their_cause_for_debugging(
 def test_file_write_errors_are_translated(sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]) -> None:
     _fake_of(sandbox, fake_e2b).files.fail_with = e2b_errors.NotEnoughSpaceException("disk full")
 
-    with pytest.raises(SandboxError, match="NotEnoughSpaceException: disk full"):
+    with pytest.raises(DiskQuotaExceeded, match="disk quota exceeded: the sandbox's disk is full"):
         sandbox.write_file("big.bin", b"x")
+
+
+def test_a_path_envd_refuses_is_a_value_error_for_the_model(
+    sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]
+) -> None:
+    _fake_of(sandbox, fake_e2b).files.fail_with = e2b_errors.InvalidArgumentException(
+        "400: path 'escape' leads outside the sandbox workspace /home/user"
+    )
+
+    with pytest.raises(ValueError, match="^path 'escape' leads outside the sandbox workspace"):
+        sandbox.write_file("escape", b"x")
 
 
 # --- building the provider from settings ---

@@ -28,7 +28,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from sandcastle.e2b_server.registry import SandboxRecord
 from sandcastle.errors import SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME
+from sandcastle.sandbox.base import SANDBOX_HOME, DiskQuotaExceeded
 
 
 class FilesystemService:
@@ -240,7 +240,9 @@ def _rpc_errors(record: SandboxRecord, path: str) -> Iterator[None]:
 
 
 def _http_error(record: SandboxRecord, path: str, error: Exception) -> HttpAnswer:
-    """A workspace error as envd's HTTP answer: 404 missing, 400 bad path, 502 sandbox gone."""
+    """A workspace error as envd's HTTP answer: 404 missing, 400 bad path, 507 workspace full, 502 sandbox gone."""
+    if isinstance(error, DiskQuotaExceeded):
+        return _json_error(507, str(error))
     if isinstance(error, FileNotFoundError):
         return _json_error(404, f"path {path!r} does not exist in the sandbox")
     if isinstance(error, SandboxGone):

@@ -27,7 +27,7 @@ _E2B_SECRET_MAX_AGE_S = 300
 def build_sandbox_provider(settings: Settings) -> SandboxProvider:
     """The sandbox backend the settings select: ``local`` (bubblewrap) or ``e2b``.
 
-    For ``local`` the limits and the sandbox uid come from the ``sandbox_*`` settings.
+    For ``local`` the limits, the sandbox uid and the disk quota come from the ``sandbox_*`` settings.
 
     For ``e2b`` the API key comes from ``E2B_API_KEY``, or else from the Secrets Manager secret
     ``E2B_API_KEY_SECRET_ARN`` (cached for five minutes). Raises ``SandboxError`` when neither
@@ -43,7 +43,13 @@ def build_sandbox_provider(settings: Settings) -> SandboxProvider:
             file_size_mb=settings.sandbox_file_size_mb,
             max_processes=settings.sandbox_max_processes,
         )
-        return LocalSandboxProvider(settings.sandbox_root, limits, sandbox_uid=settings.sandbox_uid)
+        return LocalSandboxProvider(
+            settings.sandbox_root,
+            limits,
+            sandbox_uid=settings.sandbox_uid,
+            disk_quota_mb=settings.sandbox_disk_quota_mb,
+            mount_root=settings.sandbox_mount_root,
+        )
 
     from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
 

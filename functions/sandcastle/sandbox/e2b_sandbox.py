@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sandcastle.errors import SandboxError, SandboxGone, SandboxUnavailable
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, DiskQuotaExceeded, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
 
 _KILL_BACKSTOP_GRACE_S = 5
@@ -206,12 +206,16 @@ class E2BSandbox:
         )
 
     def write_file(self, path: str, data: bytes) -> None:
-        """Write a file (E2B creates the parent directories)."""
+        """Write a file (E2B creates the parent directories).
+
+        A path envd refuses (outside the workspace, not a regular file) raises ``ValueError``;
+        a full disk raises ``DiskQuotaExceeded``: both are the model's to fix, not a failed run.
+        """
         with _translated_errors(self._api_key, path=path):
             self._sandbox.files.write(_sandbox_path(path), data)
 
     def read_file(self, path: str) -> bytes:
-        """Read a file; raises ``FileNotFoundError`` when it does not exist."""
+        """Read a file; ``FileNotFoundError`` when it does not exist, ``ValueError`` when envd refuses the path."""
         with _translated_errors(self._api_key, path=path):
             return bytes(self._sandbox.files.read(_sandbox_path(path), format="bytes"))
 
@@ -363,6 +367,17 @@ def _translated_errors(api_key: str, *, path: str | None = None) -> Iterator[Non
         ) from _safe_cause(error, api_key)
     except e2b_errors.FileNotFoundException:
         raise FileNotFoundError(errno.ENOENT, "no such file in the sandbox", path) from None
+    except e2b_errors.InvalidArgumentException as error:
+        if path is None:
+            raise SandboxError(f"E2B refused the request ({_describe(error, api_key)})") from None
+        raise ValueError(_describe_path_error(error, api_key)) from None
+    except e2b_errors.NotEnoughSpaceException as error:
+        if path is None:
+            raise SandboxError(f"E2B refused the request ({_describe(error, api_key)})") from None
+        raise DiskQuotaExceeded(
+            f"disk quota exceeded: the sandbox's disk is full ({_describe_path_error(error, api_key)}); "
+            "delete files to make room"
+        ) from None
     except (e2b_errors.NotFoundException, e2b_errors.SandboxNotRunningException) as error:
         raise SandboxGone(f"the E2B sandbox no longer exists ({_describe(error, api_key)})") from _safe_cause(
             error, api_key
@@ -377,6 +392,12 @@ def _translated_errors(api_key: str, *, path: str | None = None) -> Iterator[Non
                 f"E2B failed transiently ({_describe(error, api_key)}); retry later"
             ) from _safe_cause(error, api_key)
         raise SandboxError(f"E2B refused the request ({_describe(error, api_key)})") from _safe_cause(error, api_key)
+
+
+def _describe_path_error(error: BaseException, api_key: str) -> str:
+    """The message envd gave for a refused path (without the SDK's status prefix)."""
+    text = str(error).replace(api_key, "***") if api_key else str(error)
+    return re.sub(r"^\d{3}: ", "", text) or type(error).__name__
 
 
 def _describe(error: BaseException, api_key: str) -> str:

@@ -1,18 +1,22 @@
 """The ``local`` sandbox backend: bubblewrap on this machine, for development and CI.
 
-Each sandbox is a directory ``<root>/<id>/`` holding ``meta.json`` and ``home/``, the workspace
-mounted as ``/home/user``. Every command runs in a fresh ``bwrap``: no network (a loopback of its
-own), its own PID namespace (nothing a command starts outlives it), a read-only view of the system
-directories and nothing else of the host, as an unprivileged uid without capabilities, under the
-limits of ``SandboxLimits`` (see ``local_limits``).
+Each sandbox is a directory ``<root>/<id>/`` holding ``meta.json``, and a workspace mounted as
+``/home/user`` inside. Every command runs in a fresh ``bwrap``: no network (a loopback of its own),
+its own PID namespace (nothing a command starts outlives it), a read-only view of the system
+directories and nothing else of the host, as an unprivileged uid without capabilities, under a
+seccomp filter (``seccomp``) and the limits of ``SandboxLimits`` (see ``local_limits``).
 
-When this process is root, ``bwrap`` itself runs as root *without* a user namespace and the command
-drops to ``sandbox_uid`` (``setpriv``) inside it. (Inside a user namespace created by root, the
-sandbox's uid would be host root: rlimits such as ``RLIMIT_NPROC`` would not bite and root-only
-files would be readable. Running ``bwrap`` itself as the unprivileged uid would not work for
-every ``sandbox_root``: bubblewrap resolves the workspace path as its caller, so each ancestor
-directory would have to be searchable by that uid, which pytest's and ``/root``'s are not.)
-When this process is not root, ``bwrap`` runs unprivileged in a user namespace, as this user.
+Nothing in a sandbox ever runs with privilege. When this process is root, it drops to
+``sandbox_uid`` (``setpriv``, on the host) *before* ``bwrap`` starts; ``bwrap`` then runs as
+that uid in a user namespace of its own, which maps only that uid: the sandbox's "root", were a
+command to become it, is host uid ``sandbox_uid`` with capabilities over nothing but its own
+namespaces. Every helper (``setpriv``, ``bwrap``, ``prlimit``, ``env``, the shell) is resolved to an
+absolute host path before the sandbox starts, and the caller's environment (``spec.envs``, ``env``)
+is applied by ``env -i`` only to the final command: no tool-call variable (``PATH``,
+``LD_PRELOAD``, ``BASH_ENV``...) reaches a helper. The workspace of a root-run sandbox is a
+size-capped filesystem of its own (``local_workspace``), mounted where the sandbox uid can reach it.
+When this process is not root, ``bwrap`` runs as this user in a user namespace, and the workspace
+is a plain directory under ``<root>/<id>/home`` with no disk quota.
 """
 
 from __future__ import annotations
@@ -30,25 +34,43 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from aws_lambda_powertools import Logger
+
 from sandcastle.errors import SandboxError, SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, DiskQuotaExceeded, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
 from sandcastle.sandbox.local_limits import CgroupSupport, CommandCgroup, SandboxLimits, detect_cgroup_support
+from sandcastle.sandbox.local_workspace import (
+    WorkspaceMounts,
+    is_out_of_space,
+    quota_exceeded_message,
+    workspace_is_full,
+)
+from sandcastle.sandbox.seccomp import filter_fd, sandbox_filter
 
 __all__ = ["LocalSandbox", "LocalSandboxProvider", "SandboxLimits", "SandboxProcess"]
 
 _BWRAP_MISSING = "bubblewrap (bwrap) is not installed; run `make setup` or apt-get install bubblewrap"
 _UTIL_LINUX_MISSING = "{tool} (util-linux) is not installed; apt-get install util-linux"
 _DEFAULT_SANDBOX_UID = 65534
+_DEFAULT_DISK_QUOTA_MB = 4096
+_DEFAULT_MOUNT_ROOT = Path("/run/sandcastle")
+_HELPER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+"""The whole environment of the host-side helpers (``setpriv``, ``bwrap``): nothing of ours leaks in."""
 _SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_BASE_ENV = {"HOME": SANDBOX_HOME, "PATH": _SANDBOX_PATH, "LANG": "C.UTF-8"}
+"""What every command starts from; the run's and the call's variables go on top, for the command only."""
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 _MAX_SYMLINK_HOPS = 40
+
+logger = Logger(child=True)
 
 _live_commands: dict[str, set[subprocess.Popen[bytes]]] = {}
 """Running ``bwrap`` processes per sandbox id, so ``kill`` can end them."""
@@ -62,6 +84,8 @@ class LocalSandboxProvider:
     ``limits`` bound every command; ``sandbox_uid`` is the host uid (and gid) commands run as when
     this process is root (ignored otherwise: an unprivileged process cannot switch users).
     ``use_cgroups=False`` forces the rlimit-only fallback even where cgroups work.
+    ``disk_quota_mb`` caps each sandbox's workspace (0: no cap); its filesystem is mounted under
+    ``mount_root``. Both need root: without it the workspace is a plain directory, uncapped.
     """
 
     name = "local"
@@ -73,6 +97,8 @@ class LocalSandboxProvider:
         *,
         sandbox_uid: int = _DEFAULT_SANDBOX_UID,
         use_cgroups: bool = True,
+        disk_quota_mb: int = _DEFAULT_DISK_QUOTA_MB,
+        mount_root: Path = _DEFAULT_MOUNT_ROOT,
     ) -> None:
         self.root = Path(root)
         self.limits = limits or SandboxLimits()
@@ -81,6 +107,15 @@ class LocalSandboxProvider:
         if self.sandbox_uid == 0:
             raise SandboxError("sandbox_uid must not be 0; pick an unprivileged uid such as 65534")
         self._use_cgroups = use_cgroups
+        if disk_quota_mb < 0:
+            raise SandboxError(f"disk_quota_mb must be 0 (no quota) or more, got {disk_quota_mb}")
+        self._mounts = WorkspaceMounts(Path(mount_root), disk_quota_mb) if self.sandbox_uid is not None else None
+        """Mounts each workspace (root only); None when workspaces are plain directories."""
+        if self._mounts is None and disk_quota_mb:
+            logger.warning(
+                "local sandboxes get no disk quota: this process is not root, so it cannot mount a "
+                f"size-capped workspace; a run can fill the disk under {self.root}"
+            )
 
     @property
     def cgroups(self) -> CgroupSupport | None:
@@ -96,7 +131,7 @@ class LocalSandboxProvider:
         """
         if spec.allow_internet_access:
             raise SandboxError("the local sandbox backend has no network; use sandbox_backend=e2b for internet access")
-        bwrap = _find_tools()
+        tools = _find_tools()
         if spec.idempotency_key:
             existing = self._sandbox_for_key(spec.idempotency_key)
             if existing is not None:
@@ -106,12 +141,10 @@ class LocalSandboxProvider:
         created_at = datetime.now(UTC)
         expires_at = created_at + timedelta(seconds=spec.timeout_s)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._mounts is not None:
+            self._mounts.sweep_orphans()
         sandbox_dir.mkdir(mode=0o700)
-        # The workspace belongs to the sandbox uid alone (0700): no other local user can enter it.
-        (sandbox_dir / "home").mkdir(mode=0o700)
-        if self.sandbox_uid is not None:
-            os.chown(sandbox_dir / "home", self.sandbox_uid, self.sandbox_uid)
-        meta = {
+        meta: dict[str, object] = {
             "run_id": spec.run_id,
             "tenant": spec.tenant,
             "created_at": created_at.isoformat(),
@@ -119,14 +152,26 @@ class LocalSandboxProvider:
             "metadata": spec.metadata,
             "envs": spec.envs,
             "idempotency_key": spec.idempotency_key,
+            "disk_quota_mb": None,
         }
-        _write_meta(sandbox_dir, meta)
+        _write_meta(sandbox_dir, meta)  # before any mount: a portal without meta.json is an orphan
+        try:
+            # The workspace belongs to the sandbox uid alone (0700): no other local user can enter it.
+            if self._mounts is not None:
+                assert self.sandbox_uid is not None
+                meta["disk_quota_mb"] = self._mounts.mount(sandbox_id, sandbox_dir, self.sandbox_uid)
+                _write_meta(sandbox_dir, meta)
+            else:
+                (sandbox_dir / "home").mkdir(mode=0o700)
+        except BaseException:
+            self.kill(sandbox_id)
+            raise
         if spec.idempotency_key:
             winner = self._sandbox_for_key(spec.idempotency_key)
             if winner is not None and winner.sandbox_id != sandbox_id:  # a concurrent create got there first
                 self.kill(sandbox_id)
                 return winner
-        return LocalSandbox(sandbox_id, sandbox_dir, expires_at, bwrap, self, spec.envs)
+        return LocalSandbox(sandbox_id, sandbox_dir, expires_at, tools, self, spec.envs, meta["disk_quota_mb"])
 
     def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> LocalSandbox:
         """Reconnect to a sandbox. Raises ``SandboxGone`` when it was killed, expired or never existed.
@@ -141,11 +186,21 @@ class LocalSandboxProvider:
         except FileNotFoundError:
             raise SandboxGone(f"sandbox {sandbox_id} does not exist (killed or never created)") from None
         expires_at = datetime.fromisoformat(meta["expires_at"])
-        sandbox = LocalSandbox(sandbox_id, sandbox_dir, expires_at, _find_tools(), self, meta.get("envs", {}))
+        sandbox = LocalSandbox(
+            sandbox_id, sandbox_dir, expires_at, _find_tools(), self, meta.get("envs", {}), meta.get("disk_quota_mb")
+        )
         sandbox.ensure_alive()
+        if self._mounts is not None:
+            self._mounts.ensure_mounted(sandbox_id, sandbox_dir)
         if keep_alive_s is not None:
             sandbox.keep_alive(keep_alive_s)
         return sandbox
+
+    def workspace_of(self, sandbox_id: str) -> Path:
+        """The host directory a sandbox's ``/home/user`` is (on its own filesystem when root)."""
+        if self._mounts is not None:
+            return self._mounts.portal(sandbox_id) / "home"
+        return self.root / sandbox_id / "home"
 
     def _sandbox_for_key(self, idempotency_key: str) -> LocalSandbox | None:
         """The oldest live sandbox created with this idempotency key, if any.
@@ -183,6 +238,8 @@ class LocalSandboxProvider:
                 existed = True
         for process in processes:
             _kill_process_group(process)
+        if self._mounts is not None:
+            self._mounts.unmount(sandbox_id)
         if existed:
             shutil.rmtree(tombstone, ignore_errors=True)
         return existed
@@ -190,8 +247,11 @@ class LocalSandboxProvider:
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox under ``root`` (for the reaper), read from each one's ``meta.json``.
 
-        A sandbox killed while it is being listed is left out.
+        A sandbox killed while it is being listed is left out. Workspace filesystems left mounted
+        by sandboxes whose directory was deleted without a kill are unmounted on the way.
         """
+        if self._mounts is not None:
+            self._mounts.sweep_orphans()
         infos = []
         for meta_file in sorted(self.root.glob("lsb-*/meta.json")):
             with suppress(OSError, ValueError, KeyError):
@@ -216,17 +276,19 @@ class LocalSandbox:
         sandbox_id: str,
         sandbox_dir: Path,
         expires_at: datetime,
-        bwrap: str,
+        tools: _HostTools,
         provider: LocalSandboxProvider,
         envs: dict[str, str] | None = None,
+        disk_quota_mb: int | None = None,
     ) -> None:
         self._sandbox_id = sandbox_id
         self._sandbox_dir = sandbox_dir
-        self._workspace = sandbox_dir / "home"
+        self._workspace = provider.workspace_of(sandbox_id)
         self._expires_at = expires_at
-        self._bwrap = bwrap
+        self._tools = tools
         self._provider = provider
         self._envs = dict(envs or {})
+        self._disk_quota_mb = disk_quota_mb
 
     @property
     def sandbox_id(self) -> str:
@@ -237,6 +299,11 @@ class LocalSandbox:
     def workspace(self) -> Path:
         """The host directory mounted as ``/home/user`` inside the sandbox."""
         return self._workspace
+
+    @property
+    def disk_quota_mb(self) -> int | None:
+        """The workspace's size cap in MiB, or None when it has none (not root, or no loop device)."""
+        return self._disk_quota_mb
 
     def ensure_alive(self) -> None:
         """Raise ``SandboxGone`` when the sandbox was killed or has expired (an expired one is killed)."""
@@ -270,8 +337,11 @@ class LocalSandbox:
         with ExitStack() as stack:
             cgroup = stack.enter_context(cgroups.command_cgroup(limits, self._sandbox_id)) if cgroups else None
             envs = {**self._envs, **(env or {})}
-            argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(command, cwd, envs, cgroup is None)
-            process = stack.enter_context(self._registered_process(argv))
+            seccomp_fd = filter_fd(sandbox_filter())
+            argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(
+                command, cwd, envs, cgroup is None, seccomp_fd
+            )
+            process = stack.enter_context(self._registered_process(argv, seccomp_fd))
             try:
                 stdout, stderr = process.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -288,34 +358,54 @@ class LocalSandbox:
             oom_killed = cgroup.oom_killed() if cgroup else False
         self.ensure_alive()
         exit_code = process.returncode if process.returncode >= 0 else 128 - process.returncode
-        note = limits.explain_exit(exit_code, oom_killed=oom_killed) if exit_code or oom_killed else None
+        note = self._exit_note(exit_code, oom_killed)
         if note:
             stderr += (b"" if not stderr or stderr.endswith(b"\n") else b"\n") + note.encode() + b"\n"
         return CommandResult(exit_code=exit_code, stdout=stdout, stderr=stderr, duration_ms=_elapsed_ms(started))
 
+    def _exit_note(self, exit_code: int, oom_killed: bool) -> str | None:
+        """Why a command failed, when a limit (or the full workspace) visibly caused it; else None."""
+        if not exit_code and not oom_killed:
+            return None
+        note = self._provider.limits.explain_exit(exit_code, oom_killed=oom_killed)
+        if note is None and self._disk_quota_mb and workspace_is_full(self._workspace):
+            note = quota_exceeded_message(self._disk_quota_mb)
+        return note
+
     def write_file(self, path: str, data: bytes) -> None:
         """Write a file in the workspace, creating parent directories, owned by the sandbox user.
 
-        Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user``.
+        Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user`` or
+        names something other than a regular file (a FIFO, a socket), and ``DiskQuotaExceeded``
+        when the workspace is full.
         """
         self.ensure_alive()
         owner = self._provider.sandbox_uid
-        with _resolve_in_workspace(self._workspace, path, create_parents=True, owner=owner) as (parent_fd, name):
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = _open_no_follow(name, flags, parent_fd, path)
-            with os.fdopen(fd, "wb") as file:
-                if owner is not None:
-                    os.fchown(file.fileno(), owner, owner)
-                file.write(data)
+        try:
+            with _resolve_in_workspace(self._workspace, path, create_parents=True, owner=owner) as (parent_fd, name):
+                # O_NONBLOCK: opening a FIFO must not wait for a reader (it is refused just below).
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                fd = _open_regular_file(name, flags, parent_fd, path)
+                with os.fdopen(fd, "wb") as file:
+                    os.ftruncate(file.fileno(), 0)
+                    if owner is not None:
+                        os.fchown(file.fileno(), owner, owner)
+                    file.write(data)
+        except OSError as error:
+            if is_out_of_space(error):
+                raise DiskQuotaExceeded(quota_exceeded_message(self._disk_quota_mb)) from None
+            raise
 
     def read_file(self, path: str) -> bytes:
         """Read a file of the workspace; raises ``FileNotFoundError`` when it does not exist.
 
-        Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user``.
+        Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user`` or
+        names something other than a regular file: a FIFO or a device would never end.
         """
         self.ensure_alive()
         with _resolve_in_workspace(self._workspace, path, create_parents=False) as (parent_fd, name):
-            fd = _open_no_follow(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, parent_fd, path)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = _open_regular_file(name, flags, parent_fd, path)
             with os.fdopen(fd, "rb") as file:
                 return file.read()
 
@@ -333,14 +423,15 @@ class LocalSandbox:
         try:
             cgroup = stack.enter_context(cgroups.command_cgroup(limits, self._sandbox_id)) if cgroups else None
             envs = {**self._envs, **(env or {})}
+            seccomp_fd = filter_fd(sandbox_filter())
             argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(
-                "", cwd, envs, cgroup is None, program=list(program)
+                "", cwd, envs, cgroup is None, seccomp_fd, program=list(program)
             )
-            process = stack.enter_context(self._registered_process(argv))
+            process = stack.enter_context(self._registered_process(argv, seccomp_fd))
         except BaseException:
             stack.close()
             raise
-        return SandboxProcess(process, stack, cgroup, limits)
+        return SandboxProcess(process, stack, cgroup, self._exit_note)
 
     def stat_path(self, path: str) -> os.stat_result:
         """``stat`` a path of the workspace (symlinks followed inside it); ``FileNotFoundError`` when missing.
@@ -444,19 +535,28 @@ class LocalSandbox:
             raise SandboxGone(f"sandbox {self._sandbox_id} was killed")
 
     @contextmanager
-    def _registered_process(self, argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-        """Start bwrap while the sandbox provably exists, and keep it findable by ``kill``."""
-        self.ensure_alive()
-        with _live_commands_lock:
-            self._ensure_not_killed()
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            _live_commands.setdefault(self._sandbox_id, set()).add(process)
+    def _registered_process(self, argv: list[str], seccomp_fd: int) -> Iterator[subprocess.Popen[bytes]]:
+        """Start bwrap while the sandbox provably exists, and keep it findable by ``kill``.
+
+        Its environment is ``_HELPER_ENV`` alone, and only the seccomp filter's fd is passed on
+        (this closes it: bwrap holds its own copy once started).
+        """
+        try:
+            self.ensure_alive()
+            with _live_commands_lock:
+                self._ensure_not_killed()
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    env=_HELPER_ENV,
+                    pass_fds=(seccomp_fd,),
+                )
+                _live_commands.setdefault(self._sandbox_id, set()).add(process)
+        finally:
+            os.close(seccomp_fd)
         try:
             yield process
         finally:
@@ -473,58 +573,63 @@ class LocalSandbox:
         cwd: str | None,
         env: dict[str, str],
         rlimit_nproc: bool,
+        seccomp_fd: int,
         program: list[str] | None = None,
     ) -> list[str]:
-        """The full argv: bwrap, its flags, then ``bash -lc command`` (or ``program`` as given)."""
+        """The full argv: (setpriv), bwrap, its flags, prlimit, ``env -i`` and the caller's
+        variables, then ``bash -lc command`` (or ``program`` as given). Every helper is an absolute path."""
+        tools = self._tools
         uid = self._provider.sandbox_uid
         limits = self._provider.limits
         # Why each flag:
+        # setpriv (host)       root: become the unprivileged sandbox uid/gid, without supplementary
+        #                      groups, before bwrap starts: nothing inside ever is (or was) host root.
+        # --unshare-user       a user namespace that maps only that uid: capabilities bwrap holds while
+        #                      it sets up apply to its own namespaces, never to the host.
         # --unshare-net        a network namespace with only its own loopback: no host service on
         #                      127.0.0.1 and no outside address is reachable (connects fail at once).
         # --unshare-pid        its own PID namespace: it sees and signals only its own processes, and
         #                      all of them die when its init (bwrap) does, so nothing outlives it.
         # --unshare-ipc/-uts   no shared memory or semaphores with the host; its own hostname.
         # --unshare-cgroup-try its cgroup paths (and so the host's layout) stay hidden.
-        # --unshare-user       only when not root: unprivileged bwrap needs a user namespace.
         # --die-with-parent    if this process dies, the sandbox dies with it (no orphans).
         # --new-session        a new terminal session: no TIOCSTI keystroke injection into ours.
         # read-only binds      the system directories, read-only; the rest of the host does not exist.
         # --proc/--dev         a procfs of its own PID namespace; a minimal /dev (null, zero, urandom...).
         # --tmpfs /tmp        a private, world-writable /tmp, capped at the file size limit (it is memory).
         # --bind workspace     the only writable host directory: the run's workspace as $HOME.
-        # --clearenv           nothing of this process's environment (credentials!) leaks in.
-        # --cap-drop ALL       not root: no capabilities, not even in its own user namespace.
-        # setpriv (inside)     root: switch to the unprivileged sandbox uid/gid, which clears every
-        #                      capability (bwrap keeps them until then, to chdir into the 0700
-        #                      workspace), drop supplementary groups, the bounding and inheritable
-        #                      sets, and set no_new_privs (setuid binaries cannot raise privileges).
+        # --remount-ro /       the sandbox's root (a tmpfs its own user owns) read-only: no writes
+        #                      outside /tmp and $HOME, so none that no limit bounds.
+        # --seccomp            no namespaces, mounts, modules, clock changes or reboot (``seccomp``).
+        # --clearenv/--setenv  the helpers see a fixed environment: nothing of this process's
+        #                      (credentials!) and nothing of the caller's (PATH, LD_PRELOAD...).
+        #                      bwrap drops every capability and sets no_new_privs before exec.
         # prlimit (inside)     CPU time, memory, file size (and processes without a pids cgroup).
-        argv = [self._bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        # env -i (inside)      the caller's environment, for the final command only.
+        argv: list[str] = []
+        if uid is not None:
+            argv += [tools.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        argv += [tools.bwrap, "--unshare-user", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         argv += ["--unshare-cgroup-try", "--hostname", "sandcastle", "--die-with-parent", "--new-session"]
-        if uid is None:
-            argv += ["--unshare-user"]
         argv += _system_mount_args()
         argv += ["--proc", "/proc", "--dev", "/dev"]
         argv += ["--perms", "1777"]
-        if _bwrap_has_tmpfs_size():
+        if _bwrap_has_tmpfs_size(tools.bwrap):
             argv += ["--size", str(limits.file_size_mb * 1024 * 1024)]
         argv += ["--tmpfs", "/tmp"]
         argv += ["--perms", "0755", "--dir", PurePosixPath(SANDBOX_HOME).parent.as_posix()]
         argv += ["--bind", str(self._workspace), SANDBOX_HOME]
+        argv += ["--remount-ro", "/"]
         argv += ["--chdir", str(PurePosixPath(SANDBOX_HOME, cwd or "."))]
+        argv += ["--seccomp", str(seccomp_fd)]
         argv += ["--clearenv"]
-        for name, value in {"HOME": SANDBOX_HOME, "PATH": _SANDBOX_PATH, "LANG": "C.UTF-8", **env}.items():
+        for name, value in _BASE_ENV.items():
             argv += ["--setenv", name, value]
-        if uid is not None:
-            argv += ["--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-            argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
-        else:
-            argv += ["--cap-drop", "ALL", "--", "setpriv", "--no-new-privs", "--"]
-        argv += ["prlimit", *limits.prlimit_argv(with_nproc=rlimit_nproc), "--"]
+        argv += ["--", tools.prlimit, *limits.prlimit_argv(with_nproc=rlimit_nproc), "--"]
+        argv += [tools.env, "-i", "--", *_assignments({**_BASE_ENV, **env})]
         if program is not None:
             return argv + program
-        shell = ["bash", "-lc"] if shutil.which("bash") else ["/bin/sh", "-c"]
-        return argv + [*shell, command]
+        return argv + [*tools.shell, command]
 
 
 class SandboxProcess:
@@ -535,12 +640,12 @@ class SandboxProcess:
         process: subprocess.Popen[bytes],
         resources: ExitStack,
         cgroup: CommandCgroup | None,
-        limits: SandboxLimits,
+        exit_note: Callable[[int, bool], str | None],
     ) -> None:
         self._process = process
         self._resources = resources
         self._cgroup = cgroup
-        self._limits = limits
+        self._exit_note = exit_note
         self._lock = threading.Lock()
         self._exit_code: int | None = None
         self.limit_note: str | None = None
@@ -573,8 +678,7 @@ class SandboxProcess:
                 oom_killed = self._cgroup.oom_killed() if self._cgroup else False
                 self._resources.close()
                 exit_code = returncode if returncode >= 0 else 128 - returncode
-                if exit_code or oom_killed:
-                    self.limit_note = self._limits.explain_exit(exit_code, oom_killed=oom_killed)
+                self.limit_note = self._exit_note(exit_code, oom_killed)
                 self._exit_code = exit_code
             return self._exit_code
 
@@ -610,21 +714,51 @@ def _is_local_sandbox_id(sandbox_id: str) -> bool:
     return sandbox_id.startswith("lsb-") and "/" not in sandbox_id and "\0" not in sandbox_id
 
 
-def _find_tools() -> str:
-    """The path of ``bwrap``, after checking that the util-linux tools used inside exist too."""
+@dataclass(frozen=True)
+class _HostTools:
+    """The absolute host paths of every helper a command runs through, resolved before it starts."""
+
+    bwrap: str
+    setpriv: str
+    prlimit: str
+    env: str
+    shell: tuple[str, ...]
+    """``bash -lc`` (or ``sh -c`` where bash is missing)."""
+
+
+def _find_tools() -> _HostTools:
+    """Resolve the helpers on this process's ``PATH`` (never a sandbox's) to absolute paths."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxError(_BWRAP_MISSING)
+    found = {}
     for tool in ("setpriv", "prlimit"):
-        if shutil.which(tool) is None:
+        found[tool] = shutil.which(tool)
+        if found[tool] is None:
             raise SandboxError(_UTIL_LINUX_MISSING.format(tool=tool))
-    return bwrap
+    env = shutil.which("env")
+    if env is None:
+        raise SandboxError("env (coreutils) is not installed; apt-get install coreutils")
+    bash = shutil.which("bash")
+    shell = (os.path.abspath(bash), "-lc") if bash else ("/bin/sh", "-c")
+    return _HostTools(
+        bwrap=os.path.abspath(bwrap),
+        setpriv=os.path.abspath(found["setpriv"] or ""),
+        prlimit=os.path.abspath(found["prlimit"] or ""),
+        env=os.path.abspath(env),
+        shell=shell,
+    )
+
+
+def _assignments(env: dict[str, str]) -> list[str]:
+    """``NAME=value`` arguments for ``env -i --``."""
+    return [f"{name}={value}" for name, value in env.items()]
 
 
 @functools.cache
-def _bwrap_has_tmpfs_size() -> bool:
+def _bwrap_has_tmpfs_size(bwrap: str) -> bool:
     """``--size`` (for ``--tmpfs``) arrived in bubblewrap 0.8; older ones get an unbounded /tmp."""
-    help_text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, check=False).stdout
+    help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, check=False).stdout
     return "--size" in help_text
 
 
@@ -744,6 +878,28 @@ def _walk_to_final_name(
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         directory_fds.append(_open_no_follow(part, flags, directory_fds[-1], path))
     raise IsADirectoryError(errno.EISDIR, "the path names a directory, not a file", path)
+
+
+def _open_regular_file(name: str, flags: int, dir_fd: int, path: str) -> int:
+    """Open ``name`` like ``_open_no_follow``, then refuse anything but a regular file.
+
+    A FIFO or a device would make a read never end (or a write block); callers pass
+    ``O_NONBLOCK`` so that opening one returns at once, and this refuses it.
+    """
+    try:
+        fd = _open_no_follow(name, flags, dir_fd, path)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a FIFO opened for writing without a reader
+            raise ValueError(f"path {path!r} is a FIFO, not a regular file; file tools read and write files") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "the path names a directory, not a file", path)
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise ValueError(f"path {path!r} is {kind}, not a regular file; file tools read and write files")
 
 
 def _open_no_follow(name: str, flags: int, dir_fd: int, path: str) -> int:

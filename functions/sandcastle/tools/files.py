@@ -8,11 +8,21 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from sandcastle.errors import ToolInputError
-from sandcastle.sandbox.base import SANDBOX_HOME, Sandbox
+from sandcastle.sandbox.base import SANDBOX_HOME, DiskQuotaExceeded, Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 
 _PATH_HELP = "File path, relative to the home directory or absolute under it."
 _MAX_UTF8_CONTINUATION_BYTES = 3
+
+PATH_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    IsADirectoryError,
+    NotADirectoryError,
+    DiskQuotaExceeded,
+)
+"""What a sandbox's file operations raise for a path the model can fix: outside the workspace
+(a symlink included), not a regular file (a directory, a FIFO, a device), or the
+workspace full. Every file tool reports these as its error, never as a failed run."""
 
 
 def home_path(path: str, *, field: str = "path") -> str:
@@ -57,7 +67,7 @@ class WriteFile:
         data = args.content.encode("utf-8")
         try:
             sandbox.write_file(args.path, data)
-        except (ValueError, IsADirectoryError, NotADirectoryError) as error:
+        except PATH_ERRORS as error:
             raise ToolInputError(str(error)) from error
         return {"path": args.path, "bytes": len(data)}
 
@@ -76,7 +86,7 @@ class ReadFile:
             data = sandbox.read_file(args.path)
         except FileNotFoundError as error:
             raise ToolInputError(f"path: {args.path} does not exist") from error
-        except (ValueError, IsADirectoryError, NotADirectoryError) as error:
+        except PATH_ERRORS as error:
             raise ToolInputError(str(error)) from error
         size = len(data)
         if args.offset > size:

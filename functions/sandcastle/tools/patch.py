@@ -19,7 +19,7 @@ from pydantic import Field
 from sandcastle.errors import ToolInputError
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
-from sandcastle.tools.files import home_path, relative_to_home
+from sandcastle.tools.files import PATH_ERRORS, home_path, relative_to_home
 
 DEV_NULL = "/dev/null"
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -343,7 +343,7 @@ def _current(sandbox: Sandbox, path: str, state: dict[str, bytes | None]) -> byt
         state[path] = sandbox.read_file(path)
     except FileNotFoundError:
         state[path] = None
-    except (ValueError, IsADirectoryError, NotADirectoryError) as error:
+    except PATH_ERRORS as error:
         raise ToolInputError(f"{_ERROR} {error}") from error
     if state[path] is not None and b"\0" in state[path]:  # type: ignore[operator]
         raise ToolInputError(f"{_ERROR} {relative_to_home(path)} is binary; apply_patch edits text files only")
