@@ -218,7 +218,9 @@ def _dynamodb(operation: str, params: Mapping[str, Any], account: Account) -> li
         attribute = account.partition_keys.get(table)
         if attribute is None:
             return {}
-        return {"dynamodb:LeadingKeys": tuple(_attribute_string(item[attribute]) for item in items if attribute in item)}
+        return {
+            "dynamodb:LeadingKeys": tuple(_attribute_string(item[attribute]) for item in items if attribute in item)
+        }
 
     action = f"dynamodb:{operation}"
     table = str(params.get("TableName", ""))
@@ -230,9 +232,7 @@ def _dynamodb(operation: str, params: Mapping[str, Any], account: Account) -> li
         index = params.get("IndexName")
         context: dict[str, tuple[str, ...]] = {}
         if operation == "Query":
-            attribute = (
-                account.index_partition_keys.get((table, index)) if index else account.partition_keys.get(table)
-            )
+            attribute = account.index_partition_keys.get((table, index)) if index else account.partition_keys.get(table)
             value = _query_partition_value(params, attribute) if attribute else None
             if value is not None:
                 context["dynamodb:LeadingKeys"] = (value,)
@@ -241,7 +241,12 @@ def _dynamodb(operation: str, params: Mapping[str, Any], account: Account) -> li
         return [AccessRequest(action, table_arn(table))]
     if operation in ("TransactWriteItems", "TransactGetItems"):
         # No "Transact" action exists: each item needs the action of its own kind on its table.
-        kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
+        kinds = {
+            "Put": "PutItem",
+            "Update": "UpdateItem",
+            "Delete": "DeleteItem",
+            "ConditionCheck": "ConditionCheckItem",
+        }
         kinds["Get"] = "GetItem"
         requests = []
         for item in params.get("TransactItems", []):
@@ -461,7 +466,9 @@ def access_denied(
         f"the {request.action} action"
     )
     code = _DENIED_CODE.get(service, "AccessDeniedException")
-    return ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 403}}, operation)
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 403}}, operation
+    )
 
 
 class PermissionGuard:
