@@ -190,3 +190,17 @@ def test_the_tool_runner_may_write_run_files_but_not_acls_or_lifecycle(guard: Pe
             client.put_object(Bucket=bucket, Key="not-runs/x.txt", Body=b"x")
 
     assert {e.value.response["Error"]["Code"] for e in (acl, lifecycle, elsewhere)} == {"AccessDenied"}
+
+
+def test_the_tool_runner_may_touch_run_items_only(guard: PermissionGuard, aws: Template) -> None:
+    client = boto3.client("dynamodb", region_name=aws.region)
+    table = aws.physical_name("RunsTable")
+
+    with guard.acting_as("RunToolFunction"):
+        client.get_item(TableName=table, Key={"pk": {"S": "RUN#run-1"}, "sk": {"S": "META"}})
+        with pytest.raises(ClientError) as keys:
+            client.get_item(TableName=table, Key={"pk": {"S": "APIKEY#abc"}, "sk": {"S": "META"}})
+        with pytest.raises(ClientError) as scan:
+            client.scan(TableName=table)
+
+    assert {e.value.response["Error"]["Code"] for e in (keys, scan)} == {"AccessDeniedException"}

@@ -598,3 +598,13 @@ def test_the_tool_runner_writes_only_under_runs() -> None:
     assert [(s["Action"], s["Resource"]) for s in s3] == [
         ("s3:PutObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*"})
     ]
+
+
+@pytest.mark.parametrize("logical_id", ["RunToolFunction", "OnRunFinishedFunction"])
+def test_functions_that_touch_only_runs_are_confined_to_run_items(logical_id: str) -> None:
+    dynamodb = [s for s in _role_statements(logical_id) if "dynamodb:" in json.dumps(s["Action"])]
+    assert dynamodb, logical_id
+    for statement in dynamodb:
+        assert statement["Resource"] == {"Fn::GetAtt": ["RunsTable", "Arn"]}  # the table, not its index
+        assert statement["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*"]}}
+        assert "dynamodb:Scan" not in statement["Action"]
