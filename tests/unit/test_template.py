@@ -600,7 +600,19 @@ def test_the_tool_runner_writes_only_under_runs() -> None:
     ]
 
 
-@pytest.mark.parametrize("logical_id", ["RunToolFunction", "OnRunFinishedFunction"])
+@pytest.mark.parametrize(
+    "logical_id",
+    [
+        "PrepareRunFunction",
+        "AgentStepFunction",
+        "RunToolFunction",
+        "FinishRunFunction",
+        "FailRunFunction",
+        "OnExecutionEndFunction",
+        "OnRunFinishedFunction",
+        "ReaperFunction",
+    ],
+)
 def test_functions_that_touch_only_runs_are_confined_to_run_items(logical_id: str) -> None:
     dynamodb = [s for s in _role_statements(logical_id) if "dynamodb:" in json.dumps(s["Action"])]
     assert dynamodb, logical_id
@@ -608,3 +620,14 @@ def test_functions_that_touch_only_runs_are_confined_to_run_items(logical_id: st
         assert statement["Resource"] == {"Fn::GetAtt": ["RunsTable", "Arn"]}  # the table, not its index
         assert statement["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*"]}}
         assert "dynamodb:Scan" not in statement["Action"]
+
+
+def test_only_the_api_and_the_submitter_may_touch_any_item_of_the_table() -> None:
+    whole_table = set()
+    for logical_id in FUNCTIONS:
+        for statement in _role_statements(logical_id):
+            if "dynamodb:" in json.dumps(statement["Action"]):
+                leading = statement.get("Condition", {}).get("ForAllValues:StringLike", {})
+                if "dynamodb:LeadingKeys" not in leading:
+                    whole_table.add(logical_id)
+    assert whole_table == {"ApiFunction", "SubmitRunFunction"}
