@@ -8,10 +8,12 @@ that runs them in the cloud, and assert that nothing was denied and that the eff
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
+from sandcastle.local.permissions import Policy
 from sandcastle.local.runtime import LocalRuntime
 from sandcastle.runs.cancel import cancel_run, end_stopped_execution, execution_arn
 from sandcastle.runs.models import ExecutionStatusChange, PlaybookCall, RunRequest, RunStatus
@@ -78,3 +80,29 @@ def test_the_reaper_may_keep_an_overdue_runs_files(runtime: LocalRuntime) -> Non
     assert [a.name for a in ended.artifacts] == ["partial.txt"]
     assert runtime.deps.objects.get(ended.artifacts[0].s3_key) == b"kept\n"
     assert runtime.permissions.denied == []
+
+
+def test_every_function_a_run_invokes_is_checked_call_by_call(runtime: LocalRuntime) -> None:
+    assert runtime.permissions is not None
+    run = runtime.submit(RunRequest(instructions="x", playbook=SLOW[:1]))
+
+    assert runtime.wait(run.run_id).status is RunStatus.SUCCEEDED
+    checked = {function.removeprefix("sandcastle-local-") for function, _ in runtime.permissions.checked}
+    assert {"PrepareRunFunction", "AgentStepFunction", "RunToolFunction", "FinishRunFunction"} <= checked
+    assert runtime.permissions.denied == []
+
+
+def test_a_grant_missing_from_a_role_fails_the_run_as_in_the_cloud(runtime: LocalRuntime) -> None:
+    guard = runtime.permissions
+    assert guard is not None
+    guard.identities["RunToolFunction"] = replace(guard.identities["RunToolFunction"], policy=Policy(()))
+    run = runtime.submit(RunRequest(instructions="x", playbook=SLOW[:1]))
+
+    ended = runtime.wait(run.run_id)
+
+    assert ended.status is RunStatus.FAILED and ended.error is not None
+    assert "AccessDeniedException" in ended.error.message
+    assert (
+        "RunToolFunctionRole" in ended.error.message and "not authorized to perform: dynamodb:" in ended.error.message
+    )
+    assert {function for function, _ in guard.denied} == {"sandcastle-local-RunToolFunction"}
