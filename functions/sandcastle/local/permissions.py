@@ -11,14 +11,18 @@ before it reaches the emulated service, as AWS would answer it; so a missing gra
 a test locally rather than on the first deploy.
 
 A call this module cannot map to an IAM action is refused too (say which action it needs in
-``_requests``): an unknown call is not silently allowed.
+``_MAPPERS``): an unknown call is not silently allowed.
 
-Why not moto's own IAM enforcement (``INITIAL_NO_AUTH_ACTION_COUNT``): it authorizes the access
-key of a moto IAM user or role, so every function would need credentials of its own on its thread,
-and it derives the resource of a request only for some services and operations (S3 and a generic
-``service:Operation`` on ``*`` for the rest), with no ``dynamodb:LeadingKeys``, no per-item
-transaction actions, no ``iam:PassRole``. Evaluating the template's statements here is a page of
-code that knows exactly what each call needs.
+Why not moto's own IAM enforcement (``INITIAL_NO_AUTH_ACTION_COUNT``): in moto 5.2 it authorizes
+the signing access key of a moto IAM user or assumed role, so every function would need credentials
+of its own on its thread, and by its own notes (``moto/iam/access_control.py``) it does not support
+the Resource and Condition parts of policies — most services' actions are checked against ``*``
+(``core/authorization.py``) — so no ``dynamodb:LeadingKeys``, no ``runs/*`` prefix, no
+``iam:PassedToService``, and no per-item actions of a DynamoDB transaction. Evaluating the
+template's statements here is a page of code that knows exactly what each call needs. (The
+libraries around IAM — policy linters, action catalogues such as policy_sentry — list actions and
+their resource types; none turns a boto3 call's parameters into the ARNs and condition keys AWS
+evaluates, which is the part that matters here.)
 
 Not checked, on purpose: calls made outside a handler (the runtime creating tables and state
 machines, the emulated triggers and schedulers polling), presigned URLs (they make no call; the
