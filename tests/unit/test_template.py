@@ -539,8 +539,10 @@ def test_the_api_stage_writes_access_logs_without_headers_and_is_throttled() -> 
     assert throttle["ResourcePath"] == "/*" and throttle["HttpMethod"] == "*"
     assert throttle["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
     assert throttle["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
+    # API Gateway writes access logs through the account's CloudWatch role: it is set before the API.
     account = TEMPLATE["Resources"]["ApiGatewayAccount"]["Properties"]
     assert account["CloudWatchRoleArn"] == {"Fn::GetAtt": ["ApiGatewayCloudWatchRole", "Arn"]}
+    assert TRANSLATED["Resources"]["SandcastleApi"]["DependsOn"] == "ApiGatewayAccount"
 
 
 # ---------------------------------------------------------------- what a deploy must configure
