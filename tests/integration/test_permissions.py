@@ -106,3 +106,15 @@ def test_a_grant_missing_from_a_role_fails_the_run_as_in_the_cloud(runtime: Loca
         "RunToolFunctionRole" in ended.error.message and "not authorized to perform: dynamodb:" in ended.error.message
     )
     assert {function for function, _ in guard.denied} == {"sandcastle-local-RunToolFunction"}
+
+
+def test_the_submit_function_may_record_and_start_a_run(runtime: LocalRuntime) -> None:
+    assert runtime.permissions is not None
+
+    submitted = runtime.invoke(
+        "SubmitRunFunction", RunRequest(instructions="x", playbook=SLOW[:1]).model_dump(mode="json")
+    )
+
+    assert runtime.wait(submitted["run_id"]).status is RunStatus.SUCCEEDED
+    assert runtime.permissions.denied == []
+    assert runtime.permissions.checked[("sandcastle-local-SubmitRunFunction", "stepfunctions.StartExecution")] == 1
