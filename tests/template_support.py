@@ -7,7 +7,6 @@ schema. The template is read with cfn-lint's YAML loader, which turns the short 
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -49,34 +48,7 @@ def state_machine_definition_path(template: dict[str, Any]) -> Path:
 
 
 def sam_translate(template: dict[str, Any], region: str = "us-east-1") -> dict[str, Any]:
-    """Translate the SAM template to plain CloudFormation, as ``sam deploy`` would, with no network.
+    """Translate the SAM template to plain CloudFormation, as ``sam deploy`` would (the local runtime's translation)."""
+    from sandcastle.local.template import sam_translate as translate
 
-    Local ``CodeUri``/``DefinitionUri`` paths are what ``sam package`` would upload; the
-    translator wants ``s3://`` locations, so they are swapped for placeholders. The region
-    comes from an explicit boto3 session, and AWS managed policy names resolve from the map
-    bundled with the translator (the fallback that would list policies through IAM, like
-    ``ManagedPolicyLoader``, returns nothing).
-    """
-    import boto3
-    from samtranslator.parser.parser import Parser
-    from samtranslator.translator.arn_generator import ArnGenerator
-    from samtranslator.translator.translator import Translator
-
-    fragment = copy.deepcopy(template)
-    function_globals = fragment.get("Globals", {}).get("Function", {})
-    if "CodeUri" in function_globals:
-        function_globals["CodeUri"] = "s3://sandcastle-placeholder/functions.zip"
-    for resource in fragment["Resources"].values():
-        properties = resource.get("Properties", {})
-        if resource["Type"] == SAM_FUNCTION and "CodeUri" in properties:
-            properties["CodeUri"] = "s3://sandcastle-placeholder/functions.zip"
-        if resource["Type"] == SAM_STATE_MACHINE and "DefinitionUri" in properties:
-            properties["DefinitionUri"] = "s3://sandcastle-placeholder/definition.asl.json"
-
-    # The translator records the session's region in a class attribute; put it back after.
-    previous_region = ArnGenerator.BOTO_SESSION_REGION_NAME
-    try:
-        translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=region))
-        return translator.translate(fragment, parameter_values={}, get_managed_policy_map=dict)
-    finally:
-        ArnGenerator.BOTO_SESSION_REGION_NAME = previous_region
+    return translate(template, region)

@@ -201,3 +201,26 @@ def test_the_e2b_backend_lists_this_apps_sandboxes_and_the_reaper_kills_orphans(
     assert listed[0].run_id == "run-gone" and listed[0].created_at == old
     assert sdk.queries[0].metadata == {"app": "sandcastle"}
     assert sdk.killed == ["sbx-orphan"] and report.killed == 1 and report.left_alone == 1
+
+
+def test_an_overdue_runs_output_that_cannot_be_kept_is_reported_not_swallowed(
+    deps: Dependencies, provider: ListingProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    run_id, sandbox_id = _run(deps, provider, RunStatus.RUNNING, deadline=datetime.now(UTC) + timedelta(seconds=30))
+    provider.sandboxes[sandbox_id].files["output/partial.csv"] = b"a,b\n"
+
+    def denied(*args: Any, **kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized: s3:PutObject"}}, "PutObject")
+
+    monkeypatch.setattr(deps.objects, "put", denied)
+
+    report = reap(deps, now=datetime.now(UTC) + LATER)
+
+    run = deps.store.get_run(run_id)
+    assert run.status is RunStatus.TIMED_OUT and run.artifacts == []  # the run still ends
+    assert run.error and "its output files could not be kept (ClientError" in run.error.message
+    assert report.errors == 1 and report.timed_out == 1
+    [lost] = [a for a in report.actions if a["action"] == "artifacts_not_kept"]
+    assert lost["run_id"] == run_id and "AccessDenied" in lost["error"]

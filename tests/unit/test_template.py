@@ -438,3 +438,198 @@ def test_the_api_may_create_schedules_and_pass_only_the_scheduler_role() -> None
     assert variables["SCHEDULE_TARGET_ARN"] == {"Fn::GetAtt": ["OnScheduleFunction", "Arn"]}
     assert variables["SCHEDULER_ROLE_ARN"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
     assert variables["SCHEDULE_GROUP_NAME"] == {"Ref": "ScheduleGroup"}
+
+
+# ---------------------------------------------------------------- failures that do not vanish
+
+TRANSLATED = sam_translate(TEMPLATE)
+ALARMS = {
+    logical_id: resource["Properties"]
+    for logical_id, resource in TRANSLATED["Resources"].items()
+    if resource["Type"] == "AWS::CloudWatch::Alarm"
+}
+
+
+def _asynchronous_functions() -> set[str]:
+    """Functions invoked asynchronously: by an EventBridge rule, or as a schedule's target."""
+    by_rule = {
+        logical_id
+        for logical_id, function in FUNCTIONS.items()
+        if any(e["Type"] == "EventBridgeRule" for e in function["Properties"].get("Events", {}).values())
+    }
+    scheduled = {
+        resource["Properties"]["Target"]["Arn"]["Fn::GetAtt"][0]
+        for resource in resources_of_type(TEMPLATE, "AWS::Scheduler::Schedule").values()
+    }
+    api_schedules = FUNCTIONS["ApiFunction"]["Properties"]["Environment"]["Variables"]["SCHEDULE_TARGET_ARN"]
+    return by_rule | scheduled | {api_schedules["Fn::GetAtt"][0]}
+
+
+def _alarm_on(namespace: str, metric: str, dimension: str, value: Any) -> dict[str, Any]:
+    [alarm] = [
+        a
+        for a in ALARMS.values()
+        if a["Namespace"] == namespace
+        and a["MetricName"] == metric
+        and {"Name": dimension, "Value": value} in a["Dimensions"]
+    ]
+    return alarm
+
+
+def test_every_asynchronous_function_sends_a_failed_invocation_to_a_queue_it_may_write() -> None:
+    asynchronous = _asynchronous_functions()
+    assert asynchronous == {
+        "OnUploadFunction",
+        "OnRunFinishedFunction",
+        "OnExecutionEndFunction",
+        "OnScheduleFunction",
+        "ReaperFunction",
+    }
+    for logical_id in sorted(asynchronous):
+        config = TRANSLATED["Resources"][f"{logical_id}EventInvokeConfig"]["Properties"]
+        destination = config["DestinationConfig"]["OnFailure"]["Destination"]
+        assert destination == {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}, logical_id
+        role = json.dumps(TRANSLATED["Resources"][f"{logical_id}Role"]["Properties"]["Policies"])
+        assert "sqs:SendMessage" in role and "FailedInvocationsQueue" in role, logical_id
+
+
+def test_every_eventbridge_rule_dead_letters_into_a_queue_that_accepts_exactly_those_rules() -> None:
+    rules = {k: r for k, r in TRANSLATED["Resources"].items() if r["Type"] == "AWS::Events::Rule"}
+    assert len(rules) == 3
+    for logical_id, rule in rules.items():
+        for target in rule["Properties"]["Targets"]:
+            assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["RuleDeadLetterQueue", "Arn"]}, logical_id
+    policy = TEMPLATE["Resources"]["RuleDeadLetterQueuePolicy"]["Properties"]
+    [statement] = policy["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    sources = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert sorted(s["Fn::GetAtt"][0] for s in sources) == sorted(rules)
+
+
+def test_alarms_watch_queues_executions_functions_and_the_api_and_notify_the_topic() -> None:
+    for queue in resources_of_type(TEMPLATE, "AWS::SQS::Queue"):
+        alarm = _alarm_on(
+            "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", {"Fn::GetAtt": [queue, "QueueName"]}
+        )
+        assert alarm["Threshold"] == 1 and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    for metric in ("ExecutionsFailed", "ExecutionsTimedOut"):
+        _alarm_on("AWS/States", metric, "StateMachineArn", {"Ref": STATE_MACHINE_ID})
+    for logical_id in FUNCTIONS:
+        for metric in ("Errors", "Throttles"):
+            _alarm_on("AWS/Lambda", metric, "FunctionName", {"Ref": logical_id})
+    api = TEMPLATE["Resources"]["SandcastleApi"]["Properties"]
+    five_xx = _alarm_on("AWS/ApiGateway", "5XXError", "ApiName", api["Name"])
+    assert {"Name": "Stage", "Value": api["StageName"]} in five_xx["Dimensions"]
+    reaper = _alarm_on("Sandcastle", "ReaperErrors", "service", "sandcastle")
+    assert TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "sandcastle"
+    assert reaper["Threshold"] == 1
+    for logical_id, alarm in ALARMS.items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical_id
+        assert alarm["TreatMissingData"] == "notBreaching", logical_id
+
+
+def test_the_api_stage_writes_access_logs_without_headers_and_is_throttled() -> None:
+    [stage] = [r["Properties"] for r in TRANSLATED["Resources"].values() if r["Type"] == "AWS::ApiGateway::Stage"]
+    access = stage["AccessLogSetting"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    fields = json.loads(access["Format"])  # one JSON object per line
+    assert {"requestId", "status", "resourcePath", "tenant"} <= set(fields)
+    assert "header" not in access["Format"].lower() and "$input" not in access["Format"]  # never the API key
+    [throttle] = stage["MethodSettings"]
+    assert throttle["ResourcePath"] == "/*" and throttle["HttpMethod"] == "*"
+    assert throttle["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
+    assert throttle["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
+    # API Gateway writes access logs through the account's CloudWatch role: it is set before the API.
+    account = TEMPLATE["Resources"]["ApiGatewayAccount"]["Properties"]
+    assert account["CloudWatchRoleArn"] == {"Fn::GetAtt": ["ApiGatewayCloudWatchRole", "Arn"]}
+    assert TRANSLATED["Resources"]["SandcastleApi"]["DependsOn"] == "ApiGatewayAccount"
+
+
+# ---------------------------------------------------------------- what a deploy must configure
+
+
+@pytest.mark.parametrize(
+    ("parameters", "accepted"),
+    [
+        ({}, False),
+        ({"ModelApiKeySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:model-AbCdEf"}, True),
+        ({"ModelBaseUrl": "https://gateway.example.com/v1"}, True),
+    ],
+)
+def test_a_deploy_without_a_model_key_or_endpoint_is_refused(parameters: dict[str, str], accepted: bool) -> None:
+    from sandcastle.local.template import Template
+
+    template = Template.load(TEMPLATE_PATH, region="us-east-1", parameter_overrides=parameters)
+    rule = TEMPLATE["Rules"]["ModelIsConfigured"]
+    assert "RuleCondition" not in rule  # whatever the other parameters say
+    [assertion] = rule["Assertions"]
+
+    assert template.resolve(assertion["Assert"]) is accepted
+    assert "ModelApiKeySecretArn" in assertion["AssertDescription"] and "ModelBaseUrl" in assertion["AssertDescription"]
+    assert TRANSLATED["Rules"] == TEMPLATE["Rules"]  # the transform keeps the rules for CloudFormation
+
+
+def test_the_cloud_sandbox_backend_is_e2b_only() -> None:
+    assert TEMPLATE["Parameters"]["SandboxBackend"]["AllowedValues"] == ["e2b"]
+
+
+# ---------------------------------------------------------------- grants no broader than needed
+
+
+def _role_statements(logical_id: str) -> list[dict[str, Any]]:
+    role = TRANSLATED["Resources"][f"{logical_id}Role"]["Properties"]
+    return [
+        s
+        for p in json.loads(json.dumps(role.get("Policies", [])))
+        for s in _walk(p)
+        if isinstance(s, dict) and "Effect" in s
+    ]
+
+
+def test_no_function_may_set_object_acls_bucket_settings_or_use_wildcard_actions() -> None:
+    for logical_id in FUNCTIONS:
+        for statement in _role_statements(logical_id):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            for action in actions:
+                assert action not in {"s3:PutObjectAcl", "s3:PutLifecycleConfiguration", "s3:DeleteObject"}, logical_id
+                assert not action.endswith(":*"), (logical_id, action)
+
+
+def test_the_tool_runner_writes_only_under_runs() -> None:
+    s3 = [s for s in _role_statements("RunToolFunction") if "s3:" in json.dumps(s["Action"])]
+    assert [(s["Action"], s["Resource"]) for s in s3] == [
+        ("s3:PutObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*"})
+    ]
+
+
+@pytest.mark.parametrize(
+    "logical_id",
+    [
+        "PrepareRunFunction",
+        "AgentStepFunction",
+        "RunToolFunction",
+        "FinishRunFunction",
+        "FailRunFunction",
+        "OnExecutionEndFunction",
+        "OnRunFinishedFunction",
+        "ReaperFunction",
+    ],
+)
+def test_functions_that_touch_only_runs_are_confined_to_run_items(logical_id: str) -> None:
+    dynamodb = [s for s in _role_statements(logical_id) if "dynamodb:" in json.dumps(s["Action"])]
+    assert dynamodb, logical_id
+    for statement in dynamodb:
+        assert statement["Resource"] == {"Fn::GetAtt": ["RunsTable", "Arn"]}  # the table, not its index
+        assert statement["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*"]}}
+        assert "dynamodb:Scan" not in statement["Action"]
+
+
+def test_only_the_api_and_the_submitter_may_touch_any_item_of_the_table() -> None:
+    whole_table = set()
+    for logical_id in FUNCTIONS:
+        for statement in _role_statements(logical_id):
+            if "dynamodb:" in json.dumps(statement["Action"]):
+                leading = statement.get("Condition", {}).get("ForAllValues:StringLike", {})
+                if "dynamodb:LeadingKeys" not in leading:
+                    whole_table.add(logical_id)
+    assert whole_table == {"ApiFunction", "SubmitRunFunction"}

@@ -17,12 +17,17 @@ does. Without ``E2B_API_KEY`` it starts the local E2B-compatible sandbox server
 port and points the SDK at it; with ``E2B_API_KEY`` (and no ``E2B_API_URL``) the same code goes to
 E2B's cloud. ``SANDBOX_BACKEND=local`` selects the in-process bubblewrap backend instead.
 
+Permissions: while a handler runs, every boto3 call it makes is checked against the policies of
+its function's role in the SAM-transformed template (``local/permissions.py``); a call the role
+does not allow fails with ``AccessDenied`` as in AWS. ``enforce_permissions=False`` turns it off.
+
 Differences from the cloud, on purpose: Powertools tracing and metrics are off; a function's
 ``Timeout`` is reported through ``get_remaining_time_in_millis`` but not enforced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
+from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
 from sandcastle.runs.models import Event, Run, RunRequest
 from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
@@ -109,6 +115,7 @@ class LocalRuntime:
         environment: dict[str, str] | None = None,
         log_level: str = "WARNING",
         log_file: Path | None = None,
+        enforce_permissions: bool = True,
     ) -> None:
         self.home = (home or default_home()).resolve()
         self.region = region
@@ -123,6 +130,10 @@ class LocalRuntime:
         self._mock: Any = None
         self._patch: Any = None
         self._serial_dynamodb: Any = None
+        self.permissions: PermissionGuard | None = (
+            PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
+        )
+        """Each function's template role, enforced on the calls its handler makes (``local/permissions.py``)."""
         self.stats = Stats()
         self.gateway: LocalGateway | None = None
         self.execution_rule: ExecutionRuleEmulator | None = None
@@ -179,6 +190,8 @@ class LocalRuntime:
             self._patch.start()
             self._serial_dynamodb = _serialize_emulated_dynamodb()
             self._serial_dynamodb.start()
+            if self.permissions is not None:
+                self.permissions.start()
             reset_dependencies()
             for spec in self.functions.values():
                 self._handler(spec)
@@ -211,6 +224,8 @@ class LocalRuntime:
         if self._serial_dynamodb is not None:
             self._serial_dynamodb.stop()
             self._serial_dynamodb = None
+        if self.permissions is not None:
+            self.permissions.stop()
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
@@ -440,7 +455,8 @@ class LocalRuntime:
         )
         self.stats._in_handler.active = True
         try:
-            result = self._handler(spec)(json.loads(raw), context)
+            with self._acting_as(spec):
+                result = self._handler(spec)(json.loads(raw), context)
         except Exception as error:  # a Lambda function error: the state machine sees its type
             response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}).encode()
@@ -456,6 +472,12 @@ class LocalRuntime:
         with self.stats._lock:
             self.stats.largest_payload_bytes = max(self.stats.largest_payload_bytes, len(payload))
         return payload.encode()
+
+    def _acting_as(self, spec: FunctionSpec) -> Any:
+        """While the handler runs, its AWS calls are checked against its role (when enforcing)."""
+        if self.permissions is None:
+            return contextlib.nullcontext()
+        return self.permissions.acting_as(spec.logical_id)
 
     def _handler(self, spec: FunctionSpec) -> Callable[[dict, Any], Any]:
         if spec.handler not in self._handlers:

@@ -7,6 +7,9 @@ substitutions — never from a second, hand-written copy.
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +90,8 @@ class Template:
             return f"arn:aws:s3:::{name}"
         if resource_type == "AWS::IAM::Role":
             return f"arn:aws:iam::{ACCOUNT_ID}:role/{name}"
+        if resource_type == "AWS::SQS::Queue":
+            return f"arn:aws:sqs:{self.region}:{ACCOUNT_ID}:{name}"
         return f"arn:aws:local:{self.region}:{ACCOUNT_ID}:{logical_id}"
 
     # --- intrinsic functions ---
@@ -204,6 +209,26 @@ class Template:
             )
         return specs
 
+    def transformed(self) -> dict[str, Any]:
+        """The template after the SAM transform (plain CloudFormation), as ``sam deploy`` would make it."""
+        return copy.deepcopy(self._transformed())
+
+    def _transformed(self) -> dict[str, Any]:
+        return _transformed(json.dumps(self.body, sort_keys=True, default=str), self.region)
+
+    def function_role_policies(self, logical_id: str) -> list[dict[str, Any]]:
+        """The policy documents of the role the SAM transform gives a function, intrinsics resolved here.
+
+        The role's managed policies (basic execution, X-Ray) grant logging and tracing, which the
+        functions do not do through boto3; they are not included.
+        """
+        resources = self._transformed()["Resources"]
+        role = resources[logical_id]["Properties"]["Role"]
+        role_id = role["Fn::GetAtt"][0] if isinstance(role, dict) and "Fn::GetAtt" in role else None
+        if role_id is None or role_id not in resources:
+            raise ValueError(f"{logical_id} has no role of its own in the transformed template")
+        return [entry["PolicyDocument"] for entry in self.resolve(resources[role_id]["Properties"].get("Policies", []))]
+
     def state_machine_definition(self, logical_id: str) -> str:
         """The state machine's ASL with its ``DefinitionSubstitutions`` filled in."""
         properties = self.resources[logical_id]["Properties"]
@@ -211,3 +236,43 @@ class Template:
         for name, value in self.resolve(properties.get("DefinitionSubstitutions", {})).items():
             text = text.replace("${" + name + "}", str(value))
         return text
+
+
+def sam_translate(template: dict[str, Any], region: str = "us-east-1") -> dict[str, Any]:
+    """Translate a SAM template to plain CloudFormation, as ``sam deploy`` would, with no network.
+
+    Local ``CodeUri``/``DefinitionUri`` paths are what ``sam package`` would upload; the
+    translator wants ``s3://`` locations, so they are swapped for placeholders. The region
+    comes from an explicit boto3 session, and AWS managed policy names resolve from the map
+    bundled with the translator (the fallback that would list policies through IAM, like
+    ``ManagedPolicyLoader``, returns nothing).
+    """
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.arn_generator import ArnGenerator
+    from samtranslator.translator.translator import Translator
+
+    fragment = copy.deepcopy(template)
+    function_globals = fragment.get("Globals", {}).get("Function", {})
+    if "CodeUri" in function_globals:
+        function_globals["CodeUri"] = "s3://sandcastle-placeholder/functions.zip"
+    for resource in fragment["Resources"].values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function" and "CodeUri" in properties:
+            properties["CodeUri"] = "s3://sandcastle-placeholder/functions.zip"
+        if resource["Type"] == "AWS::Serverless::StateMachine" and "DefinitionUri" in properties:
+            properties["DefinitionUri"] = "s3://sandcastle-placeholder/definition.asl.json"
+
+    # The translator records the session's region in a class attribute; put it back after.
+    previous_region = ArnGenerator.BOTO_SESSION_REGION_NAME
+    try:
+        translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=region))
+        return translator.translate(fragment, parameter_values={}, get_managed_policy_map=dict)
+    finally:
+        ArnGenerator.BOTO_SESSION_REGION_NAME = previous_region
+
+
+@functools.lru_cache(maxsize=4)
+def _transformed(body_json: str, region: str) -> dict[str, Any]:
+    """``sam_translate`` of one template text, once per process (it takes about half a second)."""
+    return sam_translate(json.loads(body_json), region)

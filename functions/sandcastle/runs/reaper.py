@@ -120,9 +120,15 @@ def _time_out(run: Run, deadline: datetime, deps: Dependencies, report: ReapRepo
     )
     try:  # what the run left in ~/output is kept, as when a run ends on its own
         artifacts = export_artifacts(run, deps)
-    except Exception:
+    except Exception as failure:
+        # The run still ends (every run reaches a terminal status), but the loss is not silent: the
+        # run's error says so, the pass counts an error (the ReaperErrors metric, its alarm) and names it.
         logger.exception("could not keep the overdue run's artifacts", extra={"run_id": run.run_id})
         artifacts = []
+        reason = f"{type(failure).__name__}: {deps.redactor.text(str(failure))}"
+        error.message += f"; its output files could not be kept ({reason})"
+        report.errors += 1
+        report.actions.append({"action": "artifacts_not_kept", "run_id": run.run_id, "error": reason})
     ended = end_run(
         run, deps, status=RunStatus.TIMED_OUT, stop_reason=StopReason.TIMEOUT, error=error, artifacts=artifacts
     )
