@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
@@ -31,6 +31,7 @@ from sandcastle.api.models import (
     RunSubmission,
     RunSummary,
 )
+from sandcastle.api.resolver import RequestScopedRestResolver
 from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
 from sandcastle.errors import InvalidRunRequest, RunNotFound
@@ -42,7 +43,7 @@ from sandcastle.wiring import get_dependencies
 
 logger = Logger(child=True)
 
-app = APIGatewayRestResolver(enable_validation=True)
+app = RequestScopedRestResolver(enable_validation=True)  # per-request state: the local gateway resolves on threads
 app.configure_openapi(
     title="Sandcastle",
     version="1.0.0",

@@ -193,8 +193,7 @@ class LocalGateway:
             pass
 
         Handler.gateway = gateway
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _GatewayServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -335,10 +334,20 @@ def _error(status: HTTPStatus, code: str, message: str, field: str | None = None
     return _Reply.json(status, payload)
 
 
+class _GatewayServer(ThreadingHTTPServer):
+    """A thread per connection; a listen backlog for many clients at once (the stdlib's 5 resets the
+    sixth simultaneous connection)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     gateway: LocalGateway
     protocol_version = "HTTP/1.1"
     server_version = "sandcastle-local-gateway"
+    disable_nagle_algorithm = True  # TCP_NODELAY: no Nagle/delayed-ACK stall on a kept-alive connection
+    wbufsize = 64 * 1024  # buffered: a reply's headers and body leave together, flushed after each request
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
