@@ -107,3 +107,30 @@ def test_fifty_clients_connecting_at_once_are_all_answered(gateway: LocalGateway
     results = _all_at_once(50, submit)
 
     assert results == [422] * 50
+
+
+@pytest.fixture
+def limit_of_three(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setenv("MAX_ACTIVE_RUNS_PER_TENANT", "3")
+    return 3
+
+
+def test_simultaneous_submits_never_exceed_the_tenants_run_limit(
+    limit_of_three: int, gateway: LocalGateway, runtime: LocalRuntime
+) -> None:
+    client = _client(gateway, runtime, "busy")
+    long_run = {"instructions": "wait", "playbook": [{"tool": "run_command", "arguments": {"command": "sleep 60"}}]}
+
+    answers = _all_at_once(12, lambda _: client("POST", "/runs", long_run))
+
+    statuses = sorted(answer[0] for answer in answers)
+    assert statuses == [201] * limit_of_three + [429] * (12 - limit_of_three)
+    assert {answer[2]["error"] for answer in answers if answer[0] == 429} == {"too_many_runs"}
+    accepted = [answer[2]["run_id"] for answer in answers if answer[0] == 201]
+    assert sorted(r["run_id"] for r in client("GET", "/runs")[2]["runs"]) == sorted(accepted)
+
+    for run_id in accepted:  # a cancelled run frees its slot
+        assert client("POST", f"/runs/{run_id}/cancel")[2]["status"] == "CANCELLED"
+    quick = client("POST", "/runs", {"instructions": "next", "playbook": QUICK})
+    assert quick[0] == 201
+    client.tail(quick[2]["run_id"])

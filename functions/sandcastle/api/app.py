@@ -31,8 +31,8 @@ from sandcastle.api.models import (
     RunSubmission,
     RunSummary,
 )
-from sandcastle.api.resolver import RequestScopedRestResolver
-from sandcastle.api.responses import error_contents, json_content, ok, principal
+from sandcastle.api.resolver import BODY_NOT_UTF8, RequestScopedRestResolver
+from sandcastle.api.responses import declare_shared_errors, error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
 from sandcastle.errors import InvalidRunRequest, RunNotFound
 from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooManyActiveRuns, admit_run
@@ -177,6 +177,10 @@ def get_artifacts(run_id: RunId) -> Response[ArtifactList]:
 @app.exception_handler(RequestValidationError)
 def _invalid_request(error: RequestValidationError) -> Response:
     issues = error.errors()
+    for issue in issues:
+        if issue.get("type") == BODY_NOT_UTF8:
+            message = f"the request body is {issue.get('msg')}; send JSON as UTF-8"
+            return error_response(HTTPStatus.BAD_REQUEST, "malformed_json", message)
     if any(issue.get("type") == "json_invalid" for issue in issues):
         return error_response(HTTPStatus.BAD_REQUEST, "malformed_json", "the request body is not valid JSON")
     if any(issue.get("type") == "unsupported_content_type" for issue in issues):
@@ -230,6 +234,9 @@ def _too_many(error: TooManyActiveRuns) -> Response:
 def _internal(error: Exception) -> Response:
     logger.exception("unhandled error")
     return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side; retry later")
+
+
+declare_shared_errors(app)  # every route is registered by now: 401, body errors, 422 in the document
 
 
 # ---------------------------------------------------------------- the entry point

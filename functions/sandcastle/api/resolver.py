@@ -7,16 +7,36 @@ harmless in the cloud; the local gateway resolves many at once on threads, where
 another's event (another tenant's) or found its route cleared (``KeyError: '_route'``). Here those
 attributes are properties over a ``ContextVar`` set for each ``resolve`` — the shape Powertools'
 own ``HttpResolver`` uses for concurrent requests.
+
+A body that is not UTF-8 (JSON is UTF-8 by definition) is a request validation error where the
+body is decoded, not a ``UnicodeDecodeError`` out of the route: the API answers 400 for it.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
+
+#: The validation error type of a body that is not UTF-8.
+BODY_NOT_UTF8 = "body_not_utf8"
+
+
+class _ProxyEvent(APIGatewayProxyEvent):
+    @cached_property
+    def decoded_body(self) -> str | None:
+        try:
+            return super().decoded_body
+        except UnicodeDecodeError as error:
+            raise RequestValidationError(
+                [{"type": BODY_NOT_UTF8, "loc": ("body",), "msg": f"not valid UTF-8 at byte {error.start}"}]
+            ) from None
 
 
 @dataclass
@@ -38,6 +58,9 @@ class RequestScopedRestResolver(APIGatewayRestResolver):
     @property
     def _state(self) -> _RequestState:
         return self._request_state.get() or self._startup_state
+
+    def _to_proxy_event(self, event: dict) -> BaseProxyEvent:
+        return _ProxyEvent(event, self._json_body_deserializer)
 
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         token = self._request_state.set(_RequestState())

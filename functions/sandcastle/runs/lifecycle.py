@@ -144,8 +144,9 @@ def end_run(
     artifacts: list[Artifact] | None = None,
     extra: dict[str, object] | None = None,
 ) -> Run:
-    """Bring the run to its terminal ``status`` once: the END event and the run's fields in one
-    transaction that requires the run not to have ended yet; then announce it.
+    """Bring the run to its terminal ``status`` once: the END event, the run's fields and the release of
+    its tenant's active-run slot in one transaction that requires the run not to have ended yet; then
+    announce it.
 
     Returns the run as stored afterwards (ended by this call or by an earlier one).
     """
@@ -172,7 +173,7 @@ def end_run(
     try:
         deps.store.append_event(
             new_event(run.run_id, END_KEY, EventKind.END, fresh.step, data),
-            RunUpdate(set=fields, require_not_terminal=True),
+            RunUpdate(set=fields, require_not_terminal=True, release_slot_of=run.tenant),
         )
     except ConditionFailed:
         logger.info("run had already ended")

@@ -25,12 +25,19 @@ def new_run_id() -> str:
 
 
 def submit_run(
-    request: RunRequest, deps: Dependencies, *, run_id: str | None = None, origin: RunOrigin | None = None
+    request: RunRequest,
+    deps: Dependencies,
+    *,
+    run_id: str | None = None,
+    origin: RunOrigin | None = None,
+    active_limit: int | None = None,
 ) -> Run:
     """Validate ``request``, store the run QUEUED, start its execution named by the run id.
 
     Raises ``InvalidRunRequest`` naming the field before anything is written. ``origin`` records what
-    started the run when a trigger did (an inbox object, a schedule's fire).
+    started the run when a trigger did (an inbox object, a schedule's fire). With ``active_limit``,
+    the run is stored only while its tenant has fewer unfinished runs (``ActiveRunLimitReached``),
+    checked atomically with the write.
     """
     settings = deps.settings
     budgets = resolve_budgets(request.budgets, settings)
@@ -80,7 +87,7 @@ def submit_run(
         created_at=utcnow(),
         origin=origin,
     )
-    if not deps.store.create_run(run):
+    if not deps.store.create_run(run, active_limit=active_limit):
         return deps.store.get_run(run_id)
     _start_execution(run, deps)
     return run
@@ -151,6 +158,7 @@ def _start_execution(run: Run, deps: Dependencies) -> None:
                     "error": RunError(type="StartFailed", message=f"could not start the run: {error}"),
                 },
                 require_status=[RunStatus.QUEUED],
+                release_slot_of=run.tenant,
             ),
         )
         raise
