@@ -207,3 +207,12 @@ def test_idempotent_submission_over_http(http: Http) -> None:
     assert (first[0], again[0], other[0]) == (201, 200, 409)
     assert first[2]["run_id"] == again[2]["run_id"]
     http.tail(first[2]["run_id"])
+
+
+def test_internet_access_on_the_local_sandbox_server_is_refused_at_submission(http: Http) -> None:
+    body = {"instructions": "fetch", "playbook": [{"tool": "run_command", "arguments": {"command": "true"}}]}
+    status, _, error = http("POST", "/runs", {**body, "sandbox": {"allow_internet_access": True}})
+
+    assert status == 422 and error["field"] == "sandbox.allow_internet_access"
+    assert "sandbox server at http://127.0.0.1:" in error["message"]
+    assert http("GET", "/runs")[2]["runs"] == []

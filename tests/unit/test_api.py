@@ -143,6 +143,24 @@ def test_a_body_that_is_not_utf8_is_a_400(api: Call, method: str, path: str) -> 
     assert api("GET", "/runs")[2]["runs"] == []
 
 
+@pytest.mark.parametrize(
+    ("backend", "internet", "status"), [("local", True, 422), ("e2b", False, 422), ("e2b", True, 201)]
+)
+def test_internet_access_is_refused_at_submission_when_the_backend_has_no_network(
+    api: Call, deps: Dependencies, monkeypatch: pytest.MonkeyPatch, backend: str, internet: bool, status: int
+) -> None:
+    settings = deps.settings.model_copy(update={"sandbox_backend": backend, "sandbox_internet": internet})
+    monkeypatch.setattr(deps, "settings", settings)
+
+    body = {"instructions": "fetch", "playbook": PLAYBOOK, "sandbox": {"allow_internet_access": True}}
+    answer = api("POST", "/runs", body)
+
+    assert answer[0] == status
+    if status == 422:
+        assert answer[2]["field"] == "sandbox.allow_internet_access" and "no network" in answer[2]["message"]
+        assert api("GET", "/runs")[2]["runs"] == []
+
+
 def test_a_body_or_an_inline_file_over_its_cap_is_a_413(api: Call, deps: Dependencies) -> None:
     big = "x" * (deps.settings.api_max_body_bytes + 1)
     status, _, error = api("POST", "/runs", {"instructions": big, "playbook": PLAYBOOK})

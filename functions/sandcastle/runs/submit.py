@@ -102,11 +102,18 @@ def _check_sandbox_options(request: RunRequest, deps: Dependencies) -> None:
                 f"{name} is not an allowed sandbox variable; allowed: {', '.join(sorted(allowed)) or 'none'}",
                 field=f"sandbox.env.{name}",
             )
-    if options.allow_internet_access and deps.settings.sandbox_backend == "local":
+    if options.allow_internet_access and not deps.settings.sandbox_internet_available:
         raise InvalidRunRequest(
-            "the local sandbox has no network; internet access needs the e2b backend (E2B_API_KEY)",
+            f"the {_sandbox_kind(deps)} has no network; internet access needs E2B's cloud (E2B_API_KEY)",
             field="sandbox.allow_internet_access",
         )
+
+
+def _sandbox_kind(deps: Dependencies) -> str:
+    settings = deps.settings
+    if settings.sandbox_backend == "local":
+        return "local sandbox"
+    return f"sandbox server at {settings.e2b_api_url}" if settings.e2b_api_url else "e2b sandbox backend"
 
 
 def _check_files(request: RunRequest, deps: Dependencies) -> dict[str, bytes]:
