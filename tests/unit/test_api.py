@@ -173,6 +173,35 @@ def test_a_body_or_an_inline_file_over_its_cap_is_a_413(api: Call, deps: Depende
     assert api("GET", "/runs")[2]["runs"] == []
 
 
+BIG_PLAYBOOK = [{"tool": "write_file", "arguments": {"path": "big.txt", "content": "x" * 300_000}}]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/runs", {"instructions": "\U0001f600" * 90_000, "playbook": PLAYBOOK}, "instructions"),
+        ("POST", "/runs", {"instructions": "write it", "playbook": BIG_PLAYBOOK}, "playbook"),
+        ("PUT", "/tasks/big", {"instructions": "write it", "playbook": BIG_PLAYBOOK}, "playbook"),
+        (
+            "POST",
+            "/schedules",
+            {"expression": "rate(1 hour)", "run": {"instructions": "write it", "playbook": BIG_PLAYBOOK}},
+            "run",
+        ),
+    ],
+)
+def test_a_request_too_large_to_store_is_a_413_naming_the_field_and_stores_nothing(
+    api: Call, deps: Dependencies, method: str, path: str, body: dict, field: str
+) -> None:
+    status, _, error = api(method, path, body)
+
+    assert (status, error["error"], error["field"]) == (413, "payload_too_large", field), error
+    assert "262144-byte limit" in error["message"] and "input files" in error["message"]
+    assert api("GET", "/runs")[2]["runs"] == [] and api("GET", "/tasks")[2]["tasks"] == []
+    assert api("GET", "/schedules")[2]["schedules"] == []
+    assert deps.store.active_runs("acme") == 0
+
+
 def test_a_tenant_over_its_concurrent_run_limit_gets_429_and_no_run(
     api: Call, deps: Dependencies, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,7 +34,7 @@ from sandcastle.api.models import (
 from sandcastle.api.resolver import BODY_NOT_UTF8, RequestScopedRestResolver
 from sandcastle.api.responses import declare_shared_errors, error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
-from sandcastle.errors import InvalidRunRequest, RunNotFound
+from sandcastle.errors import InvalidRunRequest, RunNotFound, ValueTooLarge
 from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooManyActiveRuns, admit_run
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.models import Run, RunStatus
@@ -196,6 +196,11 @@ def _invalid_request(error: RequestValidationError) -> Response:
 @app.exception_handler(InvalidRunRequest)
 def _invalid_run_request(error: InvalidRunRequest) -> Response:
     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", str(error), error.field)
+
+
+@app.exception_handler(ValueTooLarge)
+def _value_too_large(error: ValueTooLarge) -> Response:
+    return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", str(error), error.field)
 
 
 @app.exception_handler(RunNotFound)

@@ -12,6 +12,7 @@ from datetime import timedelta
 from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandboxGone, SandcastleError
+from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
 from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.models import (
     STOP_STATUS,
@@ -152,6 +153,8 @@ def end_run(
     """
     now = utcnow()
     fresh = deps.store.get_run(run.run_id)
+    if result is not None and len(result.encode()) > RESULT_LIMIT_BYTES:  # the whole answer is in the transcript
+        result = clip_text(result.encode(), RESULT_LIMIT_BYTES)["text"]
     data = {
         "status": status.value,
         "stop_reason": stop_reason.value if stop_reason else None,

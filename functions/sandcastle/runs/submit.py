@@ -34,7 +34,8 @@ def submit_run(
 ) -> Run:
     """Validate ``request``, store the run QUEUED, start its execution named by the run id.
 
-    Raises ``InvalidRunRequest`` naming the field before anything is written. ``origin`` records what
+    Raises ``InvalidRunRequest`` naming the field before anything is written (``ValueTooLarge`` for a
+    request too large to store). ``origin`` records what
     started the run when a trigger did (an inbox object, a schedule's fire). With ``active_limit``,
     the run is stored only while its tenant has fewer unfinished runs (``ActiveRunLimitReached``),
     checked atomically with the write.
@@ -57,7 +58,6 @@ def submit_run(
     for index, file in enumerate(request.files):
         if file.name in inline:
             key = deps.objects.input_key(run_id, file.name)
-            deps.objects.put(key, inline[file.name])
             stored_files.append(StoredInputFile(name=file.name, s3_key=key, size=len(inline[file.name])))
         else:
             size = deps.objects.size(file.s3_key or "")
@@ -87,6 +87,10 @@ def submit_run(
         created_at=utcnow(),
         origin=origin,
     )
+    deps.store.check_fits(run)  # before the input files are stored: a refused run leaves nothing behind
+    for file in stored_files:
+        if file.name in inline:
+            deps.objects.put(file.s3_key, inline[file.name])
     if not deps.store.create_run(run, active_limit=active_limit):
         return deps.store.get_run(run_id)
     _start_execution(run, deps)

@@ -28,6 +28,7 @@ from pydantic_core import to_jsonable_python
 
 from sandcastle.errors import RunNotFound
 from sandcastle.runs.models import TERMINAL_STATUSES, Event, Run, RunStatus
+from sandcastle.store.item_size import check_request_fits
 
 _META = "META"
 _ACTIVE_RUNS = "ACTIVE_RUNS"
@@ -43,6 +44,8 @@ USAGE_ATTRIBUTES = {
     "tool_calls": "usage_tool_calls",
     "tool_ms": "usage_tool_ms",
 }
+#: The run item's fields that come from its request (what ``check_fits`` measures).
+_REQUEST_FIELDS = ("instructions", "playbook", "model", "budgets", "files", "sandbox", "origin")
 _JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts", "sandbox")
 
 
@@ -89,6 +92,10 @@ class RunStore:
 
     # --- runs ---
 
+    def check_fits(self, run: Run) -> None:
+        """``ValueTooLarge`` naming the field when the run's request is too large for its item."""
+        check_request_fits({name: getattr(run, name) for name in _REQUEST_FIELDS}, what="the run's request")
+
     def create_run(self, run: Run, *, active_limit: int | None = None) -> bool:
         """Store a new run and take one of its tenant's active-run slots, atomically.
 
@@ -104,6 +111,7 @@ class RunStore:
         if active_limit is not None:
             counter["ConditionExpression"] = "attribute_not_exists(running) OR running < :limit"
             counter["ExpressionAttributeValues"][":limit"] = {"N": str(active_limit)}
+        self.check_fits(run)
         put = {
             "TableName": self._table,
             "Item": self._run_to_item(run),
