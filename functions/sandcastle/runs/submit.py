@@ -35,10 +35,9 @@ def submit_run(
     """Validate ``request``, store the run QUEUED, start its execution named by the run id.
 
     Raises ``InvalidRunRequest`` naming the field before anything is written (``ValueTooLarge`` for a
-    request too large to store). ``origin`` records what
-    started the run when a trigger did (an inbox object, a schedule's fire). With ``active_limit``,
-    the run is stored only while its tenant has fewer unfinished runs (``ActiveRunLimitReached``),
-    checked atomically with the write.
+    request too large to store). ``origin`` records what started the run when a trigger did (an inbox
+    object, a schedule's fire). With ``active_limit``, the run is stored only while its tenant has
+    fewer unfinished runs (``ActiveRunLimitReached``), checked atomically with the write.
     """
     settings = deps.settings
     budgets = resolve_budgets(request.budgets, settings)
