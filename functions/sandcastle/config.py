@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     e2b_template: str = "base"
     sandbox_timeout_margin_s: int = 120
     """Seconds a sandbox outlives its run's deadline, so cleanup can still reach it."""
+    sandbox_internet: bool = True
+    """Whether the ``e2b`` backend can give a sandbox internet access: E2B's cloud can; the local E2B
+    server cannot (the local runtime sets this false when it starts one). The ``local`` backend never can."""
 
     # --- model ---
     openai_api_key: SecretStr | None = None
@@ -142,6 +145,11 @@ class Settings(BaseSettings):
     """Where the ``e2b`` backend sends E2B API calls instead of E2B's cloud (the local sandbox server)."""
     e2b_sandbox_url: str | None = None
     """Where the ``e2b`` backend sends envd (command and file) calls; the local sandbox server's URL too."""
+
+    @property
+    def sandbox_internet_available(self) -> bool:
+        """True when the chosen sandbox backend can give a sandbox internet access."""
+        return self.sandbox_backend == "e2b" and self.sandbox_internet
 
     @property
     def openai_configured(self) -> bool:

@@ -37,6 +37,10 @@ class InvalidRunRequest(SandcastleError):
         self.reason = message
 
 
+class ValueTooLarge(InvalidRunRequest):
+    """A request's field is too large to store (DynamoDB's 400 KB item): the API answers 413 naming it."""
+
+
 class RunNotFound(SandcastleError):
     """No run with that id (or not visible to the caller's tenant)."""
 

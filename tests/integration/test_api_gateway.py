@@ -207,3 +207,27 @@ def test_idempotent_submission_over_http(http: Http) -> None:
     assert (first[0], again[0], other[0]) == (201, 200, 409)
     assert first[2]["run_id"] == again[2]["run_id"]
     http.tail(first[2]["run_id"])
+
+
+def test_internet_access_on_the_local_sandbox_server_is_refused_at_submission(http: Http) -> None:
+    body = {"instructions": "fetch", "playbook": [{"tool": "run_command", "arguments": {"command": "true"}}]}
+    status, _, error = http("POST", "/runs", {**body, "sandbox": {"allow_internet_access": True}})
+
+    assert status == 422 and error["field"] == "sandbox.allow_internet_access"
+    assert "sandbox server at http://127.0.0.1:" in error["message"]
+    assert http("GET", "/runs")[2]["runs"] == []
+
+
+@pytest.mark.parametrize("megabytes", [7, 11])  # over Lambda's 6 MB request, over API Gateway's 10 MB
+def test_a_body_over_the_gateway_or_lambda_limit_is_a_clear_413(
+    http: Http, runtime: LocalRuntime, megabytes: int
+) -> None:
+    body = {"instructions": "x" * (megabytes * 1024 * 1024), "playbook": [{"tool": "run_command", "arguments": {}}]}
+    invoked = runtime.stats.invocations["ApiFunction"]
+
+    status, _, error = http("POST", "/runs", body)
+
+    assert (status, error["error"]) == (413, "payload_too_large") and "S3" in error["message"]
+    # over 10 MB the gateway answers itself, as API Gateway does: the function is never invoked
+    assert (runtime.stats.invocations["ApiFunction"] == invoked) is (megabytes > 10)
+    assert http("GET", "/runs")[2]["runs"] == []

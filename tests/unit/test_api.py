@@ -46,6 +46,8 @@ def api(deps: Dependencies, monkeypatch: pytest.MonkeyPatch) -> Call:
     """Call the API handler as API Gateway would, as tenant ``acme`` unless told otherwise."""
     monkeypatch.setattr(wiring, "_container", deps)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    monkeypatch.setattr(api_handler.metrics, "namespace", "Sandcastle")  # as the template sets it: a
+    # disabled Metrics still collects, and serializes (needing a namespace) at its 100th value
 
     def call(
         method: str,
@@ -55,7 +57,7 @@ def api(deps: Dependencies, monkeypatch: pytest.MonkeyPatch) -> Call:
         tenant: str | None = "acme",
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
-        raw: str | None = None,
+        raw: str | bytes | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         text = raw if raw is not None else (json.dumps(body) if body is not None else None)
         event = proxy_event(
@@ -132,6 +134,33 @@ def test_malformed_json_is_a_400(api: Call) -> None:
     assert status == 400 and error == {"error": "malformed_json", "message": "the request body is not valid JSON"}
 
 
+@pytest.mark.parametrize(("method", "path"), [("POST", "/runs"), ("PUT", "/tasks/nightly"), ("POST", "/schedules")])
+def test_a_body_that_is_not_utf8_is_a_400(api: Call, method: str, path: str) -> None:
+    status, _, error = api(method, path, raw=b'{"instructions": "caf\xe9"}')
+
+    assert status == 400 and error["error"] == "malformed_json"
+    assert "not valid UTF-8 at byte 21" in error["message"]
+    assert api("GET", "/runs")[2]["runs"] == []
+
+
+@pytest.mark.parametrize(
+    ("backend", "internet", "status"), [("local", True, 422), ("e2b", False, 422), ("e2b", True, 201)]
+)
+def test_internet_access_is_refused_at_submission_when_the_backend_has_no_network(
+    api: Call, deps: Dependencies, monkeypatch: pytest.MonkeyPatch, backend: str, internet: bool, status: int
+) -> None:
+    settings = deps.settings.model_copy(update={"sandbox_backend": backend, "sandbox_internet": internet})
+    monkeypatch.setattr(deps, "settings", settings)
+
+    body = {"instructions": "fetch", "playbook": PLAYBOOK, "sandbox": {"allow_internet_access": True}}
+    answer = api("POST", "/runs", body)
+
+    assert answer[0] == status
+    if status == 422:
+        assert answer[2]["field"] == "sandbox.allow_internet_access" and "no network" in answer[2]["message"]
+        assert api("GET", "/runs")[2]["runs"] == []
+
+
 def test_a_body_or_an_inline_file_over_its_cap_is_a_413(api: Call, deps: Dependencies) -> None:
     big = "x" * (deps.settings.api_max_body_bytes + 1)
     status, _, error = api("POST", "/runs", {"instructions": big, "playbook": PLAYBOOK})
@@ -142,6 +171,35 @@ def test_a_body_or_an_inline_file_over_its_cap_is_a_413(api: Call, deps: Depende
     status, _, error = api("POST", "/runs", body)
     assert status == 413 and error["field"] == "files[0].content_base64" and "s3_key" in error["message"]
     assert api("GET", "/runs")[2]["runs"] == []
+
+
+BIG_PLAYBOOK = [{"tool": "write_file", "arguments": {"path": "big.txt", "content": "x" * 300_000}}]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/runs", {"instructions": "\U0001f600" * 90_000, "playbook": PLAYBOOK}, "instructions"),
+        ("POST", "/runs", {"instructions": "write it", "playbook": BIG_PLAYBOOK}, "playbook"),
+        ("PUT", "/tasks/big", {"instructions": "write it", "playbook": BIG_PLAYBOOK}, "playbook"),
+        (
+            "POST",
+            "/schedules",
+            {"expression": "rate(1 hour)", "run": {"instructions": "write it", "playbook": BIG_PLAYBOOK}},
+            "run",
+        ),
+    ],
+)
+def test_a_request_too_large_to_store_is_a_413_naming_the_field_and_stores_nothing(
+    api: Call, deps: Dependencies, method: str, path: str, body: dict, field: str
+) -> None:
+    status, _, error = api(method, path, body)
+
+    assert (status, error["error"], error["field"]) == (413, "payload_too_large", field), error
+    assert "262144-byte limit" in error["message"] and "input files" in error["message"]
+    assert api("GET", "/runs")[2]["runs"] == [] and api("GET", "/tasks")[2]["tasks"] == []
+    assert api("GET", "/schedules")[2]["schedules"] == []
+    assert deps.store.active_runs("acme") == 0
 
 
 def test_a_tenant_over_its_concurrent_run_limit_gets_429_and_no_run(
@@ -416,7 +474,12 @@ def deps_spec(run_id: str) -> Any:
 
 def test_cancelling_an_ended_run_changes_nothing(api: Call, deps: Dependencies) -> None:
     run_id = _submit(api)["run_id"]
-    deps.store.update_run(run_id, RunUpdate(set={"status": RunStatus.SUCCEEDED, "ended_at": utcnow()}))
+    deps.store.update_run(
+        run_id,
+        RunUpdate(
+            set={"status": RunStatus.SUCCEEDED, "ended_at": utcnow()}, require_not_terminal=True, release_slot_of="acme"
+        ),
+    )
 
     status, _, run = api("POST", f"/runs/{run_id}/cancel")
 

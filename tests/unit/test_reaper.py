@@ -60,7 +60,8 @@ def _run(
     fields: dict[str, Any] = {"status": status}
     if deadline:
         fields["deadline"] = deadline
-    deps.store.update_run(run.run_id, RunUpdate(set=fields))
+    ending = {"require_not_terminal": True, "release_slot_of": run.tenant} if status.terminal else {}
+    deps.store.update_run(run.run_id, RunUpdate(set=fields, **ending))
     deps.store.claim_sandbox(run.run_id, sandbox.sandbox_id)
     return run.run_id, sandbox.sandbox_id
 

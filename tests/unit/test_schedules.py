@@ -164,7 +164,10 @@ def test_overlap_skip_records_the_skip_and_allow_starts_anyway(deps: Dependencie
     assert recorded.scheduled_time == "2031-01-01T09:01:00Z"
     assert recorded.reason == f"the previous run {started.run_id} is still QUEUED"  # type: ignore[attr-defined]
 
-    deps.store.update_run(started.run_id, RunUpdate(set={"status": RunStatus.SUCCEEDED}))  # type: ignore[attr-defined]
+    deps.store.update_run(
+        started.run_id,
+        RunUpdate(set={"status": RunStatus.SUCCEEDED}, require_not_terminal=True, release_slot_of="acme"),
+    )  # type: ignore[attr-defined]
     assert _fire(deps, skip, "2031-01-01T09:02:00Z").status == "started"  # type: ignore[attr-defined]
 
     assert {_fire(deps, allow, f"2031-01-01T09:0{m}:00Z").status for m in (0, 1)} == {"started"}  # type: ignore[attr-defined]

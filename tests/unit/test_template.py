@@ -595,10 +595,11 @@ def test_no_function_may_set_object_acls_bucket_settings_or_use_wildcard_actions
                 assert not action.endswith(":*"), (logical_id, action)
 
 
-def test_the_tool_runner_writes_only_under_runs() -> None:
+def test_the_tool_runner_writes_only_under_runs_and_reads_only_saved_outputs() -> None:
     s3 = [s for s in _role_statements("RunToolFunction") if "s3:" in json.dumps(s["Action"])]
     assert [(s["Action"], s["Resource"]) for s in s3] == [
-        ("s3:PutObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*"})
+        ("s3:PutObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*"}),
+        ("s3:GetObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*/outputs/*"}),
     ]
 
 

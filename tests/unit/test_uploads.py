@@ -200,7 +200,12 @@ def test_a_finished_upload_run_writes_its_artifacts_and_result(inbox_deps: Depen
         name="report.txt", size=6, sha256="x", content_type="text/plain", s3_key=f"runs/{run_id}/artifacts/report.txt"
     )
     inbox_deps.store.update_run(
-        run_id, RunUpdate(set={"status": RunStatus.SUCCEEDED, "result": "2 rows", "artifacts": [artifact]})
+        run_id,
+        RunUpdate(
+            set={"status": RunStatus.SUCCEEDED, "result": "2 rows", "artifacts": [artifact]},
+            require_not_terminal=True,
+            release_slot_of="acme",
+        ),
     )
 
     key = write_outbox(run_id, inbox_deps)
@@ -218,7 +223,10 @@ def test_runs_not_started_by_an_upload_write_no_outbox(inbox_deps: Dependencies)
     from sandcastle.runs.submit import submit_run
 
     run = submit_run(RunRequest(instructions="x", playbook=PLAYBOOK, source="api"), inbox_deps)
-    inbox_deps.store.update_run(run.run_id, RunUpdate(set={"status": RunStatus.SUCCEEDED}))
+    inbox_deps.store.update_run(
+        run.run_id,
+        RunUpdate(set={"status": RunStatus.SUCCEEDED}, require_not_terminal=True, release_slot_of=run.tenant),
+    )
 
     assert write_outbox(run.run_id, inbox_deps) is None
     assert write_outbox("run-unknown", inbox_deps) is None

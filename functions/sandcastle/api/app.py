@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
@@ -31,10 +31,11 @@ from sandcastle.api.models import (
     RunSubmission,
     RunSummary,
 )
-from sandcastle.api.responses import error_contents, json_content, ok, principal
+from sandcastle.api.resolver import BODY_NOT_UTF8, RequestScopedRestResolver
+from sandcastle.api.responses import declare_shared_errors, error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
 from sandcastle.api.uploads_routes import router as uploads_router
-from sandcastle.errors import InvalidRunRequest, RunNotFound
+from sandcastle.errors import InvalidRunRequest, RunNotFound, ValueTooLarge
 from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooManyActiveRuns, admit_run
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.models import Run, RunStatus
@@ -43,7 +44,7 @@ from sandcastle.wiring import get_dependencies
 
 logger = Logger(child=True)
 
-app = APIGatewayRestResolver(enable_validation=True)
+app = RequestScopedRestResolver(enable_validation=True)  # per-request state: the local gateway resolves on threads
 app.configure_openapi(
     title="Sandcastle",
     version="1.0.0",
@@ -178,6 +179,10 @@ def get_artifacts(run_id: RunId) -> Response[ArtifactList]:
 @app.exception_handler(RequestValidationError)
 def _invalid_request(error: RequestValidationError) -> Response:
     issues = error.errors()
+    for issue in issues:
+        if issue.get("type") == BODY_NOT_UTF8:
+            message = f"the request body is {issue.get('msg')}; send JSON as UTF-8"
+            return error_response(HTTPStatus.BAD_REQUEST, "malformed_json", message)
     if any(issue.get("type") == "json_invalid" for issue in issues):
         return error_response(HTTPStatus.BAD_REQUEST, "malformed_json", "the request body is not valid JSON")
     if any(issue.get("type") == "unsupported_content_type" for issue in issues):
@@ -193,6 +198,11 @@ def _invalid_request(error: RequestValidationError) -> Response:
 @app.exception_handler(InvalidRunRequest)
 def _invalid_run_request(error: InvalidRunRequest) -> Response:
     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", str(error), error.field)
+
+
+@app.exception_handler(ValueTooLarge)
+def _value_too_large(error: ValueTooLarge) -> Response:
+    return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", str(error), error.field)
 
 
 @app.exception_handler(RunNotFound)
@@ -231,6 +241,9 @@ def _too_many(error: TooManyActiveRuns) -> Response:
 def _internal(error: Exception) -> Response:
     logger.exception("unhandled error")
     return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side; retry later")
+
+
+declare_shared_errors(app)  # every route is registered by now: 401, body errors, 422 in the document
 
 
 # ---------------------------------------------------------------- the entry point

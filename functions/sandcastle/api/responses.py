@@ -21,8 +21,38 @@ def json_content(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 
 def error_contents(*codes: HTTPStatus) -> dict[int, Any]:
-    """The OpenAPI error responses of a route: 401 always, and ``codes``, all in the one error shape."""
-    return {code.value: json_content(ApiError, code.phrase) for code in (HTTPStatus.UNAUTHORIZED, *codes)}
+    """The OpenAPI error responses particular to a route, in the one error shape (``declare_shared_errors``
+    adds those every route shares)."""
+    return {code.value: json_content(ApiError, code.phrase) for code in codes}
+
+
+#: What a route that reads a body can answer whatever it does: not JSON or not UTF-8, over the body cap,
+#: not ``application/json``, failing validation.
+_BODY_ERRORS = (
+    HTTPStatus.BAD_REQUEST,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    HTTPStatus.UNPROCESSABLE_ENTITY,
+)
+
+
+def declare_shared_errors(resolver: Any) -> None:
+    """Declare on every documented route of ``resolver`` (its routers' included) the errors it can give
+    because of what it is rather than what it does: 401 (every route is behind the API key), the body
+    errors when it reads a body, 422 when it takes parameters. Call once every route is registered."""
+    from aws_lambda_powertools.event_handler.openapi.dependant import get_dependant
+
+    for route in resolver._static_routes + resolver._dynamic_routes:  # Powertools' registered routes
+        if not route.include_in_schema or route.responses is None:
+            continue
+        dependant = get_dependant(path=route.openapi_path, call=route.func)  # not route.dependant: it caches
+        codes = [HTTPStatus.UNAUTHORIZED]
+        if dependant.body_params:
+            codes += _BODY_ERRORS
+        if dependant.path_params or dependant.query_params or dependant.header_params:
+            codes.append(HTTPStatus.UNPROCESSABLE_ENTITY)
+        for code in codes:
+            route.responses.setdefault(code.value, json_content(ApiError, code.phrase))
 
 
 def ok(model: M, status: HTTPStatus = HTTPStatus.OK, *, headers: dict[str, str] | None = None) -> Response[M]:

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 STAGE = "local"
 API_ID = "localapi"
 ADMIN_HEADER = "X-Sandcastle-Admin"
+#: API Gateway's request body limit (REST APIs: 10 MB); over it the template's REQUEST_TOO_LARGE answers.
+MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,7 @@ class LocalGateway:
             pass
 
         Handler.gateway = gateway
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _GatewayServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -372,24 +373,58 @@ def _query(query: str) -> dict[str, str]:
     return {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
 
 
+def _drain(stream: Any, length: int) -> None:
+    """Read and drop ``length`` bytes, so the client can finish sending and read the answer."""
+    while length > 0:
+        chunk = stream.read(min(length, 1 << 20))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
 def _error(status: HTTPStatus, code: str, message: str, field: str | None = None) -> _Reply:
     payload = {"error": code, "message": message, **({"field": field} if field else {})}
     return _Reply.json(status, payload)
+
+
+class _GatewayServer(ThreadingHTTPServer):
+    """A thread per connection; a listen backlog for many clients at once (the stdlib's 5 resets the
+    sixth simultaneous connection)."""
+
+    daemon_threads = True
+    request_queue_size = 128
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     gateway: LocalGateway
     protocol_version = "HTTP/1.1"
     server_version = "sandcastle-local-gateway"
+    disable_nagle_algorithm = True  # TCP_NODELAY: no Nagle/delayed-ACK stall on a kept-alive connection
+    wbufsize = 64 * 1024  # buffered: a reply's headers and body leave together, flushed after each request
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {name: value for name, value in self.headers.items()}
         try:
-            reply = self.gateway.handle(self.command, self.path, headers, body, self.client_address[0])
-        except Exception as error:  # the gateway itself failed: a 502, as API Gateway would say
-            reply = _error(HTTPStatus.BAD_GATEWAY, "bad_gateway", f"the API function failed: {type(error).__name__}")
+            length = max(0, int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            length = -1
+        if length < 0:
+            reply = _error(HTTPStatus.BAD_REQUEST, "bad_request", "Content-Length is not a number")
+            self.close_connection = True
+        elif length > MAX_BODY_BYTES:  # API Gateway's own limit: the API function never sees the request
+            _drain(self.rfile, length)
+            reply = _error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large; upload large input files to S3",
+            )
+        else:
+            body = self.rfile.read(length) if length else b""
+            headers = {name: value for name, value in self.headers.items()}
+            try:
+                reply = self.gateway.handle(self.command, self.path, headers, body, self.client_address[0])
+            except Exception as error:  # the gateway itself failed: a 502, as API Gateway would say
+                name = type(error).__name__
+                reply = _error(HTTPStatus.BAD_GATEWAY, "bad_gateway", f"the API function failed: {name}")
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             if name.lower() not in ("content-length", "connection"):

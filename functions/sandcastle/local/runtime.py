@@ -423,6 +423,7 @@ class LocalRuntime:
             "E2B_API_KEY": api_key,
             "E2B_API_URL": self.sandbox_server.url,
             "E2B_SANDBOX_URL": self.sandbox_server.url,
+            "SANDBOX_INTERNET": "false",  # its sandboxes have no network: runs asking for it are refused
         }
 
     @property

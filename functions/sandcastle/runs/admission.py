@@ -14,8 +14,8 @@ from typing import Any
 
 from sandcastle.errors import SandcastleError
 from sandcastle.runs.models import Run, RunRequest
-from sandcastle.runs.queries import count_active_runs
 from sandcastle.runs.submit import submit_run
+from sandcastle.store.dynamo import ActiveRunLimitReached
 from sandcastle.wiring import Dependencies
 
 #: How long a request waits for a concurrent request with the same key to finish.
@@ -65,14 +65,21 @@ def admit_run(
 
 
 def _submit_within_limit(request: RunRequest, deps: Dependencies) -> Run:
+    """Submit unless the tenant has ``max_active_runs_per_tenant`` unfinished runs: the run item and the
+    tenant's counter are written in one transaction conditioned on the counter (``store/dynamo.py``), so
+    simultaneous submits never both take the last slot. The read first only spares the input files'
+    upload when the limit is plainly reached."""
     limit = deps.settings.max_active_runs_per_tenant
-    active = count_active_runs(request.tenant, deps)
-    if active >= limit:
-        raise TooManyActiveRuns(
-            f"tenant {request.tenant} has {active} unfinished runs, the most it may have at once ({limit}); "
-            "wait for one to end or cancel one"
-        )
-    return submit_run(request, deps)
+    refusal = (
+        f"tenant {request.tenant} has {limit} unfinished runs, the most it may have at once; "
+        "wait for one to end or cancel one"
+    )
+    if deps.store.active_runs(request.tenant) >= limit:
+        raise TooManyActiveRuns(refusal)
+    try:
+        return submit_run(request, deps, active_limit=limit)
+    except ActiveRunLimitReached:
+        raise TooManyActiveRuns(refusal) from None
 
 
 def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_context: Any | None) -> Admission:

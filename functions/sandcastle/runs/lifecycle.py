@@ -12,6 +12,7 @@ from datetime import timedelta
 from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandboxGone, SandcastleError
+from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
 from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.models import (
     STOP_STATUS,
@@ -144,13 +145,16 @@ def end_run(
     artifacts: list[Artifact] | None = None,
     extra: dict[str, object] | None = None,
 ) -> Run:
-    """Bring the run to its terminal ``status`` once: the END event and the run's fields in one
-    transaction that requires the run not to have ended yet; then announce it.
+    """Bring the run to its terminal ``status`` once: the END event, the run's fields and the release of
+    its tenant's active-run slot in one transaction that requires the run not to have ended yet; then
+    announce it.
 
     Returns the run as stored afterwards (ended by this call or by an earlier one).
     """
     now = utcnow()
     fresh = deps.store.get_run(run.run_id)
+    if result is not None and len(result.encode()) > RESULT_LIMIT_BYTES:  # the whole answer is in the transcript
+        result = clip_text(result.encode(), RESULT_LIMIT_BYTES)["text"]
     data = {
         "status": status.value,
         "stop_reason": stop_reason.value if stop_reason else None,
@@ -172,7 +176,7 @@ def end_run(
     try:
         deps.store.append_event(
             new_event(run.run_id, END_KEY, EventKind.END, fresh.step, data),
-            RunUpdate(set=fields, require_not_terminal=True),
+            RunUpdate(set=fields, require_not_terminal=True, release_slot_of=run.tenant),
         )
     except ConditionFailed:
         logger.info("run had already ended")

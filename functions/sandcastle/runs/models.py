@@ -189,6 +189,9 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: str
+    arguments_kept: dict[str, Any] | None = None
+    """Set when the event keeps only part of ``arguments`` (a reply too large for its item): ``bytes``,
+    ``truncated`` and ``full_output``, where the whole arguments are (``large_values.fit_reply``)."""
 
 
 class EventKind(StrEnum):

@@ -10,16 +10,13 @@ import base64
 import binascii
 import json
 import time
-from datetime import timedelta
 
 from pydantic import BaseModel
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound
-from sandcastle.runs.models import Artifact, Event, Run, RunStatus, utcnow
+from sandcastle.runs.models import Artifact, Event, Run, RunStatus
 from sandcastle.wiring import Dependencies
 
-#: Runs older than the longest possible run (plus this) cannot still be active.
-_ACTIVE_WINDOW_MARGIN = timedelta(hours=1)
 MAX_WAIT_S = 20.0
 
 
@@ -57,12 +54,6 @@ def list_tenant_runs(
     start = _decode_cursor(cursor, tenant) if cursor else None
     runs, position = deps.store.list_runs_by_tenant(tenant, limit=limit, start=start, status=status)
     return RunPage(runs=runs, cursor=_encode_cursor(position) if position else None)
-
-
-def count_active_runs(tenant: str, deps: Dependencies) -> int:
-    """The tenant's runs that have not ended (only recent ones can still be running)."""
-    since = utcnow() - timedelta(seconds=deps.settings.timeout_s_ceiling) - _ACTIVE_WINDOW_MARGIN
-    return deps.store.count_active_runs(tenant, since=since)
 
 
 def read_events(

@@ -24,12 +24,19 @@ def new_run_id() -> str:
 
 
 def submit_run(
-    request: RunRequest, deps: Dependencies, *, run_id: str | None = None, origin: RunOrigin | None = None
+    request: RunRequest,
+    deps: Dependencies,
+    *,
+    run_id: str | None = None,
+    origin: RunOrigin | None = None,
+    active_limit: int | None = None,
 ) -> Run:
     """Validate ``request``, store the run QUEUED, start its execution named by the run id.
 
-    Raises ``InvalidRunRequest`` naming the field before anything is written. ``origin`` records what
-    started the run when a trigger did (an inbox object, a schedule's fire).
+    Raises ``InvalidRunRequest`` naming the field before the run is written (``ValueTooLarge`` for a
+    request too large to store). ``origin`` records what started the run when a trigger did (an inbox
+    object, a schedule's fire). With ``active_limit``, the run is stored only while its tenant has
+    fewer unfinished runs (``ActiveRunLimitReached``), checked atomically with the write.
     """
     settings = deps.settings
     budgets = resolve_budgets(request.budgets, settings)
@@ -49,7 +56,6 @@ def submit_run(
     for index, file in enumerate(request.files):
         key = deps.objects.input_key(run_id, file.name)
         if file.name in inline:
-            deps.objects.put(key, inline[file.name])
             size = len(inline[file.name])
         else:
             size = _stage_s3_file(request.tenant, file.s3_key or "", key, run_id, f"files[{index}].s3_key", deps)
@@ -70,7 +76,11 @@ def submit_run(
         created_at=utcnow(),
         origin=origin,
     )
-    if not deps.store.create_run(run):
+    deps.store.check_fits(run)  # before the inline files are stored: a refused run leaves none behind
+    for file in stored_files:
+        if file.name in inline:
+            deps.objects.put(file.s3_key, inline[file.name])
+    if not deps.store.create_run(run, active_limit=active_limit):
         return deps.store.get_run(run_id)
     _start_execution(run, deps)
     return run
@@ -105,11 +115,18 @@ def _check_sandbox_options(request: RunRequest, deps: Dependencies) -> None:
                 f"{name} is not an allowed sandbox variable; allowed: {', '.join(sorted(allowed)) or 'none'}",
                 field=f"sandbox.env.{name}",
             )
-    if options.allow_internet_access and deps.settings.sandbox_backend == "local":
+    if options.allow_internet_access and not deps.settings.sandbox_internet_available:
         raise InvalidRunRequest(
-            "the local sandbox has no network; internet access needs the e2b backend (E2B_API_KEY)",
+            f"the {_sandbox_kind(deps)} has no network; internet access needs E2B's cloud (E2B_API_KEY)",
             field="sandbox.allow_internet_access",
         )
+
+
+def _sandbox_kind(deps: Dependencies) -> str:
+    settings = deps.settings
+    if settings.sandbox_backend == "local":
+        return "local sandbox"
+    return f"sandbox server at {settings.e2b_api_url}" if settings.e2b_api_url else "e2b sandbox backend"
 
 
 def _check_files(request: RunRequest, run_id: str, deps: Dependencies) -> dict[str, bytes]:
@@ -158,6 +175,7 @@ def _start_execution(run: Run, deps: Dependencies) -> None:
                     "error": RunError(type="StartFailed", message=f"could not start the run: {error}"),
                 },
                 require_status=[RunStatus.QUEUED],
+                release_slot_of=run.tenant,
             ),
         )
         raise

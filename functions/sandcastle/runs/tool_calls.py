@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandcastleError, ToolInputError
+from sandcastle.large_values import event_saver, read_saved
 from sandcastle.runs.budget import seconds_left
-from sandcastle.runs.models import EventKind, ToolTask, utcnow
+from sandcastle.runs.models import EventKind, ToolCall, ToolTask, utcnow
 from sandcastle.runs.transcript import assistant_key, new_event, tool_calls_of, tool_result_key
 from sandcastle.store.dynamo import ConditionFailed, RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call
@@ -43,7 +43,7 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
     started = time.monotonic()
     result: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
     try:
-        tool, args = parse_tool_call(call)
+        tool, args = parse_tool_call(_whole(call, deps))
         remaining = seconds_left(run, utcnow())
         if remaining <= 0:
             raise ToolInputError("the run's deadline has passed; the call was not executed")
@@ -55,7 +55,7 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
             remaining_run_s=remaining,
             output_limit_bytes=deps.settings.output_limit_bytes,
             redact=deps.redactor.bytes,
-            save_output=_output_saver(deps, run.run_id, key),
+            save_output=event_saver(deps.objects, run.run_id, key),
         )
         result["output"] = tool.execute(sandbox, args, context)
     except ToolInputError as error:
@@ -75,12 +75,9 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
     return {"tool_call_id": call.id}
 
 
-def _output_saver(deps: Dependencies, run_id: str, event_key: str) -> Callable[[str, bytes], str]:
-    """Saves a whole output next to the run's files; the key is derived from the event's, so a retry overwrites."""
-
-    def save(name: str, data: bytes) -> str:
-        key = f"runs/{run_id}/outputs/{event_key.removeprefix('EVT#').replace('#', '-')}-{name}"
-        deps.objects.put(key, data)
-        return f"s3://{deps.objects.bucket}/{key}"
-
-    return save
+def _whole(call: ToolCall, deps: Dependencies) -> ToolCall:
+    """The call as the model made it: arguments its event keeps only part of are read back from S3."""
+    pointer = (call.arguments_kept or {}).get("full_output")
+    if not pointer:
+        return call
+    return call.model_copy(update={"arguments": read_saved(deps.objects, pointer).decode("utf-8", "replace")})

@@ -6,6 +6,7 @@ from aws_lambda_powertools import Logger
 
 from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import ModelReplyInvalid
+from sandcastle.large_values import event_saver, fit_reply
 from sandcastle.runs.budget import budget_stop, seconds_left
 from sandcastle.runs.lifecycle import RunEnded
 from sandcastle.runs.models import Event, EventKind, RunStatus, StepState, StopReason, utcnow
@@ -64,20 +65,20 @@ def _check_reply(reply: ModelTurn) -> None:
 
 
 def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -> Event:
-    event = new_event(
-        run_id,
-        assistant_key(turn),
-        EventKind.ASSISTANT,
-        turn,
-        deps.redactor.data(
-            {
-                "text": reply.text,
-                "tool_calls": [call.model_dump() for call in reply.tool_calls],
-                "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
-                "model": reply.model,
-            }
-        ),
+    key = assistant_key(turn)
+    data = deps.redactor.data(
+        {
+            "text": reply.text,
+            "tool_calls": [call.model_dump(exclude_none=True) for call in reply.tool_calls],
+            "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
+            "model": reply.model,
+        }
     )
+    try:  # a reply too large for its item keeps its largest values in S3, with pointers
+        data = fit_reply(data, limit=deps.settings.output_limit_bytes, save=event_saver(deps.objects, run_id, key))
+    except ValueError as error:
+        raise ModelReplyInvalid(f"the model's reply is too large to record: {error}") from error
+    event = new_event(run_id, key, EventKind.ASSISTANT, turn, data)
     written = deps.store.append_event(
         event,
         RunUpdate(

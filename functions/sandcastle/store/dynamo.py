@@ -5,6 +5,10 @@ One table, keys ``pk``/``sk``:
 * run: ``RUN#<id>`` / ``META`` (GSI ``by_tenant``: ``TENANT#<t>`` / ``<created_at>#<id>``)
 * event: ``RUN#<id>`` / ``EVT#<step>#<position>#<kind>`` — derived from where the event stands,
   written with ``attribute_not_exists`` so a retried handler rewrites nothing.
+* a tenant's unfinished runs: ``TENANT#<t>`` / ``ACTIVE_RUNS`` (``running``) — incremented in the
+  transaction that creates a run (with the condition ``running < limit`` when a limit applies), and
+  decremented in the transaction that brings a run to its terminal status, whose condition (the
+  run has not ended yet) makes the release exactly-once.
 
 Event payloads are stored as a JSON string (``data``): no float/Decimal round trips, no
 empty-string surprises, and the item stays the exact shape the transcript had.
@@ -24,8 +28,10 @@ from pydantic_core import to_jsonable_python
 
 from sandcastle.errors import RunNotFound
 from sandcastle.runs.models import TERMINAL_STATUSES, Event, Run, RunStatus
+from sandcastle.store.item_size import check_request_fits
 
 _META = "META"
+_ACTIVE_RUNS = "ACTIVE_RUNS"
 _EVENT_PREFIX = "EVT#"
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -38,6 +44,8 @@ USAGE_ATTRIBUTES = {
     "tool_calls": "usage_tool_calls",
     "tool_ms": "usage_tool_ms",
 }
+#: The run item's fields that come from its request (what ``check_fits`` measures).
+_REQUEST_FIELDS = ("instructions", "playbook", "model", "budgets", "files", "sandbox", "origin")
 _JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts", "sandbox")
 
 
@@ -57,10 +65,17 @@ class RunUpdate:
     """Apply only while the run is in one of these statuses."""
     require_not_terminal: bool = False
     """Apply only while the run has not ended."""
+    release_slot_of: str | None = None
+    """The run's tenant, when this update sets a terminal status: its active-run slot is freed in the
+    same transaction. Required then, together with a condition that the run has not ended."""
 
 
 class ConditionFailed(Exception):
     """The run was not in the state an update required."""
+
+
+class ActiveRunLimitReached(Exception):
+    """The tenant already has as many unfinished runs as the limit allows; nothing was written."""
 
 
 class RunStore:
@@ -77,16 +92,50 @@ class RunStore:
 
     # --- runs ---
 
-    def create_run(self, run: Run) -> bool:
-        """Store a new run. False (and nothing written) when a run with that id already exists."""
-        item = self._run_to_item(run)
+    def check_fits(self, run: Run) -> None:
+        """``ValueTooLarge`` naming the field when the run's request is too large for its item."""
+        check_request_fits({name: getattr(run, name) for name in _REQUEST_FIELDS}, what="the run's request")
+
+    def create_run(self, run: Run, *, active_limit: int | None = None) -> bool:
+        """Store a new run and take one of its tenant's active-run slots, atomically.
+
+        False (and nothing written) when a run with that id already exists. With ``active_limit``,
+        ``ActiveRunLimitReached`` (nothing written) when the tenant already has that many unfinished runs.
+        """
+        counter: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": _key(_tenant_pk(run.tenant), _ACTIVE_RUNS),
+            "UpdateExpression": "ADD running :one",
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+        if active_limit is not None:
+            counter["ConditionExpression"] = "attribute_not_exists(running) OR running < :limit"
+            counter["ExpressionAttributeValues"][":limit"] = {"N": str(active_limit)}
+        self.check_fits(run)
+        put = {
+            "TableName": self._table,
+            "Item": self._run_to_item(run),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
         try:
-            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            self._client.transact_write_items(TransactItems=[{"Put": put}, {"Update": counter}])
         except ClientError as error:
-            if _is_condition_failure(error):
+            reasons = _cancellation_reasons(error)
+            if reasons and reasons[0] == "ConditionalCheckFailed":
                 return False
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise ActiveRunLimitReached(
+                    f"tenant {run.tenant} has {active_limit} unfinished runs, the most it may have at once"
+                ) from error
             raise
         return True
+
+    def active_runs(self, tenant: str) -> int:
+        """How many of the tenant's runs have not ended (the counter ``create_run`` and the end keep)."""
+        response = self._client.get_item(
+            TableName=self._table, Key=_key(_tenant_pk(tenant), _ACTIVE_RUNS), ConsistentRead=True
+        )
+        return int(response.get("Item", {}).get("running", {}).get("N", 0))
 
     def get_run(self, run_id: str, *, consistent: bool = True) -> Run:
         """The run, or ``RunNotFound``."""
@@ -99,10 +148,22 @@ class RunStore:
 
     def update_run(self, run_id: str, update: RunUpdate) -> None:
         """Apply ``update`` to the run; ``ConditionFailed`` when its status requirement does not hold."""
+        request = {"TableName": self._table, **self._update_request(run_id, update)}
+        if update.release_slot_of is None:
+            try:
+                self._client.update_item(**request)
+            except ClientError as error:
+                if _is_condition_failure(error):
+                    raise ConditionFailed(f"run {run_id} is not in a state that allows this update") from error
+                raise
+            return
         try:
-            self._client.update_item(TableName=self._table, **self._update_request(run_id, update))
+            self._client.transact_write_items(
+                TransactItems=[{"Update": request}, {"Update": self._release_request(update.release_slot_of)}]
+            )
         except ClientError as error:
-            if _is_condition_failure(error):
+            reasons = _cancellation_reasons(error)
+            if reasons and reasons[0] == "ConditionalCheckFailed":
                 raise ConditionFailed(f"run {run_id} is not in a state that allows this update") from error
             raise
 
@@ -146,13 +207,14 @@ class RunStore:
                     return False
                 raise
             return True
+        items: list[dict[str, Any]] = [
+            {"Put": put},
+            {"Update": {"TableName": self._table, **self._update_request(event.run_id, update)}},
+        ]
+        if update.release_slot_of is not None:
+            items.append({"Update": self._release_request(update.release_slot_of)})
         try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Put": put},
-                    {"Update": {"TableName": self._table, **self._update_request(event.run_id, update)}},
-                ]
-            )
+            self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
             reasons = _cancellation_reasons(error)
             if reasons and reasons[0] == "ConditionalCheckFailed":
@@ -244,7 +306,24 @@ class RunStore:
             data=json.loads(item["data"]),
         )
 
+    def _release_request(self, tenant: str) -> dict[str, Any]:
+        """The counter update that frees one of the tenant's active-run slots."""
+        return {
+            "TableName": self._table,
+            "Key": _key(_tenant_pk(tenant), _ACTIVE_RUNS),
+            "UpdateExpression": "ADD running :minus_one",
+            "ExpressionAttributeValues": {":minus_one": {"N": "-1"}},
+        }
+
     def _update_request(self, run_id: str, update: RunUpdate) -> dict[str, Any]:
+        ends = update.set.get("status") in TERMINAL_STATUSES
+        if ends != (update.release_slot_of is not None):
+            raise ValueError("an update that sets a terminal status frees the run's slot (release_slot_of); no other")
+        open_only = update.require_not_terminal or (
+            update.require_status is not None and not set(update.require_status) & TERMINAL_STATUSES
+        )
+        if ends and not open_only:
+            raise ValueError("an update that ends a run must require the run not to have ended (exactly-once)")
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         sets: list[str] = []
@@ -290,7 +369,7 @@ class RunStore:
             request["ExpressionAttributeValues"] = _serialize(values)
         return request
 
-    # --- the HTTP API: listing, counting, cancel marks ---
+    # --- the HTTP API: listing, cancel marks ---
 
     def list_runs_by_tenant(
         self,
@@ -332,32 +411,6 @@ class RunStore:
             last = response.get("LastEvaluatedKey")
             if not last:
                 return runs, None
-            request["ExclusiveStartKey"] = last
-
-    def count_active_runs(self, tenant: str, *, since: datetime) -> int:
-        """How many of the tenant's runs created at or after ``since`` have not ended (QUEUED or RUNNING)."""
-        names = {"#status": "status"}
-        values: dict[str, Any] = {":t": {"S": _tenant_pk(tenant)}, ":since": {"S": since.isoformat()}}
-        placeholders = []
-        for index, status in enumerate(sorted(TERMINAL_STATUSES)):
-            values[f":ts{index}"] = {"S": status.value}
-            placeholders.append(f":ts{index}")
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": _BY_TENANT,
-            "KeyConditionExpression": "gsi1pk = :t AND gsi1sk >= :since",
-            "FilterExpression": f"NOT (#status IN ({', '.join(placeholders)}))",
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-            "Select": "COUNT",
-        }
-        count = 0
-        while True:
-            response = self._client.query(**request)
-            count += int(response.get("Count", 0))
-            last = response.get("LastEvaluatedKey")
-            if not last:
-                return count
             request["ExclusiveStartKey"] = last
 
     def mark_cancel_requested(self, run_id: str, *, by: str, at: datetime) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sandcastle.runs.models import Schedule, ScheduleSkip
+from sandcastle.store.item_size import check_request_fits
 
 _PK = "SCHEDULES"
 _KEEP_SKIPS = 20
@@ -41,6 +42,7 @@ class ScheduleStore:
 
     def create(self, schedule: Schedule) -> None:
         """Store a new schedule (its id is new: an existing item is never overwritten)."""
+        check_request_fits(dict(schedule), what="the schedule")
         data = schedule.model_dump_json(exclude_none=True, exclude={"last_run_id", "last_scheduled_time", "skips"})
         self._client.put_item(
             TableName=self._table,

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from sandcastle.runs.models import Task
+from sandcastle.store.item_size import check_request_fits
 
 
 def _pk(tenant: str) -> str:
@@ -29,6 +30,7 @@ class TaskStore:
 
     def put(self, task: Task) -> None:
         """Store ``task``, replacing the one of the same name."""
+        check_request_fits(dict(task), what="the task")
         self._client.put_item(
             TableName=self._table,
             Item={

@@ -8,7 +8,10 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from sandcastle.large_values import clip_text, keep_value
 from sandcastle.sandbox.base import Sandbox
+
+__all__ = ["Tool", "ToolArgs", "ToolContext", "clip_text"]
 
 
 class ToolArgs(BaseModel):
@@ -32,13 +35,9 @@ class ToolContext:
     """Stores a whole output that the event only keeps part of; returns where it lives."""
 
     def keep_output(self, name: str, data: bytes) -> dict[str, Any]:
-        """The transcript's form of an output: redacted, clipped, and — when clipped or not UTF-8 —
-        the exact bytes saved whole, with a pointer the model can read."""
-        data = self.redact(data)
-        kept = clip_text(data, self.output_limit_bytes)
-        if self.save_output is not None and (kept.get("truncated") or kept.get("not_utf8")):
-            kept["full_output"] = self.save_output(name, data)
-        return kept
+        """The transcript's form of an output: redacted, then kept by the one rule for large values
+        (``large_values.keep_value``: clipped; when clipped or not UTF-8, saved whole with a pointer)."""
+        return keep_value(name, self.redact(data), self.output_limit_bytes, self.save_output)
 
 
 class Tool(Protocol):
@@ -49,34 +48,3 @@ class Tool(Protocol):
     def execute(self, sandbox: Sandbox, args: Any, context: ToolContext) -> dict[str, Any]:
         """Execute in ``sandbox``; return the output recorded in the transcript."""
         ...
-
-
-def clip_text(data: bytes, limit: int) -> dict[str, Any]:
-    """Decode output for the transcript: head and tail within ``limit`` bytes, flags for what was lost.
-
-    Bytes that are not valid UTF-8 are replaced (and flagged), never a crash.
-    """
-    total = len(data)
-    truncated = total > limit
-    if truncated:
-        head = data[: limit // 2]
-        tail = data[-(limit - len(head)) :]
-        omitted = total - len(head) - len(tail)
-        text = (
-            head.decode("utf-8", errors="replace")
-            + f"\n… [{omitted} bytes omitted] …\n"
-            + tail.decode("utf-8", errors="replace")
-        )
-    else:
-        text = data.decode("utf-8", errors="replace")
-    try:
-        data.decode("utf-8")
-        binary = False
-    except UnicodeDecodeError:
-        binary = True
-    result: dict[str, Any] = {"text": text, "bytes": total}
-    if truncated:
-        result["truncated"] = True
-    if binary:
-        result["not_utf8"] = True
-    return result
