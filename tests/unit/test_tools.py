@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -384,6 +385,32 @@ def test_every_tool_has_an_object_schema_that_forbids_unknown_arguments() -> Non
 def test_an_unknown_argument_is_refused() -> None:
     with pytest.raises(ToolInputError, match="invalid arguments for apply_patch: diff: Extra inputs"):
         parse_tool_call(ToolCall(id="c", name="apply_patch", arguments='{"patch": "x", "diff": "y"}'))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"command": "echo $A", "env": {"A=B": "x"}}, r"env: .*'A=B' is not a variable name"),
+        ({"command": "true", "env": {"": "x"}}, r"env: .*'' is not a variable name"),
+        ({"command": "true", "env": {"1X": "x"}}, r"env: .*'1X' is not a variable name"),
+        ({"command": "env", "env": {"A": "x\u0000y"}}, r"env: .*the value of A must not contain NUL"),
+        ({"command": "echo a\u0000b"}, r"command: .*must not contain NUL"),
+        ({"command": "pwd", "cwd": "src\u0000"}, r"cwd: .*must not contain NUL"),
+    ],
+)
+def test_a_command_the_shell_could_not_be_given_is_refused_naming_the_argument(
+    arguments: dict[str, Any], message: str
+) -> None:
+    """A NUL byte or a name with ``=`` would crash the step or set another variable than asked."""
+    with pytest.raises(ToolInputError, match="invalid arguments for run_command: " + message):
+        parse_tool_call(ToolCall(id="c", name="run_command", arguments=json.dumps(arguments)))
+
+
+def test_a_command_with_ordinary_variables_is_accepted() -> None:
+    _, args = parse_tool_call(
+        ToolCall(id="c", name="run_command", arguments='{"command": "env", "env": {"_A1": "x=y", "B": ""}}')
+    )
+    assert args.env == {"_A1": "x=y", "B": ""}
 
 
 def test_read_file_content_passes_through_the_context_redaction(sandbox: FakeSandbox) -> None:

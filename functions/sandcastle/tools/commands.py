@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
@@ -14,7 +15,30 @@ class RunCommandArgs(ToolArgs):
     command: str = Field(min_length=1, description="The shell command (bash) to run.")
     cwd: str | None = Field(default=None, description="Working directory; defaults to the home directory.")
     timeout_s: int | None = Field(default=None, ge=1, description="Seconds before the command is killed.")
-    env: dict[str, str] | None = Field(default=None, description="Extra environment variables.")
+    env: dict[str, str] | None = Field(
+        default=None,
+        description="Extra environment variables (names: letters, digits and _, not starting with a digit).",
+    )
+
+    @field_validator("command", "cwd")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\0" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _environment_variables(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        for name, value in (env or {}).items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a variable name (letters, digits and _, not starting with a digit)")
+            if "\0" in value:
+                raise ValueError(f"the value of {name} must not contain NUL characters")
+        return env
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RunCommand:
