@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import boto3
 import pytest
 
 from sandcastle.agent.base import ModelTurn, TokenUsage
 from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid
+from sandcastle.local.runtime import _serialize_emulated_dynamodb
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
 from sandcastle.runs.models import (
     EventKind,
@@ -25,6 +27,7 @@ from sandcastle.runs.models import (
     PlaybookCall,
     RunRequest,
     RunStatus,
+    Schedule,
     ScheduleFire,
     ScheduleRequest,
     StepState,
@@ -34,9 +37,9 @@ from sandcastle.runs.models import (
     ToolTask,
     utcnow,
 )
-from sandcastle.runs.schedules import create_schedule, fire_schedule
+from sandcastle.runs.schedules import FireOutcome, create_schedule, fire_schedule, schedule_run_id
 from sandcastle.runs.submit import submit_run
-from sandcastle.runs.tasks import put_task
+from sandcastle.runs.tasks import delete_task, put_task
 from sandcastle.runs.tool_calls import run_tool
 from sandcastle.runs.turns import agent_step
 from sandcastle.store.dynamo import RunUpdate
@@ -44,6 +47,8 @@ from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
 from tests.fakes.sandbox import FakeSandboxProvider
 from tests.unit.conftest import RecordingEventBus
+
+PLAYBOOK = [PlaybookCall(tool="run_command", arguments={"command": "ls"})]
 
 
 def _table_items(deps: Dependencies) -> list[dict]:
@@ -240,11 +245,21 @@ class _ClaimsMeet:
         return getattr(self._store, name)
 
 
+@pytest.fixture
+def linearizable_dynamodb() -> Iterator[None]:
+    """moto's DynamoDB checks a condition and writes without a lock; DynamoDB's are atomic per item.
+
+    The local runtime serializes emulated requests for the same reason; racing threads need it here too.
+    """
+    with _serialize_emulated_dynamodb():
+        yield
+
+
 @pytest.mark.parametrize("after_a_finished_run", [False, True])
+@pytest.mark.usefixtures("linearizable_dynamodb")
 def test_two_racing_fires_of_a_skip_schedule_start_one_run(deps: Dependencies, after_a_finished_run: bool) -> None:
     deps.schedule_triggers = type("NoTriggers", (), {"create": lambda self, s: None})()  # type: ignore[assignment]
-    playbook = [PlaybookCall(tool="run_command", arguments={"command": "ls"})]
-    inline = TaskDefinition(instructions="x", playbook=playbook)
+    inline = TaskDefinition(instructions="x", playbook=PLAYBOOK)
     schedule = create_schedule("acme", ScheduleRequest(expression="rate(1 minute)", run=inline), deps)
     if after_a_finished_run:  # the claim then requires the latest run to still be that one
         first = fire_schedule(
@@ -275,4 +290,54 @@ def test_two_racing_fires_of_a_skip_schedule_start_one_run(deps: Dependencies, a
     stored = deps.schedules.get("acme", schedule.schedule_id)
     assert stored is not None and stored.last_run_id == started.run_id  # type: ignore[attr-defined]
     [skip] = stored.skips
-    assert skip.reason == f"the previous run {started.run_id} is still QUEUED"  # type: ignore[attr-defined]
+    # (QUEUED, or "starting" when the winner had claimed but not yet stored its run)
+    assert skip.reason in {f"the previous run {started.run_id} is still {s}" for s in ("QUEUED", "starting")}  # type: ignore[attr-defined]
+
+
+def _schedule(deps: Dependencies) -> Schedule:
+    deps.schedule_triggers = type("NoTriggers", (), {"create": lambda self, s: None})()  # type: ignore[assignment]
+    put_task("acme", "report", TaskDefinition(instructions="Report", playbook=PLAYBOOK), deps)
+    return create_schedule("acme", ScheduleRequest(expression="rate(1 minute)", task="report"), deps)
+
+
+def _fire(deps: Dependencies, schedule: Schedule, when: str) -> FireOutcome:
+    return fire_schedule(ScheduleFire(schedule_id=schedule.schedule_id, tenant="acme", scheduled_time=when), deps)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_claimed_run_not_stored_yet_counts_as_starting(deps: Dependencies) -> None:
+    schedule = _schedule(deps)
+    # Given a fire that claimed its run a minute ago and has not stored it yet
+    earlier = _iso(utcnow() - timedelta(minutes=1))
+    claimed = schedule_run_id(schedule.schedule_id, earlier)
+    deps.schedules.claim_fire(
+        "acme", schedule.schedule_id, expected_run_id=None, run_id=claimed, scheduled_time=earlier
+    )
+
+    outcome = _fire(deps, schedule, _iso(utcnow()))
+
+    assert outcome.status == "skipped" and outcome.reason == f"the previous run {claimed} is still starting"
+
+
+def test_a_claimed_run_never_stored_stops_counting_once_its_fire_can_no_longer_be_retried(deps: Dependencies) -> None:
+    schedule = _schedule(deps)
+    # Given a fire that claimed its run two hours ago and died before storing it
+    long_ago = _iso(utcnow() - timedelta(hours=2))
+    claimed = schedule_run_id(schedule.schedule_id, long_ago)
+    deps.schedules.claim_fire(
+        "acme", schedule.schedule_id, expected_run_id=None, run_id=claimed, scheduled_time=long_ago
+    )
+
+    assert _fire(deps, schedule, _iso(utcnow())).status == "started"
+
+
+def test_a_fire_that_could_not_start_its_run_does_not_hold_back_the_next(deps: Dependencies) -> None:
+    schedule = _schedule(deps)
+    delete_task("acme", "report", deps)
+    assert _fire(deps, schedule, "2031-01-01T09:00:00Z").status == "failed"
+    put_task("acme", "report", TaskDefinition(instructions="Report", playbook=PLAYBOOK), deps)
+
+    assert _fire(deps, schedule, "2031-01-01T09:01:00Z").status == "started"
