@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ import boto3
 import pytest
 
 from sandcastle.agent.base import ModelTurn, TokenUsage
-from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid
+from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, SandcastleError
 from sandcastle.local.runtime import _serialize_emulated_dynamodb
-from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
+from sandcastle.runs.lifecycle import end_run, fail_run, finish_run, prepare_run
 from sandcastle.runs.models import (
     EventKind,
     FailInput,
@@ -42,7 +43,8 @@ from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import delete_task, put_task
 from sandcastle.runs.tool_calls import run_tool
 from sandcastle.runs.turns import agent_step
-from sandcastle.store.dynamo import RunUpdate
+from sandcastle.sandbox.base import CommandResult, SandboxSpec
+from sandcastle.store.dynamo import ConditionFailed, RunUpdate
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
 from tests.fakes.sandbox import FakeSandboxProvider
@@ -150,6 +152,131 @@ def test_a_tool_call_past_the_run_deadline_is_not_executed_and_the_run_times_out
     finish_run(stop, deps)
     assert stop.stop_reason is StopReason.TIMEOUT and len(model.calls) == 1
     assert deps.store.get_run(run_id).status is RunStatus.TIMED_OUT
+
+
+class _SlowToConnect:
+    """Wraps the fake provider: connecting takes ``seconds`` on the clock RunTool reads."""
+
+    def __init__(self, provider: FakeSandboxProvider, clock: list[datetime], seconds: float) -> None:
+        self._provider, self._clock, self._seconds = provider, clock, seconds
+
+    def connect(self, sandbox_id: str, **kwargs: object) -> object:
+        self._clock[0] += timedelta(seconds=self._seconds)
+        return self._provider.connect(sandbox_id, **kwargs)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._provider, name)
+
+
+def test_a_tool_call_whose_sandbox_connection_outlasts_the_deadline_is_not_executed(
+    deps: Dependencies, model: FakeModel, sandboxes: FakeSandboxProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = _prepared(deps)
+    model.then_tools(("run_command", {"command": "echo too late"}))
+    state = agent_step(StepState(run_id=run_id), deps, time_left_s=60)
+    # Given 30 s left, and a connection to the sandbox that takes 60 s
+    clock = [utcnow()]
+    deps.store.update_run(run_id, RunUpdate(set={"deadline": clock[0] + timedelta(seconds=30)}))
+    monkeypatch.setattr("sandcastle.runs.tool_calls.utcnow", lambda: clock[0])
+    deps.sandboxes = _SlowToConnect(sandboxes, clock, 60)  # type: ignore[assignment]
+
+    run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
+
+    result = deps.store.list_events(run_id)[-1]
+    assert result.data["error"] == "the run's deadline has passed; the call was not executed"
+    assert sandboxes.sandboxes["fake-1"].commands == ["mkdir -p ~/output"]
+
+
+# ---------------------------------------------------------------- a run that ended (cancelled) meanwhile
+
+
+def _cancel(deps: Dependencies, run_id: str) -> None:
+    """End the run CANCELLED as ``cancel_run`` does, without killing the (fake) sandbox yet."""
+    end_run(deps.store.get_run(run_id), deps, status=RunStatus.CANCELLED)
+
+
+def test_a_tool_call_of_a_run_that_already_ended_never_runs(
+    deps: Dependencies, model: FakeModel, sandboxes: FakeSandboxProvider
+) -> None:
+    run_id = _prepared(deps)
+    model.then_tools(("run_command", {"command": "rm -rf ~/work"}))
+    state = agent_step(StepState(run_id=run_id), deps, time_left_s=60)
+    _cancel(deps, run_id)
+
+    outcome = run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
+
+    assert outcome["skipped"] == "run ended CANCELLED"
+    assert sandboxes.sandboxes["fake-1"].commands == ["mkdir -p ~/output"]
+    assert deps.store.list_events(run_id)[-1].kind is EventKind.END
+
+
+def test_a_tool_result_that_arrives_after_the_run_ended_is_not_recorded(
+    deps: Dependencies, model: FakeModel, sandboxes: FakeSandboxProvider
+) -> None:
+    run_id = _prepared(deps)
+    model.then_tools(("run_command", {"command": "make all"}))
+    state = agent_step(StepState(run_id=run_id), deps, time_left_s=60)
+
+    def cancelled_while_running(command: str) -> CommandResult:
+        _cancel(deps, run_id)
+        return CommandResult(exit_code=0, stdout=b"built\n", stderr=b"", duration_ms=5)
+
+    sandboxes.sandboxes["fake-1"].answer = cancelled_while_running
+
+    run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
+
+    events = deps.store.list_events(run_id)
+    assert events[-1].kind is EventKind.END and EventKind.TOOL_RESULT not in [e.kind for e in events]
+    assert deps.store.get_run(run_id).usage.tool_calls == 0
+
+
+def test_a_run_cancelled_while_its_sandbox_was_created_stays_cancelled(
+    deps: Dependencies, sandboxes: FakeSandboxProvider
+) -> None:
+    run_id = submit_run(RunRequest(instructions="x"), deps).run_id
+    create = sandboxes.create
+
+    def create_while_cancelled(spec: SandboxSpec) -> object:
+        _cancel(deps, run_id)
+        return create(spec)
+
+    sandboxes.create = create_while_cancelled  # type: ignore[method-assign]
+
+    with contextlib.suppress(ConditionFailed):  # the state machine's Catch ends it: FailRun finds it ended
+        prepare_run(run_id, deps)
+
+    run = deps.store.get_run(run_id)
+    assert run.status is RunStatus.CANCELLED and run.started_at is None
+
+
+def test_a_tool_call_id_the_turn_does_not_have_is_a_clear_error(deps: Dependencies, model: FakeModel) -> None:
+    run_id = _prepared(deps)
+    model.then_tools(("run_command", {"command": "ls"}))
+    agent_step(StepState(run_id=run_id), deps, time_left_s=60)
+
+    with pytest.raises(SandcastleError, match=f"turn 1 of run {run_id} has no tool call call_9_9"):
+        run_tool(ToolTask(run_id=run_id, step=1, tool_call_id="call_9_9"), deps)
+
+
+# ---------------------------------------------------------------- the tool-call budget before a turn
+
+
+def test_a_spent_tool_call_budget_ends_the_run_without_asking_the_model_again(
+    deps: Dependencies, model: FakeModel
+) -> None:
+    run_id = _prepared(deps, budgets={"max_tool_calls": 1})
+    model.then_tools(("run_command", {"command": "ls"}))
+    state = agent_step(StepState(run_id=run_id), deps, time_left_s=60)
+    run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
+    model.then_text("I would have liked another call.")  # never asked for
+
+    stop = agent_step(state, deps, time_left_s=60)
+    finish_run(stop, deps)
+
+    assert stop.next == "finish" and stop.stop_reason is StopReason.MAX_TOOL_CALLS
+    assert len(model.calls) == 1
+    run = deps.store.get_run(run_id)
+    assert run.status is RunStatus.BUDGET_EXCEEDED and run.usage.steps == 1
 
 
 # ---------------------------------------------------------------- States.Timeout → TIMED_OUT
