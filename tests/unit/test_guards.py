@@ -21,7 +21,7 @@ import pytest
 from sandcastle.agent.base import ModelTurn, TokenUsage
 from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, SandcastleError
 from sandcastle.local.runtime import _serialize_emulated_dynamodb
-from sandcastle.runs.lifecycle import end_run, fail_run, finish_run, prepare_run
+from sandcastle.runs.lifecycle import RunEnded, end_run, fail_run, finish_run, prepare_run
 from sandcastle.runs.models import (
     EventKind,
     FailInput,
@@ -208,6 +208,16 @@ def test_a_tool_call_of_a_run_that_already_ended_never_runs(
     assert outcome["skipped"] == "run ended CANCELLED"
     assert sandboxes.sandboxes["fake-1"].commands == ["mkdir -p ~/output"]
     assert deps.store.list_events(run_id)[-1].kind is EventKind.END
+
+
+def test_a_turn_of_a_run_that_already_ended_never_asks_the_model(deps: Dependencies, model: FakeModel) -> None:
+    run_id = _prepared(deps)
+    _cancel(deps, run_id)
+    model.then_text("an answer nobody will read")
+
+    with pytest.raises(RunEnded, match="already ended CANCELLED"):
+        agent_step(StepState(run_id=run_id), deps, time_left_s=60)
+    assert model.calls == []
 
 
 def test_a_tool_result_that_arrives_after_the_run_ended_is_not_recorded(
