@@ -157,7 +157,8 @@ def _token_limit_parameter(base_url: str) -> str:
 def _to_turn(completion: Any) -> ModelTurn:
     """The ``ModelTurn`` of a chat completion, or ``ModelReplyInvalid``.
 
-    Tool calls must carry a non-empty id, unique in the reply. The chat-completions format
+    Tool calls must carry a non-empty id (that they are distinct is checked for every model by
+    ``runs/turns.py``, which records the turn). The chat-completions format
     requires ``id`` and the id is what ties a tool's result (``tool_call_id``) to its call, in
     the conversation and in the state machine's RunTools items; we do not invent one. Some
     compatible endpoints are known to send empty ids (Gemini's compatibility layer at times, LM
@@ -176,11 +177,6 @@ def _to_turn(completion: Any) -> ModelTurn:
         finish_reason = getattr(choice, "finish_reason", None)
         detail = f" (finish_reason: {finish_reason})" if finish_reason else ""
         raise ModelReplyInvalid(f"model reply had no content and no tool calls{detail}")
-    seen: set[str] = set()
-    for call in tool_calls:
-        if call.id in seen:
-            raise ModelReplyInvalid(f"model reply used the tool call id {call.id!r} twice; ids must be unique")
-        seen.add(call.id)
     usage = getattr(completion, "usage", None)
     return ModelTurn(
         text=text,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from aws_lambda_powertools import Logger
@@ -24,7 +24,7 @@ from sandcastle.runs.models import RunOrigin, Schedule, ScheduleFire, ScheduleRe
 from sandcastle.runs.schedule_expressions import InvalidExpression, check_timezone, parse_expression
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request
-from sandcastle.store.schedules import ScheduleClaimLost
+from sandcastle.store.schedules import FIRE_RETRY_WINDOW_S, ScheduleClaimLost
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
@@ -130,7 +130,7 @@ def fire_schedule(fire: ScheduleFire, deps: Dependencies) -> FireOutcome:
             return FireOutcome(status="duplicate", run_id=run_id)
         previous = schedule.last_run_id
         if schedule.overlap == "skip" and previous and previous != run_id:
-            still = _live_status(previous, deps)
+            still = _live_status(previous, schedule.last_scheduled_time, deps)
             if still is not None:
                 reason = f"the previous run {previous} is still {still}"
                 _skip(schedule, scheduled_time, reason, deps)
@@ -158,6 +158,13 @@ def fire_schedule(fire: ScheduleFire, deps: Dependencies) -> FireOutcome:
         run = submit_run(request, deps, run_id=run_id, origin=origin)
     except (InvalidRunRequest, ValidationError) as error:
         reason = f"could not start a run: {error}"
+        deps.schedules.release_fire(
+            fire.tenant,
+            fire.schedule_id,
+            run_id=run_id,
+            previous_run_id=previous,
+            previous_scheduled_time=schedule.last_scheduled_time,
+        )
         _skip(schedule, scheduled_time, reason, deps)
         logger.warning("scheduled run not started", extra={**facts, "reason": reason})
         return FireOutcome(status="failed", run_id=None, reason=reason)
@@ -173,11 +180,23 @@ def _exists(run_id: str, deps: Dependencies) -> bool:
     return True
 
 
-def _live_status(run_id: str, deps: Dependencies) -> str | None:
-    """The run's status while it is QUEUED or RUNNING; None once it ended (or never existed)."""
+def _live_status(run_id: str, scheduled_time: str | None, deps: Dependencies) -> str | None:
+    """The schedule's latest run's status while it is QUEUED or RUNNING; None once it ended.
+
+    A claimed run that does not exist yet is "starting": the fire that claimed it is between its
+    claim and ``submit_run`` (a fire that cannot start its run releases the claim). Only once no
+    retry of that fire can come any more (``FIRE_RETRY_WINDOW_S`` after its scheduled time) is a
+    missing run taken for one that will never start.
+    """
     try:
         run = deps.store.get_run(run_id)
     except RunNotFound:
+        try:
+            claimed_for = datetime.fromisoformat(normalize_time(scheduled_time or "").replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if utcnow() - claimed_for < timedelta(seconds=FIRE_RETRY_WINDOW_S):
+            return "starting"
         return None
     return None if run.status.terminal else run.status.value
 

@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from sandcastle.errors import SandcastleError, ToolInputError
 from sandcastle.large_values import event_saver, read_saved
 from sandcastle.runs.budget import seconds_left
-from sandcastle.runs.models import EventKind, ToolCall, ToolTask, utcnow
+from sandcastle.runs.models import EventKind, Run, ToolCall, ToolTask, utcnow
 from sandcastle.runs.transcript import assistant_key, new_event, tool_calls_of, tool_result_key
 from sandcastle.store.dynamo import ConditionFailed, RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call
@@ -44,11 +44,9 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
     result: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
     try:
         tool, args = parse_tool_call(_whole(call, deps))
-        remaining = seconds_left(run, utcnow())
-        if remaining <= 0:
-            raise ToolInputError("the run's deadline has passed; the call was not executed")
-        keep_alive = int(remaining) + deps.settings.sandbox_timeout_margin_s  # the sandbox follows the run
+        keep_alive = int(_time_left(run)) + deps.settings.sandbox_timeout_margin_s  # the sandbox follows the run
         sandbox = deps.sandboxes.connect(run.sandbox_id or "", keep_alive_s=keep_alive)
+        remaining = _time_left(run)  # again: connecting takes time too
         context = ToolContext(
             default_timeout_s=deps.settings.default_command_timeout_s,
             timeout_ceiling_s=deps.settings.command_timeout_ceiling_s,
@@ -81,3 +79,11 @@ def _whole(call: ToolCall, deps: Dependencies) -> ToolCall:
     if not pointer:
         return call
     return call.model_copy(update={"arguments": read_saved(deps.objects, pointer).decode("utf-8", "replace")})
+
+
+def _time_left(run: Run) -> float:
+    """Seconds left before the run's deadline; ``ToolInputError`` (the model reads it) when none are."""
+    remaining = seconds_left(run, utcnow())
+    if remaining <= 0:
+        raise ToolInputError("the run's deadline has passed; the call was not executed")
+    return remaining

@@ -19,6 +19,8 @@ from sandcastle.store.item_size import check_request_fits
 _PK = "SCHEDULES"
 _KEEP_SKIPS = 20
 """Skips shown on a schedule; the list is trimmed once it holds twice as many."""
+FIRE_RETRY_WINDOW_S = 3600
+"""How long after its scheduled time a fire may still be delivered (EventBridge Scheduler's retries)."""
 
 
 class ScheduleClaimLost(Exception):
@@ -104,6 +106,40 @@ class ScheduleStore:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 raise ScheduleClaimLost(f"schedule {schedule_id} changed while firing") from error
             raise
+
+    def release_fire(
+        self,
+        tenant: str,
+        schedule_id: str,
+        *,
+        run_id: str,
+        previous_run_id: str | None,
+        previous_scheduled_time: str | None,
+    ) -> None:
+        """Undo ``claim_fire`` of ``run_id`` (its run could not be started), if nothing claimed since."""
+        names = {"#run": "last_run_id", "#time": "last_scheduled_time"}
+        values: dict[str, Any] = {":claimed": {"S": run_id}}
+        sets, removes = [], []
+        for attribute, value in (("#run", previous_run_id), ("#time", previous_scheduled_time)):
+            if value is None:
+                removes.append(attribute)
+            else:
+                sets.append(f"{attribute} = :{attribute[1:]}")
+                values[f":{attribute[1:]}"] = {"S": value}
+        clauses = [f"SET {', '.join(sets)}"] if sets else []
+        clauses += [f"REMOVE {', '.join(removes)}"] if removes else []
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._key(tenant, schedule_id),
+                UpdateExpression=" ".join(clauses),
+                ConditionExpression="last_run_id = :claimed",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
 
     def record_skip(self, tenant: str, schedule_id: str, skip: ScheduleSkip) -> None:
         """Append a skipped fire to the schedule (kept short: the oldest are dropped)."""
@@ -191,7 +227,7 @@ class EventBridgeSchedules:
                     "scheduled_time": "<aws.scheduler.scheduled-time>",
                 }
             ),
-            "RetryPolicy": {"MaximumRetryAttempts": 5, "MaximumEventAgeInSeconds": 3600},
+            "RetryPolicy": {"MaximumRetryAttempts": 5, "MaximumEventAgeInSeconds": FIRE_RETRY_WINDOW_S},
         }
         if self.dead_letter_arn:
             target["DeadLetterConfig"] = {"Arn": self.dead_letter_arn}
