@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean
 
-## setup: the virtualenv with everything installed, and bubblewrap (apt) when missing
+## setup: the virtualenv with everything installed, and bubblewrap and e2fsprogs (apt) when missing
+## (e2fsprogs' mkfs.ext4 makes each local sandbox's size-capped workspace filesystem)
 setup: $(STAMP)
-	@command -v bwrap >/dev/null || { \
-	  echo "installing bubblewrap (the local sandbox)…"; \
+	@{ command -v bwrap && PATH="$$PATH:/sbin:/usr/sbin" command -v mkfs.ext4; } >/dev/null || { \
+	  echo "installing bubblewrap and e2fsprogs (the local sandbox)…"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap e2fsprogs >/dev/null; }
 	@command -v bwrap >/dev/null || { echo "bubblewrap is required: apt-get install bubblewrap"; exit 1; }
 
 $(STAMP): pyproject.toml
