@@ -510,6 +510,8 @@ def _sts(operation: str, params: Mapping[str, Any], account: Account) -> list[Ac
     if operation == "GetCallerIdentity":
         return []  # needs no permission in AWS either
     if operation == "AssumeRole":
+        if params.get("PolicyArns"):  # managed session policies: what the session may do is not known here
+            raise UnmappedCall("sts.AssumeRole with PolicyArns")
         role = str(params.get("RoleArn", ""))
         tags = {str(tag["Key"]): str(tag["Value"]) for tag in params.get("Tags") or []}
         context = {f"aws:RequestTag/{key}": (value,) for key, value in tags.items()}
@@ -685,12 +687,10 @@ class PermissionGuard:
                 roles[role.arn] = role
             elif resource["Type"] == "AWS::S3::BucketPolicy":
                 properties = template.resolve(resource["Properties"])
-                policy = Policy.from_documents([properties["PolicyDocument"]], resource_policy=True)
-                if any(statement.effect != "Deny" for statement in policy.statements):
-                    raise ValueError(
-                        f"{logical_id}: the local permission check evaluates only Deny statements of bucket policies"
-                    )
-                bucket_policies[str(properties["Bucket"])] = policy
+                try:
+                    bucket_policies[str(properties["Bucket"])] = bucket_policy(properties["PolicyDocument"])
+                except ValueError as error:
+                    raise ValueError(f"{logical_id}: {error}") from None
         account = Account(template.region, account_id, partition_keys, index_keys)
         return cls(identities, account, roles=roles, bucket_policies=bucket_policies)
 
@@ -884,6 +884,14 @@ class PermissionGuard:
         if not request.action.lower().startswith("s3:") or not request.resource.startswith("arn:aws:s3:::"):
             return None
         return self.bucket_policies.get(request.resource.removeprefix("arn:aws:s3:::").split("/", 1)[0])
+
+
+def bucket_policy(document: Mapping[str, Any]) -> Policy:
+    """A bucket policy's statements; only Deny ones, since an Allow there would grant what this does not model."""
+    policy = Policy.from_documents([document], resource_policy=True)
+    if any(statement.effect != "Deny" for statement in policy.statements):
+        raise ValueError("the local permission check evaluates only Deny statements of bucket policies")
+    return policy
 
 
 def _access_key(client: Any) -> str | None:
