@@ -13,6 +13,18 @@ a test locally rather than on the first deploy.
 A call this module cannot map to an IAM action is refused too (say which action it needs in
 ``_MAPPERS``): an unknown call is not silently allowed.
 
+A call signed with other credentials than the environment's (the function's own, as in Lambda) is
+evaluated as AWS evaluates an assumed-role session: when a checked ``sts:AssumeRole`` returns, the
+access key id it issued is recorded with the role, the session policy, the session tags and the
+expiry. A call with that key is allowed only if the role's policies in the template *and* the session
+policy allow it, with ``${aws:PrincipalTag/<key>}`` (and any other context key) filled in; a key no
+checked ``AssumeRole`` issued, or an expired one, is refused as AWS refuses it. ``AssumeRole`` itself
+needs ``sts:AssumeRole`` (and ``sts:TagSession`` with tags) from the caller's policies and the role's
+trust policy to admit the caller (its principal, its conditions on ``aws:RequestTag/…``). For every S3
+call, the Deny statements of the target bucket's policy apply (``Principal``, ``aws:PrincipalArn`` —
+a session's is its role's — and ``aws:SecureTransport`` from the client's endpoint), to a function's
+own calls and to a session's alike. So ``uploads/<tenant>/`` is confined by IAM alone, locally too.
+
 Why not moto's own IAM enforcement (``INITIAL_NO_AUTH_ACTION_COUNT``): in moto 5.2 it authorizes
 the signing access key of a moto IAM user or assumed role, so every function would need credentials
 of its own on its thread, and by its own notes (``moto/iam/access_control.py``) it does not support
@@ -27,8 +39,10 @@ evaluates, which is the part that matters here.)
 Not checked, on purpose: calls made outside a handler (the runtime creating tables and state
 machines, the emulated triggers and schedulers polling), presigned URLs (they make no call; the
 GET they sign is authorized when it is made), and the managed policies SAM attaches to every role
-(logging and X-Ray, which the functions do not use through boto3). Bucket policies and resource
-policies are not evaluated: this checks what the function's own role grants.
+(logging and X-Ray, which the functions do not use through boto3). Of resource policies, only the
+Deny statements of bucket policies are evaluated (an Allow in one is refused when the template is
+read, not silently ignored); queue policies, role tags, managed session policies (``PolicyArns``:
+such an ``AssumeRole`` is refused), permission boundaries and SCPs are not.
 """
 
 from __future__ import annotations
