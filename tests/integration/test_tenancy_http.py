@@ -1,5 +1,6 @@
-"""Tenancy over real HTTP: POST /uploads → PUT → a run that reads the file; another tenant's key refused;
-signed, run-scoped, expiring artifact links; names kept exactly end to end (through the local E2B server)."""
+"""Tenancy over real HTTP: POST /uploads → PUT → a run that reads the file; another tenant's key refused
+(by the domain check, and by IAM alone with that check disabled); signed, run-scoped, expiring artifact
+links; names kept exactly end to end (through the local E2B server)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,60 @@ def test_tenant_b_naming_tenant_as_key_is_refused(http: Http, gateway: LocalGate
 
     assert status == 422 and error["field"] == "files[0].s3_key" and "uploads/beta/" in error["message"]
     assert other("GET", "/runs")[2]["runs"] == []
+
+
+@pytest.fixture
+def without_the_domain_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submission path's own ``uploads/<tenant>/`` check accepts anything: only IAM is left."""
+    monkeypatch.setattr("sandcastle.runs.submit.check_tenant_key", lambda key, tenant, *, field: None)
+
+
+@pytest.mark.usefixtures("without_the_domain_check")
+def test_with_the_domain_check_disabled_iam_alone_refuses_another_tenants_key(
+    http: Http,  # noqa: F811
+    gateway: LocalGateway,  # noqa: F811
+    runtime: LocalRuntime,
+) -> None:
+    key = _upload(http, "secret.txt", b"acme only\n")
+    other = Http(gateway.url, ApiKeyStore(runtime.deps.settings.table_name).create("beta").key)
+    playbook = [{"tool": "run_command", "arguments": {"command": "cat ~/input/*"}}]
+    files = [{"name": "mine.txt", "content_base64": "eA=="}, {"name": "s.txt", "s3_key": key}]
+
+    status, _, error = other("POST", "/runs", {"instructions": "Steal.", "playbook": playbook, "files": files})
+
+    assert status == 422, error
+    assert error["field"] == "files[1].s3_key" and "is not one of tenant 'beta'" in error["message"]
+    assert other("GET", "/runs")[2]["runs"] == []
+    assert runtime.permissions is not None
+    who, refused = runtime.permissions.denied[-1]  # S3 was asked, with beta's session, and IAM said no
+    assert who == "sandcastle-local-ApiFunction as sandcastle-local-TenantFilesRole/tenant-beta"
+    assert (refused.action, refused.resource) == ("s3:GetObject", f"arn:aws:s3:::{runtime.deps.objects.bucket}/{key}")
+
+
+@pytest.mark.usefixtures("without_the_domain_check")
+def test_with_the_domain_check_disabled_a_tenants_own_key_still_reaches_its_run(
+    http: Http,  # noqa: F811
+    runtime: LocalRuntime,
+) -> None:
+    key = _upload(http, "mine.txt", b"acme's own\n")
+    playbook = [{"tool": "run_command", "arguments": {"command": "cat ~/input/mine.txt"}}]
+
+    status, _, run = http(
+        "POST", "/runs", {"instructions": "Read.", "playbook": playbook, "files": [{"name": "mine.txt", "s3_key": key}]}
+    )
+
+    assert status == 201, run
+    events = http.tail(run["run_id"])
+    [result] = [e for e in events if e["kind"] == "tool_result"]
+    assert result["data"]["output"]["stdout"]["text"] == "acme's own\n"
+    assert http("GET", f"/runs/{run['run_id']}")[2]["status"] == "SUCCEEDED"
+    assert runtime.permissions is not None and runtime.permissions.denied == []
+    assert (
+        runtime.permissions.checked[
+            ("sandcastle-local-ApiFunction as sandcastle-local-TenantFilesRole/tenant-acme", "s3.CopyObject")
+        ]
+        == 1
+    )
 
 
 def test_upload_links_write_only_their_key_and_size(http: Http) -> None:  # noqa: F811

@@ -118,7 +118,8 @@ def test_an_own_upload_is_copied_into_the_run_with_its_name_exact(deps: Dependen
 
 
 class RecordingSts:
-    """moto's STS, recording each AssumeRole request (moto does not evaluate session policies)."""
+    """moto's STS, recording each AssumeRole request (moto does not evaluate session policies; the local
+    permission check does: tests/unit/test_permissions.py, tests/integration/test_tenancy_http.py)."""
 
     def __init__(self) -> None:
         self.calls: list[dict] = []

@@ -180,7 +180,8 @@ class Template:
                 return str(self._get_att(*name.split(".", 1)))
             return str(self._ref(name))
 
-        return re.sub(r"\$\{([^}!]+)\}", replace, text)
+        # ``${!Literal}`` is CloudFormation's escape: it renders as ``${Literal}`` (an IAM policy variable).
+        return re.sub(r"\$\{!([^}]*)\}", r"${\1}", re.sub(r"\$\{([^}!]+)\}", replace, text))
 
     # --- resources the local runtime builds ---
 
