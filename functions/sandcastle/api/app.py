@@ -23,7 +23,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from sandcastle.api import examples as ex
 from sandcastle.api.auth import Unauthorized
 from sandcastle.api.errors import error_proxy_result, error_response
-from sandcastle.api.examples import body_examples
 from sandcastle.api.models import (
     ArtifactList,
     ArtifactView,
@@ -102,7 +101,7 @@ def openapi_document():  # no return annotation: the document is served as gener
 def post_run(
     submission: Annotated[
         RunSubmission,  # type: ignore[valid-type]
-        Body(openapi_examples=body_examples(agent=ex.RUN_SUBMISSION, playbook=ex.PLAYBOOK_SUBMISSION)),
+        Body(openapi_examples=ex.body_examples(agent=ex.RUN_SUBMISSION, playbook=ex.PLAYBOOK_SUBMISSION)),
     ],
     idempotency_key: Annotated[
         str | None,

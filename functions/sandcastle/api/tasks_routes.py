@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from sandcastle.api import examples as ex
 from sandcastle.api.errors import error_response
-from sandcastle.api.examples import body_examples
 from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.runs.models import Schedule, ScheduleRequest, Task, TaskDefinition
 from sandcastle.runs.schedules import ScheduleNotFound, create_schedule, delete_schedule, get_schedule, list_schedules
@@ -64,7 +63,7 @@ def _no_content() -> Response:
 )
 def put_task_route(
     name: TaskNamePath,
-    definition: Annotated[TaskDefinition, Body(openapi_examples=body_examples(task=ex.TASK_DEFINITION))],
+    definition: Annotated[TaskDefinition, Body(openapi_examples=ex.body_examples(task=ex.TASK_DEFINITION))],
 ) -> Response[Task]:
     return ok(put_task(_tenant(), name, definition, get_dependencies()))
 
@@ -121,7 +120,7 @@ def delete_task_route(name: TaskNamePath):  # no return annotation: 204, no body
     },
 )
 def post_schedule_route(
-    request: Annotated[ScheduleRequest, Body(openapi_examples=body_examples(daily=ex.SCHEDULE_REQUEST))],
+    request: Annotated[ScheduleRequest, Body(openapi_examples=ex.body_examples(daily=ex.SCHEDULE_REQUEST))],
 ) -> Response[Schedule]:
     return ok(create_schedule(_tenant(), request, get_dependencies()), HTTPStatus.CREATED)
 

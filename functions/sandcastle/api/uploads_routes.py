@@ -15,7 +15,6 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from sandcastle.api import examples as ex
-from sandcastle.api.examples import body_examples
 from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.runs.input_files import UploadRequest, UploadTicket, create_upload
 from sandcastle.wiring import get_dependencies
@@ -37,7 +36,7 @@ router = Router()
     },
 )
 def post_upload(
-    request: Annotated[UploadRequest, Body(openapi_examples=body_examples(upload=ex.UPLOAD_REQUEST))],
+    request: Annotated[UploadRequest, Body(openapi_examples=ex.body_examples(upload=ex.UPLOAD_REQUEST))],
 ) -> Response[UploadTicket]:
     tenant = principal(router.current_event.raw_event)[0]
     return ok(create_upload(tenant, request, get_dependencies()), HTTPStatus.CREATED)
