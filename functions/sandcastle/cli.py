@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest
 from sandcastle.runs.models import Event, EventKind, Run, RunRequest, RunStatus
+from sandcastle.validation import describe_issues
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,9 +156,7 @@ def _build_request(args: argparse.Namespace) -> RunRequest:
 
 def _describe(error: Exception) -> str:
     if isinstance(error, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc']) or 'request'}: {issue['msg']}" for issue in error.errors()
-        )
+        return describe_issues(error.errors())
     return str(error)
 
 

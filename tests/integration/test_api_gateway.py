@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import pytest
 
@@ -96,6 +96,17 @@ def test_a_run_submitted_over_http_is_tailed_to_its_end(http: Http, runtime: Loc
     if listing:  # the artifact export is someone else's feature: when present, the link downloads it
         with urllib.request.urlopen(listing[0]["url"]) as response:
             assert response.read() == b"42\n"
+
+
+def test_try_it_out_calls_the_api_at_the_server_the_served_document_names(http: Http, gateway: LocalGateway) -> None:
+    # What Swagger UI does: resolve the document's server against where the document came from, then call
+    # an operation under it (it called /local/runs, a 404, while the local gateway put the stage in the path)
+    document_url = f"{gateway.url}/openapi.json"
+    document = Http(gateway.url, None)("GET", "/openapi.json")[2]
+    server = urljoin(document_url, document["servers"][0]["url"]).rstrip("/")
+
+    status, _, page = Http(server, http.key)("GET", "/runs")
+    assert status == 200 and "runs" in page
 
 
 def test_the_gateway_calls_the_authorizer_first(http: Http, gateway: LocalGateway, runtime: LocalRuntime) -> None:

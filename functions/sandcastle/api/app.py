@@ -17,9 +17,10 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from sandcastle.api import examples as ex
 from sandcastle.api.auth import Unauthorized
 from sandcastle.api.errors import error_proxy_result, error_response
 from sandcastle.api.models import (
@@ -31,6 +32,7 @@ from sandcastle.api.models import (
     RunSubmission,
     RunSummary,
 )
+from sandcastle.api.openapi import TAGS
 from sandcastle.api.resolver import BODY_NOT_UTF8, RequestScopedRestResolver
 from sandcastle.api.responses import declare_shared_errors, error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
@@ -40,6 +42,7 @@ from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooM
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.models import Run, RunStatus
 from sandcastle.runs.queries import MAX_WAIT_S, artifact_links, get_tenant_run, list_tenant_runs, read_events
+from sandcastle.validation import describe_issues, field_path
 from sandcastle.wiring import get_dependencies
 
 logger = Logger(child=True)
@@ -51,6 +54,7 @@ app.configure_openapi(
     description="Run code-writing AI agents in sandboxes. Authenticate with `Authorization: Bearer <API key>`.",
     security_schemes={"bearer": HTTPBearer(description="An API key: `sandcastle keys create --tenant T`.")},
     security=[{"bearer": []}],
+    tags=TAGS,
 )
 app.enable_swagger(path="/docs")
 app.include_router(tasks_router)  # saved tasks and schedules (api/tasks_routes.py)
@@ -77,11 +81,13 @@ def openapi_document():  # no return annotation: the document is served as gener
 
 @app.post(
     "/runs",
+    operation_id="createRun",
+    tags=["runs"],
     summary="Start a run",
     description="Validates the request, stores the run QUEUED and starts it. With `Idempotency-Key`, a retry "
     "with the same body returns the same run; the same key with another body is a 409.",
     responses={
-        201: json_content(Run, "The run was created; `Location` names it."),
+        201: json_content(Run, "The run was created; `Location` names it.", example=ex.RUN),
         200: json_content(Run, "A retry with the same Idempotency-Key: the run the first request created."),
         **error_contents(
             HTTPStatus.BAD_REQUEST,
@@ -93,7 +99,10 @@ def openapi_document():  # no return annotation: the document is served as gener
     },
 )
 def post_run(
-    submission: RunSubmission,  # type: ignore[valid-type]
+    submission: Annotated[
+        RunSubmission,  # type: ignore[valid-type]
+        Body(openapi_examples=ex.body_examples(agent=ex.RUN_SUBMISSION, playbook=ex.PLAYBOOK_SUBMISSION)),
+    ],
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", max_length=255, description="Makes retries safe: same key, same run."),
@@ -109,9 +118,14 @@ def post_run(
 
 @app.get(
     "/runs",
+    operation_id="listRuns",
+    tags=["runs"],
     summary="List runs",
     description="The tenant's runs, newest first, a page at a time.",
-    responses={200: json_content(RunList, "A page of runs."), **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY)},
+    responses={
+        200: json_content(RunList, "A page of runs.", example=ex.RUN_LIST),
+        **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY),
+    },
 )
 def get_runs(
     limit: Annotated[int, Query(ge=1, le=100, description="Runs per page.")] = 20,
@@ -124,9 +138,11 @@ def get_runs(
 
 @app.get(
     "/runs/<run_id>",
+    operation_id="getRun",
+    tags=["runs"],
     summary="Get a run",
     description="Status, step, usage, result or error, timestamps, sandbox id and artifacts.",
-    responses={200: json_content(Run, "The run."), **_READ_ERRORS},
+    responses={200: json_content(Run, "The run.", example=ex.RUN), **_READ_ERRORS},
 )
 def get_run(run_id: RunId) -> Response[Run]:
     return ok(get_tenant_run(run_id, _tenant(), get_dependencies()))
@@ -134,6 +150,8 @@ def get_run(run_id: RunId) -> Response[Run]:
 
 @app.get(
     "/runs/<run_id>/events",
+    operation_id="listRunEvents",
+    tags=["runs"],
     summary="Read the transcript",
     description="Events in order after `after`. With `wait`, waits up to that many seconds for a new event "
     "(returning as soon as one lands or the run ends). Resume with the returned `cursor`.",
@@ -151,10 +169,12 @@ def get_events(
 
 @app.post(
     "/runs/<run_id>/cancel",
+    operation_id="cancelRun",
+    tags=["runs"],
     summary="Cancel a run",
     description="Stops the run's execution, kills its sandbox and ends it CANCELLED. A run that already "
     "ended is returned as it is.",
-    responses={200: json_content(Run, "The run, ended."), **error_contents(HTTPStatus.NOT_FOUND)},
+    responses={200: json_content(Run, "The run, ended.", example=ex.RUN), **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def post_cancel(run_id: RunId) -> Response[Run]:
     tenant, key_id = _principal()
@@ -163,9 +183,11 @@ def post_cancel(run_id: RunId) -> Response[Run]:
 
 @app.get(
     "/runs/<run_id>/artifacts",
+    operation_id="listRunArtifacts",
+    tags=["runs"],
     summary="List a run's artifacts",
     description="The files the run left in ~/output, each with a download URL.",
-    responses={200: json_content(ArtifactList, "The artifact manifest."), **_READ_ERRORS},
+    responses={200: json_content(ArtifactList, "The artifact manifest.", example=ex.ARTIFACT_LIST), **_READ_ERRORS},
 )
 def get_artifacts(run_id: RunId) -> Response[ArtifactList]:
     links = artifact_links(run_id, _tenant(), get_dependencies())
@@ -189,9 +211,8 @@ def _invalid_request(error: RequestValidationError) -> Response:
         return error_response(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as application/json"
         )
-    first = issues[0] if issues else {"loc": (), "msg": "invalid request"}
-    field = _field_name(first.get("loc", ()))
-    message = "; ".join(f"{_field_name(i.get('loc', ())) or 'request'}: {i.get('msg', i.get('type'))}" for i in issues)
+    field = field_path(issues[0].get("loc", ()), in_request=True) if issues else ""
+    message = describe_issues(issues, in_request=True) or "request: invalid"
     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_failed", message, field or None)
 
 
@@ -269,20 +290,6 @@ def _principal() -> tuple[str, str | None]:
 
 def _tenant() -> str:
     return _principal()[0]
-
-
-def _field_name(loc: Any) -> str:
-    """``("body", "files", 0, "name")`` → ``files[0].name``; query and header locations name the parameter."""
-    parts = list(loc)
-    if parts and parts[0] in ("body", "query", "header", "path"):
-        parts = parts[1:]
-    name = ""
-    for part in parts:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        else:
-            name += f".{part}" if name else str(part)
-    return name
 
 
 def _body_size(event: dict[str, Any]) -> int:

@@ -10,6 +10,10 @@ own ``HttpResolver`` uses for concurrent requests.
 
 A body that is not UTF-8 (JSON is UTF-8 by definition) is a request validation error where the
 body is decoded, not a ``UnicodeDecodeError`` out of the route: the API answers 400 for it.
+
+The OpenAPI document it generates (``/openapi.json``, and the one Swagger UI at ``/docs`` embeds) goes
+through ``api/openapi.py``: its server is where the request came from, and Powertools' validation error
+shapes, which this API never answers, are out.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import OpenAPI, Server
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
+
+from sandcastle.api.openapi import server_for, without_powertools_errors
 
 #: The validation error type of a body that is not UTF-8.
 BODY_NOT_UTF8 = "body_not_utf8"
@@ -70,6 +77,13 @@ class RequestScopedRestResolver(APIGatewayRestResolver):
             return super().resolve(event, context)
         finally:
             self._request_state.reset(token)
+
+    def get_openapi_schema(self, *, servers: list[Server] | None = None, **kwargs: Any) -> OpenAPI:
+        """The document as served: while a request is resolved its server is that request's base path
+        (Powertools' rule, the one Swagger UI's page uses: the stage when the URL starts with it)."""
+        if servers is None and self._request_state.get() is not None:
+            servers = [server_for(self._get_base_path())]
+        return without_powertools_errors(super().get_openapi_schema(servers=servers, **kwargs))
 
     @property  # type: ignore[override]
     def current_event(self) -> BaseProxyEvent:

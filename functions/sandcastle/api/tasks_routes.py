@@ -11,9 +11,10 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from pydantic import BaseModel
 
+from sandcastle.api import examples as ex
 from sandcastle.api.errors import error_response
 from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.runs.models import Schedule, ScheduleRequest, Task, TaskDefinition
@@ -50,20 +51,30 @@ def _no_content() -> Response:
 
 @router.put(
     "/tasks/<name>",
+    operation_id="putTask",
+    tags=["tasks"],
     summary="Save a task",
     description="A named run template (instructions or playbook, model, budgets, sandbox options). An upload "
     "to `inbox/<tenant>/<name>/<file>` in the inbox bucket, or a schedule, starts a run of it.",
-    responses={200: json_content(Task, "The saved task."), **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY)},
+    responses={
+        200: json_content(Task, "The saved task.", example=ex.TASK),
+        **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY),
+    },
 )
-def put_task_route(name: TaskNamePath, definition: TaskDefinition) -> Response[Task]:
+def put_task_route(
+    name: TaskNamePath,
+    definition: Annotated[TaskDefinition, Body(openapi_examples=ex.body_examples(task=ex.TASK_DEFINITION))],
+) -> Response[Task]:
     return ok(put_task(_tenant(), name, definition, get_dependencies()))
 
 
 @router.get(
     "/tasks",
+    operation_id="listTasks",
+    tags=["tasks"],
     summary="List tasks",
     description="The tenant's saved tasks.",
-    responses={200: json_content(TaskList, "The tasks.")},
+    responses={200: json_content(TaskList, "The tasks.", example=TaskList(tasks=[ex.TASK]))},
 )
 def list_tasks_route() -> Response[TaskList]:
     return ok(TaskList(tasks=list_tasks(_tenant(), get_dependencies())))
@@ -71,8 +82,10 @@ def list_tasks_route() -> Response[TaskList]:
 
 @router.get(
     "/tasks/<name>",
+    operation_id="getTask",
+    tags=["tasks"],
     summary="Get a task",
-    responses={200: json_content(Task, "The task."), **error_contents(HTTPStatus.NOT_FOUND)},
+    responses={200: json_content(Task, "The task.", example=ex.TASK), **error_contents(HTTPStatus.NOT_FOUND)},
 )
 def get_task_route(name: TaskNamePath) -> Response[Task]:
     return ok(get_task(_tenant(), name, get_dependencies()))
@@ -80,6 +93,8 @@ def get_task_route(name: TaskNamePath) -> Response[Task]:
 
 @router.delete(
     "/tasks/<name>",
+    operation_id="deleteTask",
+    tags=["tasks"],
     summary="Delete a task",
     responses={204: {"description": "Deleted."}, **error_contents(HTTPStatus.NOT_FOUND)},
 )
@@ -93,21 +108,30 @@ def delete_task_route(name: TaskNamePath):  # no return annotation: 204, no body
 
 @router.post(
     "/schedules",
+    operation_id="createSchedule",
+    tags=["schedules"],
     summary="Create a schedule",
     description="Runs a saved task (`task`) or an inline run template (`run`) on a `cron(...)`, `rate(...)` or "
     "`at(...)` expression in a time zone. Each fire starts one run; with `overlap: skip` (the default) a fire "
     "while the previous run is still going is skipped and recorded on the schedule.",
-    responses={201: json_content(Schedule, "The schedule."), **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY)},
+    responses={
+        201: json_content(Schedule, "The schedule.", example=ex.SCHEDULE),
+        **error_contents(HTTPStatus.UNPROCESSABLE_ENTITY),
+    },
 )
-def post_schedule_route(request: ScheduleRequest) -> Response[Schedule]:
+def post_schedule_route(
+    request: Annotated[ScheduleRequest, Body(openapi_examples=ex.body_examples(daily=ex.SCHEDULE_REQUEST))],
+) -> Response[Schedule]:
     return ok(create_schedule(_tenant(), request, get_dependencies()), HTTPStatus.CREATED)
 
 
 @router.get(
     "/schedules",
+    operation_id="listSchedules",
+    tags=["schedules"],
     summary="List schedules",
     description="The tenant's schedules, each with its latest run and recent skips.",
-    responses={200: json_content(ScheduleList, "The schedules.")},
+    responses={200: json_content(ScheduleList, "The schedules.", example=ScheduleList(schedules=[ex.SCHEDULE]))},
 )
 def list_schedules_route() -> Response[ScheduleList]:
     return ok(ScheduleList(schedules=list_schedules(_tenant(), get_dependencies())))
@@ -115,8 +139,13 @@ def list_schedules_route() -> Response[ScheduleList]:
 
 @router.get(
     "/schedules/<schedule_id>",
+    operation_id="getSchedule",
+    tags=["schedules"],
     summary="Get a schedule",
-    responses={200: json_content(Schedule, "The schedule."), **error_contents(HTTPStatus.NOT_FOUND)},
+    responses={
+        200: json_content(Schedule, "The schedule.", example=ex.SCHEDULE),
+        **error_contents(HTTPStatus.NOT_FOUND),
+    },
 )
 def get_schedule_route(schedule_id: ScheduleIdPath) -> Response[Schedule]:
     return ok(get_schedule(_tenant(), schedule_id, get_dependencies()))
@@ -124,6 +153,8 @@ def get_schedule_route(schedule_id: ScheduleIdPath) -> Response[Schedule]:
 
 @router.delete(
     "/schedules/<schedule_id>",
+    operation_id="deleteSchedule",
+    tags=["schedules"],
     summary="Delete a schedule",
     responses={204: {"description": "Deleted."}, **error_contents(HTTPStatus.NOT_FOUND)},
 )

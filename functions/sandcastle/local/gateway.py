@@ -140,7 +140,10 @@ def proxy_event(
             "resourceId": "local",
             "resourcePath": resource or path,
             "httpMethod": method,
-            "path": f"/{STAGE}{path}",
+            # The path the client asked for. API Gateway's own URL carries the stage (``/v1/runs``); the
+            # local URL has none, like a custom domain's, and Powertools derives the OpenAPI document's
+            # server from this: with the stage here, Swagger UI's "Try it out" called ``/local/runs``.
+            "path": path,
             "stage": STAGE,
             "accountId": ACCOUNT_ID,
             "apiId": API_ID,

@@ -32,6 +32,7 @@ from sandcastle.names import file_name_problem, tenant_problem
 from sandcastle.runs.models import InputFile, Run, RunOrigin, TaskDefinition
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request
+from sandcastle.validation import describe_issues
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
@@ -223,7 +224,7 @@ def _submit(obj: InboxObject, place: _Place, run_id: str, deps: Dependencies) ->
         )
         return submit_run(request, deps, run_id=run_id, origin=origin)
     except ValidationError as error:
-        raise UploadRejected("InvalidRequest", _describe(error)) from error
+        raise UploadRejected("InvalidRequest", describe_issues(error.errors())) from error
     except InvalidRunRequest as error:
         raise UploadRejected("InvalidRequest", str(error)) from error
     except FileNotFoundError as error:
@@ -247,7 +248,7 @@ def _definition(place: _Place, metadata: dict[str, str], deps: Dependencies) -> 
     try:
         return TaskDefinition(instructions=instructions)
     except ValidationError as error:
-        raise UploadRejected("InvalidRequest", _describe(error)) from error
+        raise UploadRejected("InvalidRequest", describe_issues(error.errors())) from error
 
 
 def _result_key(run: Run) -> str | None:
@@ -319,9 +320,3 @@ def write_outbox(run_id: str, deps: Dependencies) -> str | None:
 
 def _json_bytes(value: dict[str, Any]) -> bytes:
     return json.dumps(value, indent=2, ensure_ascii=False).encode()
-
-
-def _describe(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in issue['loc']) or 'request'}: {issue['msg']}" for issue in error.errors()
-    )

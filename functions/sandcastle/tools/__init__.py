@@ -14,6 +14,7 @@ from sandcastle.tools.commands import RunCommand
 from sandcastle.tools.files import ReadFile, WriteFile
 from sandcastle.tools.listing import ListFiles
 from sandcastle.tools.patch import ApplyPatch
+from sandcastle.validation import describe_issues
 
 TOOLS: dict[str, Tool] = {
     tool.name: tool for tool in (RunCommand(), ListFiles(), ReadFile(), WriteFile(), ApplyPatch())
@@ -51,7 +52,5 @@ def parse_tool_call(call: ToolCall) -> tuple[Tool, ToolArgs]:
     try:
         return tool, tool.args_model.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or 'arguments'}: {issue['msg']}" for issue in error.errors()
-        )
+        problems = describe_issues(error.errors(), whole="arguments")
         raise ToolInputError(f"invalid arguments for {call.name}: {problems}") from error
