@@ -40,6 +40,10 @@ class ExecutionNotFound(SandcastleError):
     """The run has no execution (it never started, or its history expired)."""
 
 
+class SettingMissing(SandcastleError):
+    """A setting this function needs is not in its environment (a deployment error, not the caller's)."""
+
+
 class InvalidRunRequest(SandcastleError):
     """A run request failed validation. ``field`` names what was wrong."""
 

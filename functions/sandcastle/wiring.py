@@ -104,7 +104,7 @@ class Dependencies:
         """The agent-run state machine's executions, one per run."""
         from sandcastle.store.executions import StepFunctionsExecutions
 
-        return StepFunctionsExecutions(self.settings.state_machine_arn)
+        return StepFunctionsExecutions(self.settings.required("state_machine_arn"))
 
     @cached_property
     def idempotency_layer(self) -> DynamoDBPersistenceLayer:
@@ -138,7 +138,9 @@ class Dependencies:
         from sandcastle.store.tenant_files import TenantFiles
 
         settings = self.settings
-        return TenantFiles(settings.artifacts_bucket, settings.tenant_files_role_arn, region=settings.aws_region)
+        return TenantFiles(
+            settings.artifacts_bucket, settings.required("tenant_files_role_arn"), region=settings.aws_region
+        )
 
     @cached_property
     def upload_links(self) -> UploadLinks:
@@ -187,9 +189,9 @@ class Dependencies:
         settings = self.settings
         return EventBridgeSchedules(
             group=settings.schedule_group_name,
-            target_arn=settings.schedule_target_arn,
-            role_arn=settings.scheduler_role_arn,
-            dead_letter_arn=settings.schedule_dead_letter_arn,
+            target_arn=settings.required("schedule_target_arn"),
+            role_arn=settings.required("scheduler_role_arn"),
+            dead_letter_arn=settings.required("schedule_dead_letter_arn"),
         )
 
 

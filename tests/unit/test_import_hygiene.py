@@ -60,6 +60,7 @@ def _loaded_after_first_use(handler: str, attributes: tuple[str, ...], model_bac
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_SERVICE_NAME": "sandcastle",
         "POWERTOOLS_TRACE_DISABLED": "true",
+        "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:probe",
         **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},  # this checkout's code
     }
     completed = subprocess.run(
