@@ -3,6 +3,12 @@
 Every setting comes from an environment variable (the function's ``Environment`` in
 ``template.yaml``, or the local runtime's derived environment). Domain code receives a
 ``Settings`` object; it never reads ``os.environ`` itself.
+
+In the cloud (inside a Lambda function: ``AWS_LAMBDA_FUNCTION_NAME`` is set) the resource names every
+function gets from the template's ``Globals`` are required: a function deployed without one fails on
+its first invocation, naming the variable, instead of talking to a default table or bucket. Names
+only some functions get (``STATE_MACHINE_ARN``, the scheduler's ARNs, ``TENANT_FILES_ROLE_ARN``) are
+required where the adapter that uses them is built (``Settings.required``).
 """
 
 from __future__ import annotations
@@ -11,14 +17,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sandcastle.errors import SettingMissing
+
+#: Resource names every function gets (template.yaml ``Globals``), required in the cloud.
+CLOUD_REQUIRED = ("table_name", "artifacts_bucket", "inbox_bucket")
 
 
 class Settings(BaseSettings):
     """Sandcastle's settings, read from the environment (names are the upper-cased field names)."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        extra="ignore", frozen=True, env_ignore_empty=True, use_attribute_docstrings=True, hide_input_in_errors=True
+    )
 
     # --- AWS resources (names/ARNs, injected by template.yaml) ---
     table_name: str = "sandcastle-runs"
@@ -28,6 +41,9 @@ class Settings(BaseSettings):
     state_machine_arn: str = ""
     """The agent-run state machine; needed only where runs are submitted."""
     aws_region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    """The AWS region (set by Lambda; the local runtime's is ``us-east-1``)."""
+    aws_lambda_function_name: str | None = Field(default=None, validation_alias="AWS_LAMBDA_FUNCTION_NAME")
+    """Set by Lambda itself: running in the cloud, where the resource names are required (``CLOUD_REQUIRED``)."""
 
     # --- sandbox ---
     sandbox_backend: Literal["local", "e2b"] = "e2b"
@@ -49,9 +65,11 @@ class Settings(BaseSettings):
     sandbox_mount_root: Path = Path("/run/sandcastle")
     """Local backend, when run as root: where each sandbox's workspace filesystem is mounted."""
     e2b_api_key: SecretStr | None = None
+    """The E2B API key itself (local use); in the cloud it comes from ``e2b_api_key_secret_arn``."""
     e2b_api_key_secret_arn: str | None = None
     """Cloud: the Secrets Manager secret holding the E2B API key."""
     e2b_template: str = "base"
+    """The E2B sandbox template each run's sandbox is created from (a run may ask for another)."""
     sandbox_timeout_margin_s: int = 120
     """Seconds a sandbox outlives its run's deadline, so cleanup can still reach it."""
     sandbox_internet: bool = True
@@ -60,34 +78,46 @@ class Settings(BaseSettings):
 
     # --- model ---
     openai_api_key: SecretStr | None = None
+    """The model API key itself (local use); in the cloud it comes from ``openai_api_key_secret_arn``."""
     openai_api_key_secret_arn: str | None = None
     """Cloud: the Secrets Manager secret holding the model API key."""
     openai_base_url: str | None = None
     """Any OpenAI-compatible endpoint; unset means api.openai.com when a key is set."""
     default_model: str = "gpt-4.1-mini"
+    """The model a run uses when its request names none."""
     model_timeout_s: float = 120.0
     """Upper bound for one model request; the Lambda's remaining time lowers it further."""
     model_max_retries: int = 2
     """The openai SDK's own retries (429, 5xx, connection errors) before the state machine's."""
     model_max_tokens: int = 4096
+    """The most tokens one model reply may have."""
 
     tool_concurrency: int = Field(default=4, ge=1, le=40)
     """How many of one turn's tool calls run at once (the RunTools map's MaxConcurrency)."""
 
     # --- budgets: defaults and hard ceilings ---
     default_max_steps: int = 20
+    """Model turns a run may take when its request sets no ``budgets.max_steps``."""
     max_steps_ceiling: int = 200
+    """The most ``budgets.max_steps`` a run may ask for (more is refused)."""
     default_max_tool_calls: int = 100
+    """Tool calls a run may make when its request sets no ``budgets.max_tool_calls``."""
     max_tool_calls_ceiling: int = 1000
+    """The most ``budgets.max_tool_calls`` a run may ask for (more is refused)."""
     default_timeout_s: int = 900
+    """Seconds a run may last when its request sets no ``budgets.timeout_s``."""
     timeout_s_ceiling: int = 3600
+    """The most ``budgets.timeout_s`` a run may ask for (more is refused)."""
     default_command_timeout_s: int = 60
+    """Seconds a ``run_command`` call may last when the model gives no ``timeout_s``."""
     command_timeout_ceiling_s: int = 600
+    """The most seconds one ``run_command`` call may last, whatever the model asks for."""
 
     # --- transcript ---
     output_limit_bytes: int = 16_384
     """stdout/stderr kept per event (head and tail); the rest is marked truncated."""
     max_input_file_bytes: int = 10 * 1024 * 1024
+    """The largest input file a run may be given."""
     redact_values: list[SecretStr] = Field(default_factory=list)
     """Further secret values (JSON list) replaced in everything a run records, besides the model and E2B keys."""
 
@@ -101,10 +131,13 @@ class Settings(BaseSettings):
     max_artifacts: int = 200
     """Files copied from ``~/output/`` at most; the rest are listed as skipped."""
     max_artifact_bytes: int = 50 * 1024 * 1024
+    """The largest ``~/output/`` file kept; larger ones are listed as skipped."""
     max_artifacts_total_bytes: int = 200 * 1024 * 1024
+    """The most bytes of ``~/output/`` files kept per run; the rest are listed as skipped."""
     event_bus_name: str = "default"
     """Where the ``Run Finished`` event goes."""
     run_ttl_days: int = 30
+    """Days a run and its transcript are kept (the table's TTL attribute ``expires_at``)."""
 
     # --- HTTP API ---
     max_active_runs_per_tenant: int = Field(default=10, ge=1)
@@ -145,6 +178,24 @@ class Settings(BaseSettings):
     """Where the ``e2b`` backend sends E2B API calls instead of E2B's cloud (the local sandbox server)."""
     e2b_sandbox_url: str | None = None
     """Where the ``e2b`` backend sends envd (command and file) calls; the local sandbox server's URL too."""
+
+    @model_validator(mode="after")
+    def _resource_names_given_in_the_cloud(self) -> Settings:
+        if self.aws_lambda_function_name:
+            missing = [name.upper() for name in CLOUD_REQUIRED if name not in self.model_fields_set]
+            if missing:
+                raise ValueError(
+                    f"{', '.join(missing)} must be set in function {self.aws_lambda_function_name}'s environment "
+                    "(template.yaml Globals); a deployed function never falls back to a default resource name"
+                )
+        return self
+
+    def required(self, name: str) -> str:
+        """The value of the setting ``name``, or ``SettingMissing`` naming its variable when it is empty."""
+        value = getattr(self, name)
+        if not value:
+            raise SettingMissing(f"{name.upper()} is not set: this function's environment needs it for what it does")
+        return str(value)
 
     @property
     def sandbox_internet_available(self) -> bool:

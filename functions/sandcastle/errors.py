@@ -28,6 +28,22 @@ class SandboxUnavailable(RetryableError):
     """The sandbox service is rate limiting or busy; try again later."""
 
 
+class ExecutionsUnavailable(RetryableError):
+    """Step Functions is throttling or failing (after botocore's own retries); try again later."""
+
+
+class ExecutionError(SandcastleError):
+    """Step Functions refused a call in a way retrying will not fix (no such state machine, access denied)."""
+
+
+class ExecutionNotFound(SandcastleError):
+    """The run has no execution (it never started, or its history expired)."""
+
+
+class SettingMissing(SandcastleError):
+    """A setting this function needs is not in its environment (a deployment error, not the caller's)."""
+
+
 class InvalidRunRequest(SandcastleError):
     """A run request failed validation. ``field`` names what was wrong."""
 

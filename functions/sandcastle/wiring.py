@@ -8,7 +8,7 @@ openai or e2b, ``run_tool`` never imports openai, ``agent_step`` never imports e
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import SecretStr
 
@@ -18,17 +18,22 @@ from sandcastle.store.dynamo import RunStore
 from sandcastle.store.objects import ObjectStore
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
     from sandcastle.agent.base import Model
     from sandcastle.runs.models import Run
     from sandcastle.sandbox.base import SandboxProvider
     from sandcastle.store.downloads import DownloadLinks
+    from sandcastle.store.event_bus import EventBus
+    from sandcastle.store.executions import Executions
     from sandcastle.store.schedules import EventBridgeSchedules, ScheduleStore
     from sandcastle.store.tasks import TaskStore
     from sandcastle.store.tenant_files import TenantFiles
 
 
 class Dependencies:
-    """Store, object store, sandbox provider, model and Step Functions client for the domain."""
+    """Everything the domain talks to, each a constructor parameter; what is not given is built from the
+    settings on first use (the real adapter), so tests pass fakes and a handler builds only what it uses."""
 
     def __init__(
         self,
@@ -38,22 +43,29 @@ class Dependencies:
         objects: ObjectStore | None = None,
         sandboxes: SandboxProvider | None = None,
         model: Model | None = None,
-        stepfunctions: Any | None = None,
+        executions: Executions | None = None,
         redactor: Redactor | None = None,
-        events: Any | None = None,
+        events: EventBus | None = None,
+        tenant_files: TenantFiles | None = None,
     ) -> None:
         self.settings = settings
-        for name, value in (
-            ("store", store),
-            ("objects", objects),
-            ("sandboxes", sandboxes),
-            ("_model", model),
-            ("stepfunctions", stepfunctions),
-            ("redactor", redactor),
-            ("events", events),
-        ):
-            if value is not None:
-                self.__dict__[name] = value
+        # A cached_property is not a data descriptor: an instance attribute set here takes its place.
+        if store is not None:
+            self.store = store
+        if objects is not None:
+            self.objects = objects
+        if sandboxes is not None:
+            self.sandboxes = sandboxes
+        if model is not None:
+            self._model = model
+        if executions is not None:
+            self.executions = executions
+        if redactor is not None:
+            self.redactor = redactor
+        if events is not None:
+            self.events = events
+        if tenant_files is not None:
+            self.tenant_files = tenant_files
 
     @cached_property
     def store(self) -> RunStore:
@@ -80,16 +92,26 @@ class Dependencies:
         return provider
 
     @cached_property
-    def events(self) -> Any:
+    def events(self) -> EventBus:
+        """The EventBridge client ``Run Finished`` events are put with."""
         import boto3
 
-        return boto3.client("events")
+        client: EventBus = boto3.client("events")
+        return client
 
     @cached_property
-    def stepfunctions(self) -> Any:
-        import boto3
+    def executions(self) -> Executions:
+        """The agent-run state machine's executions, one per run."""
+        from sandcastle.store.executions import StepFunctionsExecutions
 
-        return boto3.client("stepfunctions")
+        return StepFunctionsExecutions(self.settings.required("state_machine_arn"))
+
+    @cached_property
+    def idempotency_layer(self) -> DynamoDBPersistenceLayer:
+        """Powertools' persistence of ``Idempotency-Key`` records (built once: it keeps its boto3 client)."""
+        from sandcastle.store.idempotency import idempotency_layer
+
+        return idempotency_layer(self.settings.table_name)
 
     @cached_property
     def _model(self) -> Model:
@@ -116,7 +138,9 @@ class Dependencies:
         from sandcastle.store.tenant_files import TenantFiles
 
         settings = self.settings
-        return TenantFiles(settings.artifacts_bucket, settings.tenant_files_role_arn, region=settings.aws_region)
+        return TenantFiles(
+            settings.artifacts_bucket, settings.required("tenant_files_role_arn"), region=settings.aws_region
+        )
 
     @cached_property
     def upload_links(self) -> UploadLinks:
@@ -165,9 +189,9 @@ class Dependencies:
         settings = self.settings
         return EventBridgeSchedules(
             group=settings.schedule_group_name,
-            target_arn=settings.schedule_target_arn,
-            role_arn=settings.scheduler_role_arn,
-            dead_letter_arn=settings.schedule_dead_letter_arn,
+            target_arn=settings.required("schedule_target_arn"),
+            role_arn=settings.required("scheduler_role_arn"),
+            dead_letter_arn=settings.required("schedule_dead_letter_arn"),
         )
 
 

@@ -31,7 +31,7 @@ WATCHED = ("openai", "e2b", "moto", "boto3", "pydantic", "aws_lambda_powertools"
 #: What each handler reaches on first use: the ``Dependencies`` attributes it touches (boto3
 #: clients) and the modules it imports lazily in the cloud (the e2b backend, the openai model).
 FIRST_USE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "submit_run": (("store", "objects", "stepfunctions"), ()),
+    "submit_run": (("store", "objects", "executions"), ()),
     "prepare_run": (("store", "objects"), ("sandcastle.sandbox.e2b_sandbox", "e2b")),
     "agent_step": (("store",), ("sandcastle.agent.openai_model",)),
     "run_tool": (("store",), ("sandcastle.sandbox.e2b_sandbox", "e2b")),

@@ -255,7 +255,7 @@ def _wait_for_execution(runtime: LocalRuntime, run_id: str, poll_s: float = 0.05
 
 
 def _history(runtime: LocalRuntime, execution_arn: str) -> list[dict[str, Any]]:
-    client = runtime.deps.stepfunctions
+    client = runtime.deps.executions.client
     events: list[dict[str, Any]] = []
     arguments: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
     while True:

@@ -201,7 +201,7 @@ def test_an_execution_stopped_behind_the_apis_back_still_ends_its_run(
     _wait_for(lambda: http("GET", f"/runs/{run_id}")[2]["sandbox_id"] is not None)
 
     # someone stops the execution directly (console, CLI): only the rule can clean up
-    runtime.deps.stepfunctions.stop_execution(executionArn=runtime.execution(run_id)["executionArn"])
+    runtime.deps.executions.client.stop_execution(executionArn=runtime.execution(run_id)["executionArn"])
 
     _wait_for(lambda: http("GET", f"/runs/{run_id}")[2]["status"] in TERMINAL)
     run = http("GET", f"/runs/{run_id}")[2]

@@ -15,9 +15,10 @@ import pytest
 
 from sandcastle.local.permissions import Policy
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.cancel import cancel_run, end_stopped_execution, execution_arn
+from sandcastle.runs.cancel import cancel_run, end_stopped_execution
 from sandcastle.runs.models import ExecutionStatusChange, PlaybookCall, RunRequest, RunStatus
 from sandcastle.runs.reaper import reap, run_deadline
+from sandcastle.store.executions import execution_arn
 
 pytestmark = pytest.mark.bwrap
 

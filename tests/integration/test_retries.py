@@ -18,10 +18,10 @@ pytestmark = pytest.mark.bwrap
 
 
 class _NoExecution:
-    """A Step Functions client that starts nothing: this test drives the handlers itself."""
+    """Executions that start nothing: this test drives the handlers itself."""
 
-    def start_execution(self, **_: object) -> dict:
-        return {}
+    def start(self, run_id: str) -> None:
+        return None
 
 
 def _snapshot(runtime: LocalRuntime, run_id: str) -> list[tuple[str, str, dict]]:
@@ -31,7 +31,7 @@ def _snapshot(runtime: LocalRuntime, run_id: str) -> list[tuple[str, str, dict]]
 def test_every_handler_invoked_twice_writes_once(
     runtime: LocalRuntime, fake_openai: FakeOpenAIServer, sandbox_root: Path
 ) -> None:
-    deps = Dependencies(runtime.deps.settings, stepfunctions=_NoExecution())
+    deps = Dependencies(runtime.deps.settings, executions=_NoExecution())
     run_id = submit_run(RunRequest(instructions="Create hello.txt"), deps).run_id
     fake_openai.reply_tool_calls([("run_command", {"command": "echo hello >> hello.txt && cat hello.txt"})])
     fake_openai.reply_text("hello.txt says hello.")

@@ -113,7 +113,7 @@ def test_a_rate_limited_model_is_retried_by_the_state_machine(
 
     assert run.status is RunStatus.SUCCEEDED and run.result == "Done after waiting."
     assert len(fake_openai.requests) == 2 and run.usage.steps == 1
-    history = runtime.deps.stepfunctions.get_execution_history(
+    history = runtime.deps.executions.client.get_execution_history(
         executionArn=runtime.execution(run.run_id)["executionArn"]
     )["events"]
     failures = [e for e in history if e["type"] == "TaskFailed"]
@@ -189,7 +189,7 @@ def test_the_state_payload_carries_ids_not_transcript(runtime: LocalRuntime, fak
     run = _run(runtime)
 
     assert run.status is RunStatus.SUCCEEDED
-    history = runtime.deps.stepfunctions.get_execution_history(
+    history = runtime.deps.executions.client.get_execution_history(
         executionArn=runtime.execution(run.run_id)["executionArn"], maxResults=1000
     )["events"]
     payloads = [json.dumps(details) for e in history for key, details in e.items() if key.endswith("EventDetails")]

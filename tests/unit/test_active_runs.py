@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sandcastle.errors import ExecutionError
 from sandcastle.runs.admission import TooManyActiveRuns, admit_run
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
@@ -90,8 +91,8 @@ def test_a_run_whose_execution_cannot_start_frees_its_slot(deps: Dependencies, m
     def refuse(**kwargs: object) -> None:
         raise ClientError({"Error": {"Code": "StateMachineDoesNotExist", "Message": "gone"}}, "StartExecution")
 
-    monkeypatch.setattr(deps.stepfunctions, "start_execution", refuse)
-    with pytest.raises(ClientError):
+    monkeypatch.setattr(deps.executions.client, "start_execution", refuse)
+    with pytest.raises(ExecutionError, match="StateMachineDoesNotExist"):
         submit_run(RunRequest(instructions="x", playbook=PLAYBOOK, tenant="acme"), deps)
 
     assert deps.store.active_runs("acme") == 0

@@ -456,7 +456,7 @@ def test_cancel_ends_the_run_kills_its_sandbox_and_is_idempotent(
     assert sandbox.sandbox_id not in sandboxes.live
     events = deps.store.list_events(run_id)
     assert events[-1].kind is EventKind.END and events[-1].data["status"] == "CANCELLED"
-    execution = deps.stepfunctions.describe_execution(
+    execution = deps.executions.client.describe_execution(
         executionArn=deps.settings.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
     )
     assert execution["status"] == "ABORTED"

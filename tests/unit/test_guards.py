@@ -58,7 +58,7 @@ def _table_items(deps: Dependencies) -> list[dict]:
 
 
 def _executions(deps: Dependencies) -> list[dict]:
-    return deps.stepfunctions.list_executions(stateMachineArn=deps.settings.state_machine_arn)["executions"]
+    return deps.executions.client.list_executions(stateMachineArn=deps.settings.state_machine_arn)["executions"]
 
 
 def _prepared(deps: Dependencies, **fields) -> str:

@@ -42,7 +42,7 @@ print(json.dumps(sorted(name for name in {watched!r} if name in sys.modules)))
 
 # handler -> (what its first call builds, the model backend it asks for, the SDKs it must not load)
 CASES = {
-    "submit_run": (("store", "objects", "stepfunctions"), None, {"openai", "e2b", "moto"}),
+    "submit_run": (("store", "objects", "executions"), None, {"openai", "e2b", "moto"}),
     "prepare_run": (("store", "objects", "sandboxes"), None, {"openai", "moto"}),
     "agent_step": (("store",), "openai", {"e2b", "moto"}),
     "agent_step, playbook run": (("store",), "playbook", {"openai", "e2b", "moto"}),
@@ -60,6 +60,8 @@ def _loaded_after_first_use(handler: str, attributes: tuple[str, ...], model_bac
         "AWS_DEFAULT_REGION": "us-east-1",
         "POWERTOOLS_SERVICE_NAME": "sandcastle",
         "POWERTOOLS_TRACE_DISABLED": "true",
+        "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:probe",
+        **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},  # this checkout's code
     }
     completed = subprocess.run(
         [sys.executable, "-c", script], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120

@@ -26,7 +26,7 @@ def _submit(deps: Dependencies, **fields) -> str:
 
 
 def _executions(deps: Dependencies) -> list[dict]:
-    return deps.stepfunctions.list_executions(stateMachineArn=deps.settings.state_machine_arn)["executions"]
+    return deps.executions.client.list_executions(stateMachineArn=deps.settings.state_machine_arn)["executions"]
 
 
 def _table_items(deps: Dependencies) -> list[dict]:

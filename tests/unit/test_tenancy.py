@@ -103,7 +103,7 @@ def test_tenant_b_naming_another_tenants_key_is_refused(deps: Dependencies, key:
         submit_run(_request("beta", [{"name": "secret.txt", "s3_key": key}]), deps)
 
     assert caught.value.field == "files[0].s3_key" and "uploads/beta/" in str(caught.value)
-    assert deps.stepfunctions.list_executions(stateMachineArn=deps.settings.state_machine_arn)["executions"] == []
+    assert deps.executions.client.list_executions(stateMachineArn=deps.settings.state_machine_arn)["executions"] == []
 
 
 def test_an_own_upload_is_copied_into_the_run_with_its_name_exact(deps: Dependencies) -> None:

@@ -276,11 +276,8 @@ class LocalRuntime:
         return self.deps.store.list_events(run_id, after=after)
 
     def execution(self, run_id: str) -> dict[str, Any]:
-        """The Step Functions execution of a run (named by its run id)."""
-        arn = (
-            f"arn:aws:states:{self.region}:{ACCOUNT_ID}:execution:{self.template.physical_name(STATE_MACHINE)}:{run_id}"
-        )
-        return self.deps.stepfunctions.describe_execution(executionArn=arn)
+        """The Step Functions execution of a run (named by its run id); ``ExecutionNotFound`` when it has none."""
+        return self.deps.executions.describe(run_id)
 
     def follow(self, run_id: str, *, timeout_s: float = 600, poll_s: float = 0.05) -> Iterator[Event]:
         """Yield the run's events as they land, until it ends (or its execution stops without ending it)."""

@@ -89,8 +89,6 @@ def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_conte
         IdempotencyValidationError,
     )
 
-    from sandcastle.store.idempotency import idempotency_layer
-
     replayed = False
 
     def mark_replayed(response: Any, record: Any) -> Any:
@@ -113,7 +111,7 @@ def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_conte
 
     once = idempotent_function(
         data_keyword_argument="submission",
-        persistence_store=_layer(deps, idempotency_layer),
+        persistence_store=deps.idempotency_layer,
         config=config,
         key_prefix="submit_run",
     )(submit)
@@ -134,14 +132,6 @@ def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_conte
                 ) from None
             time.sleep(_IN_PROGRESS_POLL_S)
     return Admission(run=Run.model_validate(stored), replayed=replayed)
-
-
-def _layer(deps: Dependencies, build: Any) -> Any:
-    """One persistence layer per dependencies bundle (it keeps its boto3 client)."""
-    layer = deps.__dict__.get("_idempotency_layer")
-    if layer is None:
-        layer = deps.__dict__["_idempotency_layer"] = build(deps.settings.table_name)
-    return layer
 
 
 def _check_inline_sizes(request: RunRequest, deps: Dependencies) -> None:

@@ -12,9 +12,9 @@ the same ending, done again harmlessly.
 from __future__ import annotations
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
-from sandcastle.errors import RunNotFound, SandboxGone
+from sandcastle.errors import RunNotFound
+from sandcastle.runs.cleanup import kill_sandbox
 from sandcastle.runs.lifecycle import end_run
 from sandcastle.runs.models import ExecutionStatusChange, Run, RunError, RunStatus, utcnow
 from sandcastle.runs.queries import get_tenant_run
@@ -26,11 +26,6 @@ logger = Logger(child=True)
 _STATUS_AFTER = {"TIMED_OUT": RunStatus.TIMED_OUT, "FAILED": RunStatus.FAILED, "ABORTED": RunStatus.FAILED}
 
 
-def execution_arn(state_machine_arn: str, run_id: str) -> str:
-    """The ARN of the run's execution (executions are named by run id)."""
-    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{run_id}"
-
-
 def cancel_run(run_id: str, tenant: str, deps: Dependencies, *, by: str) -> Run:
     """Cancel the tenant's run; a run that already ended is returned as it is.
 
@@ -40,7 +35,8 @@ def cancel_run(run_id: str, tenant: str, deps: Dependencies, *, by: str) -> Run:
     if run.status.terminal:
         return run
     deps.store.mark_cancel_requested(run_id, by=by, at=utcnow())
-    _stop_execution(run_id, deps, cause=f"cancelled by {by}")
+    if not deps.executions.stop(run_id, error="Cancelled", cause=f"cancelled by {by}"):
+        logger.info("execution not running; nothing to stop", extra={"run_id": run_id})
     ended = _end_and_kill(run, deps, status=RunStatus.CANCELLED)
     logger.info("run cancelled", extra={"run_id": run_id, "status": ended.status.value, "by": by})
     return ended
@@ -75,25 +71,5 @@ def _end_and_kill(run: Run, deps: Dependencies, *, status: RunStatus, error: Run
     In this order a tool call cut short by the kill finds the run ended and records nothing.
     """
     ended = run if run.status.terminal else end_run(run, deps, status=status, error=error)
-    sandbox_id = deps.store.get_run(run.run_id).sandbox_id
-    if sandbox_id:
-        try:
-            deps.sandboxes.kill(sandbox_id)
-        except SandboxGone:
-            pass
-        except Exception:
-            logger.exception("could not kill the sandbox; the reaper will", extra={"sandbox_id": sandbox_id})
+    kill_sandbox(deps.store.get_run(run.run_id).sandbox_id, deps)
     return ended
-
-
-def _stop_execution(run_id: str, deps: Dependencies, *, cause: str) -> None:
-    """Stop the run's execution; one that already ended (or never started) is fine."""
-    try:
-        deps.stepfunctions.stop_execution(
-            executionArn=execution_arn(deps.settings.state_machine_arn, run_id), error="Cancelled", cause=cause
-        )
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code")
-        if code not in ("ExecutionDoesNotExist", "ExecutionNotRunning", "InvalidArn"):
-            raise
-        logger.info("execution not running; nothing to stop", extra={"run_id": run_id, "code": code})

@@ -11,9 +11,10 @@ from datetime import timedelta
 
 from aws_lambda_powertools import Logger
 
-from sandcastle.errors import SandboxGone, SandcastleError
+from sandcastle.errors import SandcastleError
 from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
 from sandcastle.runs.artifacts import export_artifacts
+from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.models import (
     STOP_STATUS,
     Artifact,
@@ -92,7 +93,7 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
     """End the run in the status its stop reason implies, with its answer and artifacts; kill its sandbox."""
     run = deps.store.get_run(state.run_id)
     if run.status.terminal:
-        _kill_sandbox(run, deps)
+        kill_sandbox(run.sandbox_id, deps)
         announce_run_end(run, deps)
         return {"run_id": run.run_id, "status": run.status.value}
 
@@ -100,7 +101,7 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
     status = STOP_STATUS[reason]
     answer = last_answer(deps.store.list_events(run.run_id))
     artifacts = export_artifacts(run, deps)
-    _kill_sandbox(run, deps)
+    kill_sandbox(run.sandbox_id, deps)
     end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts)
     logger.info("run finished", extra={"status": status.value, "stop_reason": reason.value})
     return {"run_id": run.run_id, "status": status.value}
@@ -114,16 +115,12 @@ def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
     """
     run = deps.store.get_run(failure.run_id)
     if run.status.terminal:
-        _kill_sandbox(run, deps)
+        kill_sandbox(run.sandbox_id, deps)
         announce_run_end(run, deps)
         return {"run_id": run.run_id, "status": run.status.value}
 
-    try:
-        artifacts = export_artifacts(run, deps)
-    except Exception:
-        logger.exception("could not keep the failed run's artifacts")
-        artifacts = []
-    _kill_sandbox(run, deps)
+    artifacts = keep_artifacts(run, deps).artifacts
+    kill_sandbox(run.sandbox_id, deps)
     error = describe_error(failure)
     error.message = deps.redactor.text(error.message)
     status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
@@ -252,18 +249,6 @@ def _claim_sandbox(run: Run, deps: Dependencies) -> Sandbox:
         deps.sandboxes.kill(sandbox.sandbox_id)
         return deps.sandboxes.connect(winner)
     return sandbox
-
-
-def _kill_sandbox(run: Run, deps: Dependencies) -> None:
-    """Kill the run's sandbox; a failure is logged, never allowed to keep the run from ending."""
-    if not run.sandbox_id:
-        return
-    try:
-        deps.sandboxes.kill(run.sandbox_id)
-    except SandboxGone:
-        pass
-    except Exception:
-        logger.exception("could not kill the sandbox; the reaper will", extra={"sandbox_id": run.sandbox_id})
 
 
 def _user_message(run: Run) -> str:

@@ -19,10 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
-from sandcastle.errors import RunNotFound, SandboxError, SandboxGone
-from sandcastle.runs.artifacts import export_artifacts
+from sandcastle.errors import RunNotFound, SandboxError, SandcastleError
+from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.lifecycle import end_run
 from sandcastle.runs.models import Run, RunError, RunStatus, StopReason, utcnow
 from sandcastle.sandbox.listing import SandboxInfo, SandboxLister
@@ -100,11 +99,7 @@ def _reap_one(info: SandboxInfo, deps: Dependencies, now: datetime, report: Reap
 
 
 def _kill(info: SandboxInfo, reason: str, deps: Dependencies, report: ReapReport) -> None:
-    try:
-        killed = deps.sandboxes.kill(info.sandbox_id)
-    except SandboxGone:
-        killed = False
-    if killed:
+    if kill_sandbox(info.sandbox_id, deps, reraise=True):
         report.killed += 1
         report.actions.append(
             {"action": "killed", "sandbox_id": info.sandbox_id, "run_id": info.run_id, "reason": reason}
@@ -118,19 +113,15 @@ def _time_out(run: Run, deadline: datetime, deps: Dependencies, report: ReapRepo
         message=f"the run was still {run.status.value} at its deadline {deadline.isoformat()} "
         f"(timeout_s {run.budgets.timeout_s}); the reaper ended it",
     )
-    try:  # what the run left in ~/output is kept, as when a run ends on its own
-        artifacts = export_artifacts(run, deps)
-    except Exception as failure:
+    kept = keep_artifacts(run, deps)  # what the run left in ~/output is kept, as when a run ends on its own
+    if kept.failure:
         # The run still ends (every run reaches a terminal status), but the loss is not silent: the
         # run's error says so, the pass counts an error (the ReaperErrors metric, its alarm) and names it.
-        logger.exception("could not keep the overdue run's artifacts", extra={"run_id": run.run_id})
-        artifacts = []
-        reason = f"{type(failure).__name__}: {deps.redactor.text(str(failure))}"
-        error.message += f"; its output files could not be kept ({reason})"
+        error.message += f"; its output files could not be kept ({kept.failure})"
         report.errors += 1
-        report.actions.append({"action": "artifacts_not_kept", "run_id": run.run_id, "error": reason})
+        report.actions.append({"action": "artifacts_not_kept", "run_id": run.run_id, "error": kept.failure})
     ended = end_run(
-        run, deps, status=RunStatus.TIMED_OUT, stop_reason=StopReason.TIMEOUT, error=error, artifacts=artifacts
+        run, deps, status=RunStatus.TIMED_OUT, stop_reason=StopReason.TIMEOUT, error=error, artifacts=kept.artifacts
     )
     _stop_execution(run.run_id, deps)
     if ended.status is RunStatus.TIMED_OUT:
@@ -140,9 +131,9 @@ def _time_out(run: Run, deadline: datetime, deps: Dependencies, report: ReapRepo
 
 
 def _stop_execution(run_id: str, deps: Dependencies) -> None:
-    """Stop the run's execution (named by its run id); one already stopped or never started is fine."""
-    arn = deps.settings.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
+    """Stop the run's execution; one already stopped or never started is fine, a failure is logged
+    (the run has ended: its execution's next step finds it so and stops)."""
     try:
-        deps.stepfunctions.stop_execution(executionArn=arn, error="DeadlineExceeded", cause="the reaper ended the run")
-    except ClientError as error:
-        logger.info("execution not stopped", extra={"run_id": run_id, "error": str(error)})
+        deps.executions.stop(run_id, error="DeadlineExceeded", cause="the reaper ended the run")
+    except SandcastleError as error:
+        logger.warning("execution not stopped", extra={"run_id": run_id, "error": str(error)})

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 
-from botocore.exceptions import ClientError
-
-from sandcastle.errors import InvalidRunRequest
+from sandcastle.errors import ExecutionError, ExecutionsUnavailable, InvalidRunRequest
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.input_files import check_tenant_key
 from sandcastle.runs.models import Run, RunError, RunOrigin, RunRequest, RunStatus, StoredInputFile, utcnow
@@ -157,15 +154,10 @@ def _check_files(request: RunRequest, run_id: str, deps: Dependencies) -> dict[s
 
 
 def _start_execution(run: Run, deps: Dependencies) -> None:
+    """Start the run's execution (a repeated start is a no-op); a run that cannot start ends FAILED."""
     try:
-        deps.stepfunctions.start_execution(
-            stateMachineArn=deps.settings.state_machine_arn,
-            name=run.run_id,
-            input=json.dumps({"run_id": run.run_id}),
-        )
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") == "ExecutionAlreadyExists":
-            return
+        deps.executions.start(run.run_id)
+    except (ExecutionError, ExecutionsUnavailable) as error:
         deps.store.update_run(
             run.run_id,
             RunUpdate(
