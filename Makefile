@@ -32,9 +32,11 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
+## lint: ruff over everything; mypy --strict over the transcript and the run's models
 lint: setup
 	$(BIN)/ruff check functions tests
 	$(BIN)/ruff format --check functions tests
+	$(BIN)/mypy --strict --follow-imports=silent functions/sandcastle/runs/transcript.py functions/sandcastle/runs/models.py
 
 ## bench: figures, not pass/fail
 bench: setup

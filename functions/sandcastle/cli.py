@@ -20,7 +20,19 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest
-from sandcastle.runs.models import Event, EventKind, Run, RunRequest, RunStatus
+from sandcastle.runs.models import Run, RunOutcome, RunRequest, RunStatus
+from sandcastle.runs.transcript import (
+    AssistantEvent,
+    EndEvent,
+    ErrorEvent,
+    Event,
+    EventKind,
+    SystemEvent,
+    ToolResultData,
+    ToolResultEvent,
+    UserEvent,
+    parse_event,
+)
 from sandcastle.validation import describe_issues
 
 
@@ -165,7 +177,6 @@ class EventPrinter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self._calls: dict[str, dict[str, Any]] = {}
 
     def header(self, run: Run) -> None:
         model = run.model or run.model_backend
@@ -175,60 +186,59 @@ class EventPrinter:
         )
 
     def event(self, event: Event) -> None:
-        data = event.data
-        if event.kind is EventKind.SYSTEM:
-            self._line(f"sandbox ready · tools: {', '.join(data.get('tools', []))}")
-        elif event.kind is EventKind.USER:
-            self._line(f"▶ {data['text']}")
-        elif event.kind is EventKind.ASSISTANT:
-            if data.get("text") and data.get("tool_calls"):  # a final answer is shown once, at the end
-                self._line(f"[step {event.step}] 🤖 {data['text']}")
-            for call in data.get("tool_calls", []):
-                self._calls[call["id"]] = call
-                self._line(f"[step {event.step}] → {call['name']} {_brief_arguments(call['arguments'])}")
-        elif event.kind is EventKind.TOOL_RESULT:
-            self._result(event)
-        elif event.kind is EventKind.ERROR:
-            self._line(f"✗ {data.get('type')}: {data.get('message')}")
-        elif event.kind is EventKind.END:
-            self._end(data)
+        if isinstance(event, SystemEvent):
+            self._line(f"sandbox ready · tools: {', '.join(event.data.tools)}")
+        elif isinstance(event, UserEvent):
+            self._line(f"▶ {event.data.text}")
+        elif isinstance(event, AssistantEvent):
+            reply = event.data
+            if reply.text and reply.tool_calls:  # a final answer is shown once, at the end
+                self._line(f"[step {event.step}] 🤖 {reply.text}")
+            for call in reply.tool_calls:
+                self._line(f"[step {event.step}] → {call.name} {_brief_arguments(call.arguments)}")
+        elif isinstance(event, ToolResultEvent):
+            self._result(event.step, event.data)
+        elif isinstance(event, ErrorEvent):
+            self._line(f"✗ {event.data.type}: {event.data.message}")
+        elif isinstance(event, EndEvent):
+            self.summary(event.data)
 
-    def _result(self, event: Event) -> None:
-        data = event.data
-        name = data.get("tool", "?")
-        if data.get("error"):
-            self._line(f"[step {event.step}]   ✗ {name}: {data['error']}")
+    def _result(self, step: int, result: ToolResultData) -> None:
+        name = result.tool or "?"
+        if result.error:
+            self._line(f"[step {step}]   ✗ {name}: {result.error}")
             return
-        output = data.get("output", {})
-        duration = data.get("duration_ms", 0)
+        output = result.output or {}
+        exit_code = result.exit_code()
         if "exit_code" in output:
-            status = "timed out" if output.get("timed_out") else f"exit {output['exit_code']}"
-            mark = "✓" if output.get("exit_code") == 0 else "✗"
-            self._line(f"[step {event.step}]   {mark} {name}: {status} in {duration} ms")
+            status = "timed out" if output.get("timed_out") else f"exit {exit_code}"
+            mark = "✓" if exit_code == 0 else "✗"
+            self._line(f"[step {step}]   {mark} {name}: {status} in {result.duration_ms} ms")
             for stream in ("stdout", "stderr"):
-                text = (output.get(stream) or {}).get("text", "").rstrip()
-                for line in text.splitlines()[:20]:
+                for line in result.stream_text(stream).rstrip().splitlines()[:20]:
                     self._line(f"      {line}")
         else:
             self._line(
-                f"[step {event.step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
-                f" in {duration} ms"
+                f"[step {step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
+                f" in {result.duration_ms} ms"
             )
 
-    def _end(self, data: dict[str, Any]) -> None:
-        usage = data.get("usage") or {}
+    def summary(self, outcome: RunOutcome) -> None:
+        """How the run ended: status, error, answer and usage."""
+        usage = outcome.usage
         self._line("")
-        self._line(f"status: {data['status']}" + (f" ({data['stop_reason']})" if data.get("stop_reason") else ""))
-        if data.get("error"):
-            self._line(f"error: {data['error']['type']}: {data['error']['message']}")
-        if data.get("result"):
+        self._line(
+            f"status: {outcome.status.value}" + (f" ({outcome.stop_reason.value})" if outcome.stop_reason else "")
+        )
+        if outcome.error:
+            self._line(f"error: {outcome.error.type}: {outcome.error.message}")
+        if outcome.result:
             self._line("answer:")
-            for line in data["result"].splitlines():
+            for line in outcome.result.splitlines():
                 self._line(f"  {line}")
         self._line(
-            f"usage: {usage.get('steps', 0)} steps, {usage.get('tool_calls', 0)} tool calls "
-            f"({usage.get('tool_ms', 0)} ms in tools), {usage.get('input_tokens', 0)} input + "
-            f"{usage.get('output_tokens', 0)} output tokens"
+            f"usage: {usage.steps} steps, {usage.tool_calls} tool calls ({usage.tool_ms} ms in tools), "
+            f"{usage.input_tokens} input + {usage.output_tokens} output tokens"
         )
 
     def _line(self, text: str) -> None:
@@ -439,7 +449,7 @@ def _run_over_http(client: Any, request: RunRequest, args: argparse.Namespace) -
         events = []
         with Spinner(sys.stderr) as spinner:
             for raw in client.follow(run.run_id):
-                event = Event.model_validate(raw)
+                event = parse_event(raw)
                 events.append(event)
                 spinner.pause()
                 printer.event(event)
@@ -740,7 +750,7 @@ def _follow_upload(run_id: str) -> None:
     printer.header(run)
     try:
         for raw in client.follow(run_id):
-            printer.event(Event.model_validate(raw))
+            printer.event(parse_event(raw))
     except (ApiError, OSError) as error:
         print(f"sandcastle: could not follow the run: {error}", file=sys.stderr)
 

@@ -17,6 +17,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from sandcastle.runs.models import KeptValue
+from sandcastle.runs.transcript import AssistantData
+
 #: What an event's ``data`` may take of its item (DynamoDB's limit is 400 KB, keys and attributes included).
 EVENT_DATA_BUDGET_BYTES = 300 * 1024
 
@@ -87,39 +90,39 @@ def read_saved(objects: Any, pointer: str) -> bytes:
 
 
 def data_size(data: Any) -> int:
-    """The bytes ``data`` takes in its event item (stored as JSON text)."""
+    """The bytes ``data`` (a JSON value, or an event payload model) takes in its event item (as JSON text)."""
+    if hasattr(data, "model_dump_json"):
+        return len(data.model_dump_json(exclude_none=True).encode())
     return len(json.dumps(data, ensure_ascii=False).encode())
 
 
-def fit_reply(
-    data: dict[str, Any], *, limit: int, save: Saver, budget: int = EVENT_DATA_BUDGET_BYTES
-) -> dict[str, Any]:
+def fit_reply(data: AssistantData, *, limit: int, save: Saver, budget: int = EVENT_DATA_BUDGET_BYTES) -> AssistantData:
     """An assistant event's ``data`` that fits its item: while it does not, the largest of the reply's
     text and tool-call arguments is kept by ``keep_value`` (clipped, saved whole, a pointer).
 
     A kept tool call's ``arguments`` becomes the clipped text and ``arguments_kept`` holds the rest of
-    the kept form (``bytes``, ``truncated``, ``full_output``). Raises ``ValueError`` when even every
-    value kept this way does not fit.
+    the kept form (``bytes``, ``truncated``, ``full_output``); a kept text's rest is ``text_kept``.
+    Raises ``ValueError`` when even every value kept this way does not fit.
     """
-    data = {**data, "tool_calls": [dict(call) for call in data.get("tool_calls", [])]}
+    data = data.model_copy(update={"tool_calls": [call.model_copy() for call in data.tool_calls]})
     while data_size(data) > budget:
         candidates: list[tuple[int, str, int]] = [
-            (len(call["arguments"].encode()), "arguments", index)
-            for index, call in enumerate(data["tool_calls"])
-            if not call.get("arguments_kept")
+            (len(call.arguments.encode()), "arguments", index)
+            for index, call in enumerate(data.tool_calls)
+            if not call.arguments_kept
         ]
-        if data.get("text") and not data.get("text_kept"):
-            candidates.append((len(data["text"].encode()), "text", -1))
+        if data.text and not data.text_kept:
+            candidates.append((len(data.text.encode()), "text", -1))
         if not candidates:
             raise ValueError(f"the reply takes {data_size(data)} bytes even with every value clipped")
         _, what, index = max(candidates)
         if what == "text":
-            kept = keep_value("text", data["text"].encode(), limit, save)
-            data["text"] = kept.pop("text")
-            data["text_kept"] = kept
+            kept = keep_value("text", (data.text or "").encode(), limit, save)
+            data.text = kept.pop("text")
+            data.text_kept = KeptValue.model_validate(kept)
         else:
-            call = data["tool_calls"][index]
-            kept = keep_value(f"call{index}-arguments", call["arguments"].encode(), limit, save)
-            call["arguments"] = kept.pop("text")
-            call["arguments_kept"] = kept
+            call = data.tool_calls[index]
+            kept = keep_value(f"call{index}-arguments", call.arguments.encode(), limit, save)
+            call.arguments = kept.pop("text")
+            call.arguments_kept = KeptValue.model_validate(kept)
     return data

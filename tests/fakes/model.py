@@ -6,8 +6,9 @@ import json
 from collections import deque
 from typing import Any
 
-from sandcastle.agent.base import ModelTurn, TokenUsage
-from sandcastle.runs.models import ToolCall
+from sandcastle.agent.base import ModelTurn
+from sandcastle.runs.models import ToolCall, Usage
+from sandcastle.runs.transcript import Transcript
 
 
 class FakeModel:
@@ -15,10 +16,10 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.replies: deque[ModelTurn | Exception] = deque()
-        self.calls: list[list[dict[str, Any]]] = []
+        self.calls: list[Transcript] = []
 
     def then_text(self, text: str) -> FakeModel:
-        self.replies.append(ModelTurn(text=text, usage=TokenUsage(7, 3), model="fake"))
+        self.replies.append(ModelTurn(text=text, usage=Usage(input_tokens=7, output_tokens=3), model="fake"))
         return self
 
     def then_tools(self, *calls: tuple[str, dict[str, Any] | str]) -> FakeModel:
@@ -32,7 +33,7 @@ class FakeModel:
                     )
                     for i, (name, args) in enumerate(calls)
                 ],
-                usage=TokenUsage(11, 5),
+                usage=Usage(input_tokens=11, output_tokens=5),
                 model="fake",
             )
         )
@@ -43,9 +44,9 @@ class FakeModel:
         return self
 
     def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
+        self, transcript: Transcript, tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
     ) -> ModelTurn:
-        self.calls.append(messages)
+        self.calls.append(transcript)
         reply = self.replies.popleft()
         if isinstance(reply, Exception):
             raise reply

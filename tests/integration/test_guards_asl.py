@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import EventKind, RunRequest, RunStatus
+from sandcastle.runs.models import RunRequest, RunStatus
+from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.bwrap
@@ -107,7 +108,11 @@ def test_a_turn_never_has_more_tool_calls_in_flight_than_tool_concurrency(
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert recorder.probes == 5 and run.usage.tool_calls == 5
     assert recorder.most_in_flight == TOOL_CONCURRENCY
-    results = [e.data for e in limited_runtime.events(run.run_id) if e.kind is EventKind.TOOL_RESULT]
+    results = [
+        e.data.model_dump(mode="json", exclude_none=True)
+        for e in limited_runtime.events(run.run_id)
+        if e.kind is EventKind.TOOL_RESULT
+    ]
     assert sorted(r["output"]["stdout"]["text"] for r in results) == [f"{n}\n" for n in range(5)]
 
 

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import EventKind, RunRequest, RunStatus
+from sandcastle.runs.models import RunRequest, RunStatus
+from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.bwrap
@@ -37,7 +38,11 @@ def test_a_600_kb_write_file_argument_runs_and_its_event_keeps_a_pointer(
 
     # Then the file is in the sandbox, whole
     assert run.status is RunStatus.SUCCEEDED, run.error
-    results = [e.data for e in runtime.events(run.run_id) if e.kind is EventKind.TOOL_RESULT]
+    results = [
+        e.data.model_dump(mode="json", exclude_none=True)
+        for e in runtime.events(run.run_id)
+        if e.kind is EventKind.TOOL_RESULT
+    ]
     assert "error" not in results[0], results[0]
     digest = hashlib.sha256(content.encode()).hexdigest()
     assert results[1]["output"]["stdout"]["text"] == f"{600 * 1024}\n{digest}  output/big.txt\n"
@@ -45,7 +50,7 @@ def test_a_600_kb_write_file_argument_runs_and_its_event_keeps_a_pointer(
 
     # and the assistant event keeps the head and tail of the arguments and a pointer to the whole
     assistant = next(e for e in runtime.events(run.run_id) if e.kind is EventKind.ASSISTANT)
-    (call,) = assistant.data["tool_calls"]
+    (call,) = assistant.data.model_dump(mode="json", exclude_none=True)["tool_calls"]
     kept = call["arguments_kept"]
     assert kept["truncated"] is True and kept["bytes"] == len(json.dumps(arguments).encode())
     assert len(call["arguments"].encode()) < 20_000

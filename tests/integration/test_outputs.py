@@ -10,7 +10,8 @@ import json
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import EventKind, RunRequest, RunStatus
+from sandcastle.runs.models import RunRequest, RunStatus
+from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.bwrap
@@ -24,7 +25,11 @@ def _run(runtime: LocalRuntime, **fields):
 
 
 def _results(runtime: LocalRuntime, run_id: str) -> list[dict]:
-    return [e.data for e in runtime.events(run_id) if e.kind is EventKind.TOOL_RESULT]
+    return [
+        e.data.model_dump(mode="json", exclude_none=True)
+        for e in runtime.events(run_id)
+        if e.kind is EventKind.TOOL_RESULT
+    ]
 
 
 def _s3(runtime: LocalRuntime, uri: str) -> bytes:
@@ -86,7 +91,7 @@ def test_known_secrets_never_reach_the_transcript_s3_or_the_model(
     with LocalRuntime(home=tmp_path / "home") as runtime:
         run = _run(runtime)
         stdout = _results(runtime, run.run_id)[0]["output"]["stdout"]
-        events = json.dumps([e.data for e in runtime.events(run.run_id)])
+        events = json.dumps([e.data.model_dump(mode="json") for e in runtime.events(run.run_id)])
         whole = _s3(runtime, stdout["full_output"])
 
     assert SECRET not in events and "sk-abcdefghijklmnopqrstuvwx" not in events

@@ -25,7 +25,7 @@ class _NoExecution:
 
 
 def _snapshot(runtime: LocalRuntime, run_id: str) -> list[tuple[str, str, dict]]:
-    return [(e.key, e.at.isoformat(), e.data) for e in runtime.events(run_id)]
+    return [(e.key, e.at.isoformat(), e.data.model_dump(mode="json")) for e in runtime.events(run_id)]
 
 
 def test_every_handler_invoked_twice_writes_once(
@@ -55,7 +55,7 @@ def test_every_handler_invoked_twice_writes_once(
     )
     assert result["tool_call_id"] == turn["tool_call_ids"][0]
     tool_result = runtime.events(run_id)[-1].data
-    assert tool_result["output"]["stdout"]["text"] == "hello\n"  # appended once, not twice
+    assert tool_result.stream_text("stdout") == "hello\n"  # appended once, not twice
 
     final = twice("AgentStepFunction", turn)
     assert final["next"] == "finish" and len(fake_openai.requests) == 2

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import EventKind, Run, RunRequest, RunStatus, StopReason
+from sandcastle.runs.models import Run, RunRequest, RunStatus, StopReason
+from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.bwrap
@@ -21,7 +22,11 @@ def _run(runtime: LocalRuntime, instructions: str = "Do the task.", **fields) ->
 
 
 def _results(runtime: LocalRuntime, run_id: str) -> list[dict]:
-    return [e.data for e in runtime.events(run_id) if e.kind is EventKind.TOOL_RESULT]
+    return [
+        e.data.model_dump(mode="json", exclude_none=True)
+        for e in runtime.events(run_id)
+        if e.kind is EventKind.TOOL_RESULT
+    ]
 
 
 def _tool_messages(request: dict) -> list[dict]:

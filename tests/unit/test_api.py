@@ -21,8 +21,8 @@ from sandcastle.handlers import authorizer as authorizer_handler
 from sandcastle.handlers import on_execution_end as on_execution_end_handler
 from sandcastle.local.gateway import proxy_event
 from sandcastle.local.runtime import LocalLambdaContext
-from sandcastle.runs.models import Artifact, EventKind, RunStatus, utcnow
-from sandcastle.runs.transcript import new_event
+from sandcastle.runs.models import Artifact, RunStatus, utcnow
+from sandcastle.runs.transcript import AssistantData, AssistantEvent, EventKind
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.store.keys import ApiKeyStore
 from sandcastle.wiring import Dependencies
@@ -396,7 +396,11 @@ def test_a_request_without_a_tenant_is_a_401(api: Call) -> None:
 
 
 def _add_event(deps: Dependencies, run_id: str, key: str, text: str) -> None:
-    deps.store.append_event(new_event(run_id, key, EventKind.ASSISTANT, 1, {"text": text, "tool_calls": []}))
+    deps.store.append_event(
+        AssistantEvent(
+            kind=EventKind.ASSISTANT, run_id=run_id, key=key, step=1, at=utcnow(), data=AssistantData(text=text)
+        )
+    )
 
 
 def test_events_come_in_order_and_resume_from_the_cursor(api: Call, deps: Dependencies) -> None:
@@ -455,7 +459,7 @@ def test_cancel_ends_the_run_kills_its_sandbox_and_is_idempotent(
     assert stored.cancelled_by == "key_acme" and stored.cancel_requested_at is not None
     assert sandbox.sandbox_id not in sandboxes.live
     events = deps.store.list_events(run_id)
-    assert events[-1].kind is EventKind.END and events[-1].data["status"] == "CANCELLED"
+    assert events[-1].kind is EventKind.END and events[-1].data.status == "CANCELLED"
     execution = deps.executions.client.describe_execution(
         executionArn=deps.settings.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run_id}"
     )

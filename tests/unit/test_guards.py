@@ -18,12 +18,11 @@ from datetime import datetime, timedelta
 import boto3
 import pytest
 
-from sandcastle.agent.base import ModelTurn, TokenUsage
+from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, SandcastleError
 from sandcastle.local.runtime import _serialize_emulated_dynamodb
 from sandcastle.runs.lifecycle import RunEnded, end_run, fail_run, finish_run, prepare_run
 from sandcastle.runs.models import (
-    EventKind,
     FailInput,
     PlaybookCall,
     RunRequest,
@@ -36,12 +35,14 @@ from sandcastle.runs.models import (
     TaskDefinition,
     ToolCall,
     ToolTask,
+    Usage,
     utcnow,
 )
 from sandcastle.runs.schedules import FireOutcome, create_schedule, fire_schedule, schedule_run_id
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import delete_task, put_task
 from sandcastle.runs.tool_calls import run_tool
+from sandcastle.runs.transcript import EventKind, Transcript
 from sandcastle.runs.turns import agent_step
 from sandcastle.sandbox.base import CommandResult, SandboxSpec
 from sandcastle.store.dynamo import ConditionFailed, RunUpdate
@@ -143,7 +144,7 @@ def test_a_tool_call_past_the_run_deadline_is_not_executed_and_the_run_times_out
 
     result = deps.store.list_events(run_id)[-1]
     assert result.kind is EventKind.TOOL_RESULT
-    assert result.data["error"] == "the run's deadline has passed; the call was not executed"
+    assert result.data.error == "the run's deadline has passed; the call was not executed"
     assert sandboxes.connected == []
     assert sandboxes.sandboxes["fake-1"].commands == ["mkdir -p ~/output"]
     assert "late.txt" not in sandboxes.sandboxes["fake-1"].files
@@ -183,7 +184,7 @@ def test_a_tool_call_whose_sandbox_connection_outlasts_the_deadline_is_not_execu
     run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
 
     result = deps.store.list_events(run_id)[-1]
-    assert result.data["error"] == "the run's deadline has passed; the call was not executed"
+    assert result.data.error == "the run's deadline has passed; the call was not executed"
     assert sandboxes.sandboxes["fake-1"].commands == ["mkdir -p ~/output"]
 
 
@@ -306,7 +307,7 @@ def test_a_state_timeout_caught_by_fail_run_ends_the_run_timed_out(
     assert run.status is RunStatus.TIMED_OUT
     assert run.error is not None and run.error.type == "States.Timeout" and "timed out" in run.error.message
     end = deps.store.list_events(run_id)[-1]
-    assert end.kind is EventKind.END and end.data["status"] == "TIMED_OUT"
+    assert end.kind is EventKind.END and end.data.status == "TIMED_OUT"
     assert json.loads(events.entries[-1]["Detail"])["status"] == "TIMED_OUT"
     assert sandboxes.live == []
 
@@ -330,7 +331,7 @@ class _OneReply:
         self.turn = turn
         self.calls = 0
 
-    def complete(self, messages: list, tools: list, *, model: str | None, timeout_s: float) -> ModelTurn:
+    def complete(self, transcript: Transcript, tools: list, *, model: str | None, timeout_s: float) -> ModelTurn:
         self.calls += 1
         return self.turn
 
@@ -344,7 +345,9 @@ def test_a_reply_whose_tool_call_ids_repeat_or_are_empty_is_invalid_and_nothing_
 ) -> None:
     run_id = _prepared(deps)
     calls = [ToolCall(id=call_id, name="run_command", arguments='{"command": "ls"}') for call_id in ids]
-    deps.__dict__["_model"] = _OneReply(ModelTurn(text=None, tool_calls=calls, usage=TokenUsage(11, 5)))
+    deps.__dict__["_model"] = _OneReply(
+        ModelTurn(text=None, tool_calls=calls, usage=Usage(input_tokens=11, output_tokens=5))
+    )
 
     with pytest.raises(ModelReplyInvalid, match="need distinct, non-empty ids") as caught:
         agent_step(StepState(run_id=run_id), deps, time_left_s=60)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from sandcastle.large_values import RESULT_LIMIT_BYTES, fit_reply
 from sandcastle.runs.lifecycle import finish_run, prepare_run
-from sandcastle.runs.models import EventKind, RunRequest, RunStatus, StepState
+from sandcastle.runs.models import RunRequest, RunStatus, StepState, ToolCall
 from sandcastle.runs.submit import submit_run
+from sandcastle.runs.transcript import AssistantData, EventKind
 from sandcastle.runs.turns import agent_step
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
@@ -25,7 +26,7 @@ def test_a_500_kb_answer_is_kept_in_s3_and_the_run_ends_with_its_head_and_tail(
     run = deps.store.get_run(run_id)
     assert run.status is RunStatus.SUCCEEDED
     (assistant,) = [e for e in deps.store.list_events(run_id) if e.kind is EventKind.ASSISTANT]
-    kept = assistant.data["text_kept"]
+    kept = assistant.data.text_kept.model_dump(exclude_none=True)
     assert kept["bytes"] == 500_000 and kept["truncated"] is True
     key = kept["full_output"].removeprefix(f"s3://{deps.objects.bucket}/")
     assert deps.objects.get(key) == answer.encode()
@@ -47,11 +48,11 @@ def test_a_long_answer_after_long_instructions_ends_the_run_with_its_head_and_ta
     assert run.result and run.result.startswith("C") and run.result.endswith("D")
     assert len(run.result.encode()) <= RESULT_LIMIT_BYTES + 100
     (assistant,) = [e for e in deps.store.list_events(run_id) if e.kind is EventKind.ASSISTANT]
-    assert assistant.data["text"] == answer  # the whole answer is in the transcript
+    assert assistant.data.text == answer  # the whole answer is in the transcript
 
 
 def test_a_reply_that_fits_is_kept_as_it_is() -> None:
-    data = {"text": "hi", "tool_calls": [{"id": "c1", "name": "write_file", "arguments": "{}"}], "model": "m"}
+    data = AssistantData(text="hi", tool_calls=[ToolCall(id="c1", name="write_file", arguments="{}")], model="m")
 
     assert fit_reply(data, limit=100, save=lambda name, value: "s3://never") == data
 
@@ -63,9 +64,10 @@ def test_many_large_arguments_are_kept_largest_first_until_the_reply_fits() -> N
         saved[name] = value
         return f"s3://bucket/{name}"
 
-    calls = [{"id": f"c{i}", "name": "write_file", "arguments": "x" * (100_000 + i)} for i in range(4)]
-    fitted = fit_reply({"text": None, "tool_calls": calls}, limit=1000, save=save, budget=250_000)
+    calls = [ToolCall(id=f"c{i}", name="write_file", arguments="x" * (100_000 + i)) for i in range(4)]
+    fitted = fit_reply(AssistantData(tool_calls=calls), limit=1000, save=save, budget=250_000)
 
     assert sorted(saved) == ["call2-arguments", "call3-arguments"]  # the two largest were enough
-    assert [bool(c.get("arguments_kept")) for c in fitted["tool_calls"]] == [False, False, True, True]
-    assert fitted["tool_calls"][3]["arguments_kept"]["full_output"] == "s3://bucket/call3-arguments"
+    assert [bool(c.arguments_kept) for c in fitted.tool_calls] == [False, False, True, True]
+    kept = fitted.tool_calls[3].arguments_kept
+    assert kept is not None and kept.full_output == "s3://bucket/call3-arguments"

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from sandcastle.agent.openai_model import (
     OpenAIModel,
     _request_budget,
     _token_limit_parameter,
+    to_messages,
 )
 from sandcastle.config import Settings
 from sandcastle.errors import (
@@ -25,12 +27,33 @@ from sandcastle.errors import (
     ModelRequestRejected,
     ModelUnavailable,
 )
+from sandcastle.runs.models import RunError, RunOutcome, RunStatus, ToolCall
+from sandcastle.runs.transcript import (
+    AssistantData,
+    SystemData,
+    ToolResultData,
+    Transcript,
+    UserData,
+    assistant_event,
+    end_event,
+    error_event,
+    system_event,
+    tool_result_event,
+    user_event,
+)
 from tests.fakes import openai_server
 from tests.fakes.openai_server import FAST_RETRY, NO_REPLY_LEFT, FakeOpenAIServer
 
 fake_openai = openai_server.fake_openai
 
 API_KEY = "sk-test-0123456789abcdef"
+_AT = datetime(2026, 12, 1, tzinfo=UTC)
+TRANSCRIPT = Transcript(
+    [
+        system_event("r1", SystemData(text="You are a careful engineer.")).model_copy(update={"at": _AT}),
+        user_event("r1", UserData(text="List the files.")).model_copy(update={"at": _AT}),
+    ]
+)
 MESSAGES = [
     {"role": "system", "content": "You are a careful engineer."},
     {"role": "user", "content": "List the files."},
@@ -68,7 +91,39 @@ def complete(adapter: OpenAIModel, *, tools: list[dict[str, Any]] | None = None,
     """One turn on the standard conversation, with 30 s left (room for the SDK's retries)."""
     kwargs.setdefault("model", None)
     kwargs.setdefault("timeout_s", 30.0)
-    return adapter.complete(MESSAGES, tools or [], **kwargs)
+    return adapter.complete(TRANSCRIPT, tools or [], **kwargs)
+
+
+def test_the_transcript_becomes_chat_completions_messages_and_only_the_model_s_events_are_sent() -> None:
+    call = ToolCall(id="c1", name="run_command", arguments='{"command": "ls"}')
+    transcript = Transcript(
+        [
+            *TRANSCRIPT,
+            assistant_event("r1", 1, AssistantData(text="Looking.", tool_calls=[call])),
+            tool_result_event(
+                "r1", 1, 0, ToolResultData(tool_call_id="c1", tool="run_command", output={"exit_code": 0})
+            ),
+            assistant_event("r1", 2, AssistantData(tool_calls=[call.model_copy(update={"id": "c2"})])),
+            tool_result_event("r1", 2, 0, ToolResultData(tool_call_id="c2", tool="run_command", error="bad JSON")),
+            error_event("r1", 2, RunError(type="Boom", message="it broke")),
+            end_event("r1", 2, RunOutcome(status=RunStatus.FAILED)),
+        ]
+    )
+
+    messages = to_messages(transcript)
+
+    function = {"name": "run_command", "arguments": '{"command": "ls"}'}
+    assert messages == [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": "Looking.",
+            "tool_calls": [{"id": "c1", "type": "function", "function": function}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": '{"exit_code": 0}'},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c2", "type": "function", "function": function}]},
+        {"role": "tool", "tool_call_id": "c2", "content": '{"error": "bad JSON"}'},
+    ]
 
 
 def closed_port() -> int:

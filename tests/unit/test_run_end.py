@@ -43,7 +43,7 @@ def test_a_finished_run_keeps_its_output_files_with_a_manifest(
         assert data == files[artifact.name] and artifact.sha256 == hashlib.sha256(data).hexdigest()
     manifest = json.loads(deps.objects.get(f"runs/{run_id}/manifest.json"))
     assert [entry["name"] for entry in manifest["artifacts"]] == ["charts/sales.csv", "report.md"]
-    assert deps.store.list_events(run_id)[-1].data["artifacts"] == ["charts/sales.csv", "report.md"]
+    assert deps.store.list_events(run_id)[-1].data.artifacts == deps.store.get_run(run_id).artifacts
     assert sandboxes.live == []
 
     (announced,) = events.entries

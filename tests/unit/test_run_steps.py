@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, ModelRequestRejected, SandboxGone
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
-from sandcastle.runs.models import EventKind, FailInput, RunRequest, RunStatus, StepState, StopReason, ToolTask
+from sandcastle.runs.models import FailInput, RunRequest, RunStatus, StepState, StopReason, ToolTask
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tool_calls import run_tool
+from sandcastle.runs.transcript import EventKind
 from sandcastle.runs.turns import agent_step
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
@@ -131,7 +132,7 @@ def test_prepare_twice_creates_one_sandbox_and_one_opening(deps: Dependencies, s
     assert sandboxes.created == ["fake-1"]
     assert deps.store.list_events(run_id) == events
     assert [e.kind for e in events] == [EventKind.SYSTEM, EventKind.USER]
-    assert "~/input/data.csv" in events[1].data["text"]
+    assert "~/input/data.csv" in events[1].data.text
     assert sandboxes.sandboxes["fake-1"].files["input/data.csv"] == b"1\n2\n"
     run = deps.store.get_run(run_id)
     assert run.status is RunStatus.RUNNING and run.sandbox_id == "fake-1" and run.deadline is not None
@@ -161,10 +162,12 @@ def test_the_model_sees_the_transcript_rebuilt_from_the_store(deps: Dependencies
     final = agent_step(state, deps, time_left_s=60)
 
     assert final.next == "finish" and final.stop_reason is StopReason.COMPLETED
-    roles = [m["role"] for m in model.calls[1]]
-    assert roles == ["system", "user", "assistant", "tool"]
-    assert model.calls[1][2]["tool_calls"][0]["function"]["name"] == "run_command"
-    assert "ran: echo hi" in model.calls[1][3]["content"]
+    seen = model.calls[1]
+    assert [e.kind for e in seen] == [EventKind.SYSTEM, EventKind.USER, EventKind.ASSISTANT, EventKind.TOOL_RESULT]
+    (reply,) = seen.replies()
+    assert reply.tool_calls[0].name == "run_command"
+    (result,) = seen.results(1)
+    assert "ran: echo hi" in result.model_view()
 
 
 def test_run_tool_twice_executes_once(deps: Dependencies, model: FakeModel, sandboxes: FakeSandboxProvider) -> None:
@@ -205,7 +208,7 @@ def test_a_bad_tool_call_becomes_an_error_the_model_sees_and_is_never_executed(
     run_tool(ToolTask(run_id=run_id, step=1, tool_call_id=state.tool_call_ids[0]), deps)
 
     result = deps.store.list_events(run_id)[-1]
-    assert result.kind is EventKind.TOOL_RESULT and error in result.data["error"]
+    assert result.kind is EventKind.TOOL_RESULT and error in (result.data.error or "")
     assert sandboxes.connected == [] and sandboxes.sandboxes["fake-1"].commands == ["mkdir -p ~/output"]
 
 
@@ -224,7 +227,7 @@ def test_finish_twice_ends_the_run_once_and_kills_its_sandbox(
     assert run.status is RunStatus.SUCCEEDED and run.result == "All done: 2 lines."
     assert run.stop_reason is StopReason.COMPLETED and run.ended_at is not None
     assert deps.store.list_events(run_id) == events
-    assert events[-1].kind is EventKind.END and events[-1].data["usage"]["steps"] == 1
+    assert events[-1].kind is EventKind.END and events[-1].data.usage.steps == 1
     assert sandboxes.live == []
 
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sandcastle.runs.models import ToolCall
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    input_tokens: int = 0
-    output_tokens: int = 0
+from sandcastle.runs.models import ToolCall, Usage
+from sandcastle.runs.transcript import Transcript
 
 
 @dataclass(frozen=True)
@@ -20,21 +15,23 @@ class ModelTurn:
 
     text: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
-    usage: TokenUsage = field(default_factory=TokenUsage)
+    usage: Usage = field(default_factory=Usage)
+    """The reply's ``input_tokens`` and ``output_tokens``."""
     model: str | None = None
     """The model name that answered, as the endpoint reports it."""
 
 
 class Model(Protocol):
-    """Decides the next move from the conversation so far."""
+    """Decides the next move from the transcript so far."""
 
     backend: str
     """``openai`` or ``playbook``: recorded on the run."""
 
     def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
+        self, transcript: Transcript, tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
     ) -> ModelTurn:
-        """One model turn. ``messages`` and ``tools`` are in the chat-completions format.
+        """One model turn on the run's ``transcript``; ``tools`` are the offered tools' JSON schemas
+        (chat-completions ``function`` tools). How the transcript is put to the model is the adapter's.
 
         Raises ``ModelRateLimited`` / ``ModelUnavailable`` (retryable), ``ModelRequestRejected``.
         """

@@ -6,7 +6,9 @@ The adapter owns three decisions, each explained where it is made:
   how many of the SDK's own retries still fit in it (``_request_budget``);
 - which token-limit parameter to send (``_token_limit_parameter``);
 - how the SDK's exceptions and odd replies become Sandcastle's errors (``_translate_error``,
-  ``_to_turn``), never carrying the API key.
+  ``_to_turn``), never carrying the API key;
+- the wire format: the typed transcript becomes chat-completions messages here and nowhere else
+  (``to_messages``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 
 import openai
 
-from sandcastle.agent.base import ModelTurn, TokenUsage
+from sandcastle.agent.base import ModelTurn
 from sandcastle.config import Settings
 from sandcastle.errors import (
     ModelNotConfigured,
@@ -30,7 +32,14 @@ from sandcastle.errors import (
     ModelRequestRejected,
     ModelUnavailable,
 )
-from sandcastle.runs.models import ToolCall
+from sandcastle.runs.models import ToolCall, Usage
+from sandcastle.runs.transcript import (
+    AssistantEvent,
+    SystemEvent,
+    ToolResultEvent,
+    Transcript,
+    UserEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +99,7 @@ class OpenAIModel:
 
     def complete(
         self,
-        messages: list[dict[str, Any]],
+        transcript: Transcript,
         tools: list[dict[str, Any]],
         *,
         model: str | None,
@@ -109,7 +118,7 @@ class OpenAIModel:
         )
         request: dict[str, Any] = {
             "model": model or self._settings.default_model,
-            "messages": messages,
+            "messages": to_messages(transcript),
             self._token_limit: self._settings.model_max_tokens,
         }
         if tools:
@@ -124,6 +133,27 @@ class OpenAIModel:
             # The SDK parses a 2xx body without checking it is JSON (an HTML page from a proxy, say).
             raise ModelReplyInvalid(f"model reply was not JSON: {error}") from error
         return _to_turn(completion)
+
+
+def to_messages(transcript: Transcript) -> list[dict[str, Any]]:
+    """The chat-completions messages of a run's transcript (errors and the end are not the model's)."""
+    messages: list[dict[str, Any]] = []
+    for event in transcript:
+        if isinstance(event, SystemEvent | UserEvent):
+            messages.append({"role": event.kind.value, "content": event.data.text})
+        elif isinstance(event, AssistantEvent):
+            message: dict[str, Any] = {"role": "assistant", "content": event.data.text}
+            if event.data.tool_calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in event.data.tool_calls
+                ]
+            messages.append(message)
+        elif isinstance(event, ToolResultEvent):
+            messages.append(
+                {"role": "tool", "tool_call_id": event.data.tool_call_id, "content": event.data.model_view()}
+            )
+    return messages
 
 
 def _request_budget(timeout_s: float, settings_timeout_s: float, settings_max_retries: int) -> tuple[float, int]:
@@ -181,7 +211,7 @@ def _to_turn(completion: Any) -> ModelTurn:
     return ModelTurn(
         text=text,
         tool_calls=tool_calls,
-        usage=TokenUsage(
+        usage=Usage(
             input_tokens=getattr(usage, "prompt_tokens", None) or 0,
             output_tokens=getattr(usage, "completion_tokens", None) or 0,
         ),

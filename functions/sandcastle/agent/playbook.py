@@ -12,6 +12,7 @@ from typing import Any
 
 from sandcastle.agent.base import ModelTurn
 from sandcastle.runs.models import PlaybookCall, ToolCall
+from sandcastle.runs.transcript import ToolResultData, Transcript
 
 
 class PlaybookModel:
@@ -23,9 +24,9 @@ class PlaybookModel:
         self._playbook = playbook
 
     def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
+        self, transcript: Transcript, tools: list[dict[str, Any]], *, model: str | None, timeout_s: float
     ) -> ModelTurn:
-        turn = sum(1 for message in messages if message["role"] == "assistant")
+        turn = len(transcript.replies())
         if turn < len(self._playbook):
             call = self._playbook[turn]
             return ModelTurn(
@@ -33,18 +34,17 @@ class PlaybookModel:
                 tool_calls=[ToolCall(id=f"pb_{turn + 1}", name=call.tool, arguments=json.dumps(call.arguments))],
                 model="playbook",
             )
-        return ModelTurn(text=self._summary(messages), model="playbook")
+        return ModelTurn(text=self._summary(transcript.results()), model="playbook")
 
-    def _summary(self, messages: list[dict[str, Any]]) -> str:
-        results = [message for message in messages if message["role"] == "tool"]
+    def _summary(self, results: list[ToolResultData]) -> str:
         summary = f"Playbook finished: {len(self._playbook)} tool call(s) executed."
         if not results:
             return summary
-        last = json.loads(results[-1]["content"])
-        if "error" in last:
-            return f"{summary} The last one failed: {last['error']}"
-        stdout = (last.get("stdout") or {}).get("text", "").strip()
-        exit_code = last.get("exit_code")
+        last = results[-1]
+        if last.error:
+            return f"{summary} The last one failed: {last.error}"
+        stdout = last.stream_text("stdout").strip()
+        exit_code = last.exit_code()
         if exit_code not in (None, 0):
             summary += f" The last command exited with {exit_code}."
         return f"{summary}\n\n{stdout}" if stdout else summary

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from sandcastle.runs.models import (
     Artifact,
-    Event,
     Run,
     RunError,
     RunRequest,
@@ -17,6 +16,7 @@ from sandcastle.runs.models import (
     StopReason,
     Usage,
 )
+from sandcastle.runs.transcript import Event
 
 #: Fields of ``RunRequest`` the API sets itself: the tenant from the API key, the source "api".
 _SERVER_SET = ("tenant", "source")

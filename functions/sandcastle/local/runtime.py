@@ -45,7 +45,8 @@ from unittest import mock
 
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
-from sandcastle.runs.models import Event, Run, RunRequest
+from sandcastle.runs.models import Run, RunRequest
+from sandcastle.runs.transcript import Event
 from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
 
 if TYPE_CHECKING:

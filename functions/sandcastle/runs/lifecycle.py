@@ -18,16 +18,24 @@ from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.models import (
     STOP_STATUS,
     Artifact,
-    EventKind,
     FailInput,
     Run,
     RunError,
+    RunOutcome,
     RunStatus,
     StepState,
     StopReason,
     utcnow,
 )
-from sandcastle.runs.transcript import END_KEY, ERROR_KEY, SYSTEM_KEY, USER_KEY, last_answer, new_event
+from sandcastle.runs.transcript import (
+    SystemData,
+    Transcript,
+    UserData,
+    end_event,
+    error_event,
+    system_event,
+    user_event,
+)
 from sandcastle.sandbox.base import Sandbox, SandboxSpec
 from sandcastle.store.dynamo import ConditionFailed, RunUpdate
 from sandcastle.tools import TOOLS
@@ -59,23 +67,14 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
     sandbox.run("mkdir -p ~/output", timeout_s=30)
 
     deps.store.append_event(
-        new_event(
+        system_event(
             run_id,
-            SYSTEM_KEY,
-            EventKind.SYSTEM,
-            0,
-            {"text": SYSTEM_PROMPT, "tools": sorted(TOOLS), "model_backend": run.model_backend, "model": run.model},
+            SystemData(text=SYSTEM_PROMPT, tools=sorted(TOOLS), model_backend=run.model_backend, model=run.model),
         )
     )
     now = utcnow()
     started = deps.store.append_event(
-        new_event(
-            run_id,
-            USER_KEY,
-            EventKind.USER,
-            0,
-            {"text": deps.redactor.text(_user_message(run)), "files": [f.name for f in run.files]},
-        ),
+        user_event(run_id, UserData(text=deps.redactor.text(_user_message(run)), files=[f.name for f in run.files])),
         RunUpdate(
             set={
                 "status": RunStatus.RUNNING,
@@ -99,7 +98,7 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
 
     reason = state.stop_reason or StopReason.COMPLETED
     status = STOP_STATUS[reason]
-    answer = last_answer(deps.store.list_events(run.run_id))
+    answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
     artifacts = export_artifacts(run, deps)
     kill_sandbox(run.sandbox_id, deps)
     end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts)
@@ -124,8 +123,8 @@ def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
     error = describe_error(failure)
     error.message = deps.redactor.text(error.message)
     status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
-    deps.store.append_event(new_event(run.run_id, ERROR_KEY, EventKind.ERROR, run.step, error.model_dump()))
-    answer = last_answer(deps.store.list_events(run.run_id))
+    deps.store.append_event(error_event(run.run_id, run.step, error))
+    answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
     end_run(run, deps, status=status, result=answer, error=error, artifacts=artifacts)
     logger.warning("run failed", extra={"status": status.value, "error_type": error.type, "error": error.message})
     return {"run_id": run.run_id, "status": status.value}
@@ -140,7 +139,6 @@ def end_run(
     result: str | None = None,
     error: RunError | None = None,
     artifacts: list[Artifact] | None = None,
-    extra: dict[str, object] | None = None,
 ) -> Run:
     """Bring the run to its terminal ``status`` once: the END event, the run's fields and the release of
     its tenant's active-run slot in one transaction that requires the run not to have ended yet; then
@@ -152,16 +150,10 @@ def end_run(
     fresh = deps.store.get_run(run.run_id)
     if result is not None and len(result.encode()) > RESULT_LIMIT_BYTES:  # the whole answer is in the transcript
         result = clip_text(result.encode(), RESULT_LIMIT_BYTES)["text"]
-    data = {
-        "status": status.value,
-        "stop_reason": stop_reason.value if stop_reason else None,
-        "result": result,
-        "error": error.model_dump() if error else None,
-        "usage": fresh.usage.model_dump(),
-        "artifacts": [artifact.name for artifact in artifacts or []],
-        **(extra or {}),
-    }
-    fields: dict[str, object] = {"status": status, "ended_at": now, **(extra or {})}
+    outcome = RunOutcome(
+        status=status, stop_reason=stop_reason, result=result, error=error, usage=fresh.usage, artifacts=artifacts or []
+    )
+    fields: dict[str, object] = {"status": status, "ended_at": now}
     if stop_reason:
         fields["stop_reason"] = stop_reason
     if result is not None:
@@ -172,7 +164,7 @@ def end_run(
         fields["artifacts"] = artifacts
     try:
         deps.store.append_event(
-            new_event(run.run_id, END_KEY, EventKind.END, fresh.step, data),
+            end_event(run.run_id, fresh.step, outcome),
             RunUpdate(set=fields, require_not_terminal=True, release_slot_of=run.tenant),
         )
     except ConditionFailed:
@@ -193,11 +185,7 @@ def announce_run_end(run: Run, deps: Dependencies) -> None:
         "run_id": run.run_id,
         "tenant": run.tenant,
         "source": run.source,
-        "status": run.status.value,
-        "stop_reason": run.stop_reason.value if run.stop_reason else None,
-        "error": run.error.model_dump() if run.error else None,
-        "usage": run.usage.model_dump(),
-        "artifacts": [artifact.model_dump() for artifact in run.artifacts],
+        **run.outcome().model_dump(mode="json"),
         "ended_at": run.ended_at.isoformat() if run.ended_at else None,
     }
     response = deps.events.put_events(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from sandcastle.names import FileName, TenantName
 
@@ -136,7 +137,12 @@ class Artifact(BaseModel):
 
 
 class Usage(BaseModel):
-    """What a run (or one step) consumed."""
+    """What a run (or one step, or one model reply) consumed: the one usage shape.
+
+    The run item keeps each counter as its own top-level number (``usage_steps``, ...) so that
+    steps and tool calls can ``ADD`` to it atomically: ``to_item``/``from_item`` are that
+    flattening, and nothing else knows it.
+    """
 
     steps: int = 0
     input_tokens: int = 0
@@ -144,10 +150,54 @@ class Usage(BaseModel):
     tool_calls: int = 0
     tool_ms: int = 0
 
+    def to_item(self) -> dict[str, int]:
+        """The run item's counter attributes for this usage (every counter, zeros included)."""
+        return {_USAGE_ATTRIBUTE_PREFIX + name: getattr(self, name) for name in type(self).model_fields}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> Usage:
+        """The usage a run item's counter attributes hold (a missing counter is 0)."""
+        return cls(**{name: int(item.get(_USAGE_ATTRIBUTE_PREFIX + name, 0)) for name in cls.model_fields})
+
+    def increments(self) -> dict[str, int]:
+        """The run item's counter attributes this usage adds to (zeros left out)."""
+        return {attribute: amount for attribute, amount in self.to_item().items() if amount}
+
+
+_USAGE_ATTRIBUTE_PREFIX = "usage_"
+
 
 class RunError(BaseModel):
     type: str
     message: str
+
+
+class RunOutcome(BaseModel):
+    """How a run ended: written once, as its END event and onto its run item, in one transaction.
+
+    Everything that reports a finished run renders this model: the END event, the run's fields in
+    ``GET /runs/{id}``, the ``Run Finished`` event's detail, the outbox's ``result.json`` and the
+    CLI's summary.
+    """
+
+    status: RunStatus
+    stop_reason: StopReason | None = None
+    result: str | None = None
+    """The model's last answer (at most ``RESULT_LIMIT_BYTES``; the whole answer is in the transcript)."""
+    error: RunError | None = None
+    usage: Usage = Field(default_factory=Usage)
+    artifacts: list[Artifact] = Field(default_factory=list)
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _names_of_older_end_events(cls, value: Any) -> Any:
+        """An END event written before the outcome was one model lists artifact names only."""
+        if isinstance(value, list):
+            return [
+                {"name": a, "size": 0, "sha256": "", "content_type": "", "s3_key": ""} if isinstance(a, str) else a
+                for a in value
+            ]
+        return value
 
 
 class Run(BaseModel):
@@ -182,6 +232,20 @@ class Run(BaseModel):
     origin: RunOrigin | None = None
     """What started the run when a trigger did: the inbox object, or the schedule and its fire time."""
 
+    def outcome(self) -> RunOutcome:
+        """How the run ended (its END event's content), from the run's own fields."""
+        return RunOutcome.model_validate(self.model_dump(include=set(RunOutcome.model_fields)))
+
+
+class KeptValue(BaseModel):
+    """What a transcript keeps of a value it clipped (``large_values.keep_value``), besides the text."""
+
+    bytes: int
+    truncated: bool | None = None
+    not_utf8: bool | None = None
+    full_output: str | None = None
+    """Where the whole value is (``s3://…``)."""
+
 
 class ToolCall(BaseModel):
     """A tool call as the model asked for it; ``arguments`` is the raw JSON text."""
@@ -189,31 +253,9 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: str
-    arguments_kept: dict[str, Any] | None = None
+    arguments_kept: KeptValue | None = None
     """Set when the event keeps only part of ``arguments`` (a reply too large for its item): ``bytes``,
     ``truncated`` and ``full_output``, where the whole arguments are (``large_values.fit_reply``)."""
-
-
-class EventKind(StrEnum):
-    SYSTEM = "system"
-    USER = "user"
-    ASSISTANT = "assistant"
-    TOOL_RESULT = "tool_result"
-    STATUS = "status"
-    ERROR = "error"
-    END = "end"
-
-
-class Event(BaseModel):
-    """One transcript event (item ``RUN#<id>`` / ``EVT#...``)."""
-
-    run_id: str
-    key: str
-    """The sort key: derived from where the event stands, so it orders the transcript."""
-    kind: EventKind
-    step: int
-    at: datetime
-    data: dict[str, Any]
 
 
 # --- what the state machine carries: ids and routing facts only ---

@@ -14,7 +14,8 @@ import time
 from pydantic import BaseModel
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound
-from sandcastle.runs.models import Artifact, Event, Run, RunStatus
+from sandcastle.runs.models import Artifact, Run, RunStatus
+from sandcastle.runs.transcript import Event
 from sandcastle.wiring import Dependencies
 
 MAX_WAIT_S = 20.0

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandcastleError, ToolInputError
 from sandcastle.large_values import event_saver, read_saved
 from sandcastle.runs.budget import seconds_left
-from sandcastle.runs.models import EventKind, Run, ToolCall, ToolTask, utcnow
-from sandcastle.runs.transcript import assistant_key, new_event, tool_calls_of, tool_result_key
+from sandcastle.runs.models import Run, ToolCall, ToolTask, Usage, utcnow
+from sandcastle.runs.transcript import AssistantEvent, ToolResultData, assistant_key, tool_result_event, tool_result_key
 from sandcastle.store.dynamo import ConditionFailed, RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call
 from sandcastle.wiring import Dependencies
@@ -30,7 +31,7 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
         return {"tool_call_id": task.tool_call_id, "skipped": f"run ended {run.status.value}"}
 
     assistant = deps.store.get_event(run.run_id, assistant_key(task.step))
-    calls = tool_calls_of(assistant) if assistant else []
+    calls = assistant.data.tool_calls if isinstance(assistant, AssistantEvent) else []
     index = next((i for i, call in enumerate(calls) if call.id == task.tool_call_id), None)
     if index is None:
         raise SandcastleError(f"turn {task.step} of run {run.run_id} has no tool call {task.tool_call_id}")
@@ -41,7 +42,8 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
         return {"tool_call_id": call.id}
 
     started = time.monotonic()
-    result: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
+    output: dict[str, Any] | None = None
+    error: str | None = None
     try:
         tool, args = parse_tool_call(_whole(call, deps))
         keep_alive = int(_time_left(run)) + deps.settings.sandbox_timeout_margin_s  # the sandbox follows the run
@@ -55,27 +57,27 @@ def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
             redact=deps.redactor.bytes,
             save_output=event_saver(deps.objects, run.run_id, key),
         )
-        result["output"] = tool.execute(sandbox, args, context)
-    except ToolInputError as error:
-        result["error"] = str(error)
+        output = tool.execute(sandbox, args, context)
+    except ToolInputError as refused:
+        error = str(refused)
     duration_ms = int((time.monotonic() - started) * 1000)
-    result["duration_ms"] = duration_ms
-    result = deps.redactor.data(result)
+    result = ToolResultData(tool_call_id=call.id, tool=call.name, output=output, error=error, duration_ms=duration_ms)
+    result = ToolResultData.model_validate(deps.redactor.data(result.model_dump(exclude_none=True)))
 
     try:
         deps.store.append_event(
-            new_event(run.run_id, key, EventKind.TOOL_RESULT, task.step, result),
-            RunUpdate(add={"tool_calls": 1, "tool_ms": duration_ms}, require_not_terminal=True),
+            tool_result_event(run.run_id, task.step, index, result),
+            RunUpdate(add=Usage(tool_calls=1, tool_ms=duration_ms), require_not_terminal=True),
         )
     except ConditionFailed:
         logger.info("run ended while the tool ran; result not recorded")
-    logger.info("tool call done", extra={"tool": call.name, "ok": "error" not in result, "duration_ms": duration_ms})
+    logger.info("tool call done", extra={"tool": call.name, "ok": result.error is None, "duration_ms": duration_ms})
     return {"tool_call_id": call.id}
 
 
 def _whole(call: ToolCall, deps: Dependencies) -> ToolCall:
     """The call as the model made it: arguments its event keeps only part of are read back from S3."""
-    pointer = (call.arguments_kept or {}).get("full_output")
+    pointer = call.arguments_kept.full_output if call.arguments_kept else None
     if not pointer:
         return call
     return call.model_copy(update={"arguments": read_saved(deps.objects, pointer).decode("utf-8", "replace")})

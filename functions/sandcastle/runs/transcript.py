@@ -1,4 +1,10 @@
-"""The transcript: where each event stands, and what the model sees of it.
+"""The transcript: its typed events, where each one stands, and the questions the run asks of it.
+
+An event is one of a closed set of kinds, each with its own payload model (``data``); ``Event``
+is their union, told apart by ``kind``. The item keeps ``kind`` beside ``data`` (JSON text) in
+the shape it always had, so ``parse_event`` reads items written before these models existed. A
+new kind (approvals, messages, compaction) is one more payload model, one more ``*Event`` class
+and one more member of ``Event``.
 
 An event's key is derived from its place — step, position within the step, kind — never
 from "the next free number", so a retried handler computes the same key and its conditional
@@ -9,17 +15,162 @@ write finds the event already there.
     EVT#000003#000#assistant       step 3: the model's turn
     EVT#000003#002#tool_result     step 3: the result of the turn's 2nd tool call
     EVT#999998#000#error           the error that ended the run, if any
-    EVT#999999#000#end             the run's end: status, stop reason, answer, usage
+    EVT#999999#000#end             the run's end: its ``RunOutcome``
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from sandcastle.runs.models import Event, EventKind, ToolCall, utcnow
+from pydantic import BaseModel, Field, TypeAdapter
+
+from sandcastle.runs.models import KeptValue, RunError, RunOutcome, ToolCall, Usage, utcnow
 
 _LAST_STEP = 999_999
+
+
+class EventKind(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL_RESULT = "tool_result"
+    ERROR = "error"
+    END = "end"
+
+
+# --- payloads: one model per kind, stored as the event item's ``data`` ---
+
+
+class SystemData(BaseModel):
+    """The system prompt the run started with, and what it was offered."""
+
+    text: str
+    tools: list[str] = Field(default_factory=list)
+    model_backend: str | None = None
+    model: str | None = None
+
+
+class UserData(BaseModel):
+    """The instructions, as the model reads them (input files listed)."""
+
+    text: str
+    files: list[str] = Field(default_factory=list)
+    """The input files' names (under ``~/input/``)."""
+
+
+class AssistantData(BaseModel):
+    """One model reply: text, tool calls, or both."""
+
+    text: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    """The reply's tokens: ``input_tokens`` and ``output_tokens`` (the item stores only those two)."""
+    model: str | None = None
+    """The model name that answered, as the endpoint reports it."""
+    text_kept: KeptValue | None = None
+    """Set when ``text`` is only part of the reply's text (a reply too large for its item)."""
+
+
+class ToolResultData(BaseModel):
+    """What one tool call returned (``output``, the tool's own JSON object) or the error the model reads."""
+
+    tool_call_id: str
+    tool: str | None = None
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    duration_ms: int = 0
+
+    def model_view(self) -> str:
+        """What the model reads of the result: the error, or the (already truncated) output, as JSON."""
+        if self.error:
+            return json.dumps({"error": self.error}, ensure_ascii=False)
+        return json.dumps(self.output or {}, ensure_ascii=False)
+
+    def exit_code(self) -> int | None:
+        """A command's exit code (None for other tools, or when it did not run)."""
+        code = (self.output or {}).get("exit_code")
+        return code if isinstance(code, int) else None
+
+    def stream_text(self, name: str) -> str:
+        """A command's ``stdout`` or ``stderr`` as kept (empty when the tool has none)."""
+        stream = (self.output or {}).get(name)
+        return str(stream.get("text", "")) if isinstance(stream, dict) else ""
+
+
+# --- events: the payload with where it stands ---
+
+
+class _EventBase(BaseModel):
+    """Where an event stands; each kind's class adds ``kind`` (required: the union's discriminator) and ``data``."""
+
+    run_id: str
+    key: str
+    """The sort key: derived from where the event stands, so it orders the transcript."""
+    step: int
+    at: datetime
+
+
+class SystemEvent(_EventBase):
+    kind: Literal[EventKind.SYSTEM]
+    data: SystemData
+
+
+class UserEvent(_EventBase):
+    kind: Literal[EventKind.USER]
+    data: UserData
+
+
+class AssistantEvent(_EventBase):
+    kind: Literal[EventKind.ASSISTANT]
+    data: AssistantData
+
+
+class ToolResultEvent(_EventBase):
+    kind: Literal[EventKind.TOOL_RESULT]
+    data: ToolResultData
+
+
+class ErrorEvent(_EventBase):
+    kind: Literal[EventKind.ERROR]
+    data: RunError
+
+
+class EndEvent(_EventBase):
+    kind: Literal[EventKind.END]
+    data: RunOutcome
+
+
+Event = Annotated[
+    SystemEvent | UserEvent | AssistantEvent | ToolResultEvent | ErrorEvent | EndEvent,
+    Field(discriminator="kind"),
+]
+"""One transcript event (item ``RUN#<id>`` / ``EVT#...``), told apart by ``kind``."""
+
+
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(value: Any) -> Event:
+    """The event a JSON object (an API page's entry, a stored item's fields) describes; pydantic's
+    ``ValidationError`` when it is not one."""
+    return _EVENT.validate_python(value)
+
+
+_REPLY_COUNTERS = {"usage": {"steps", "tool_calls", "tool_ms"}}
+"""What a reply's usage leaves out in its item: counters of the run, not of one reply."""
+
+
+def dump_data(event: Event) -> str:
+    """An event's ``data`` as the JSON text its item stores (the shape it had before it was typed)."""
+    exclude = _REPLY_COUNTERS if isinstance(event, AssistantEvent) else None
+    return event.data.model_dump_json(exclude_none=True, exclude=exclude)
+
+
+# --- keys ---
 
 
 def event_key(step: int, position: int, kind: EventKind) -> str:
@@ -40,49 +191,79 @@ def tool_result_key(step: int, call_index: int) -> str:
     return event_key(step, call_index + 1, EventKind.TOOL_RESULT)
 
 
-def new_event(run_id: str, key: str, kind: EventKind, step: int, data: dict[str, Any]) -> Event:
-    return Event(run_id=run_id, key=key, kind=kind, step=step, at=utcnow(), data=data)
+# --- making events ---
 
 
-def tool_calls_of(assistant: Event) -> list[ToolCall]:
-    """The tool calls an assistant event asked for, in order."""
-    return [ToolCall.model_validate(call) for call in assistant.data.get("tool_calls", [])]
+def system_event(run_id: str, data: SystemData) -> SystemEvent:
+    return SystemEvent(kind=EventKind.SYSTEM, run_id=run_id, key=SYSTEM_KEY, step=0, at=utcnow(), data=data)
 
 
-def to_messages(events: list[Event]) -> list[dict[str, Any]]:
-    """The chat-completions messages for the model, rebuilt from the stored transcript."""
-    messages: list[dict[str, Any]] = []
-    for event in events:
-        if event.kind is EventKind.SYSTEM:
-            messages.append({"role": "system", "content": event.data["text"]})
-        elif event.kind is EventKind.USER:
-            messages.append({"role": "user", "content": event.data["text"]})
-        elif event.kind is EventKind.ASSISTANT:
-            message: dict[str, Any] = {"role": "assistant", "content": event.data.get("text")}
-            calls = tool_calls_of(event)
-            if calls:
-                message["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in calls
-                ]
-            messages.append(message)
-        elif event.kind is EventKind.TOOL_RESULT:
-            messages.append(
-                {"role": "tool", "tool_call_id": event.data["tool_call_id"], "content": model_view(event.data)}
-            )
-    return messages
+def user_event(run_id: str, data: UserData) -> UserEvent:
+    return UserEvent(kind=EventKind.USER, run_id=run_id, key=USER_KEY, step=0, at=utcnow(), data=data)
 
 
-def model_view(result: dict[str, Any]) -> str:
-    """What the model reads of a tool result: the error, or the (already truncated) output."""
-    if result.get("error"):
-        return json.dumps({"error": result["error"]}, ensure_ascii=False)
-    return json.dumps(result.get("output", {}), ensure_ascii=False)
+def assistant_event(run_id: str, step: int, data: AssistantData) -> AssistantEvent:
+    return AssistantEvent(
+        kind=EventKind.ASSISTANT, run_id=run_id, key=assistant_key(step), step=step, at=utcnow(), data=data
+    )
 
 
-def last_answer(events: list[Event]) -> str | None:
-    """The model's most recent text, if it said anything."""
-    for event in reversed(events):
-        if event.kind is EventKind.ASSISTANT and event.data.get("text"):
-            return event.data["text"]
-    return None
+def tool_result_event(run_id: str, step: int, call_index: int, data: ToolResultData) -> ToolResultEvent:
+    return ToolResultEvent(
+        kind=EventKind.TOOL_RESULT,
+        run_id=run_id,
+        key=tool_result_key(step, call_index),
+        step=step,
+        at=utcnow(),
+        data=data,
+    )
+
+
+def error_event(run_id: str, step: int, error: RunError) -> ErrorEvent:
+    return ErrorEvent(kind=EventKind.ERROR, run_id=run_id, key=ERROR_KEY, step=step, at=utcnow(), data=error)
+
+
+def end_event(run_id: str, step: int, outcome: RunOutcome) -> EndEvent:
+    return EndEvent(kind=EventKind.END, run_id=run_id, key=END_KEY, step=step, at=utcnow(), data=outcome)
+
+
+# --- reading a run's transcript ---
+
+
+class Transcript:
+    """A run's events in order, and the questions the run loop and the model adapters ask of them."""
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        self.events: Sequence[Event] = list(events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def system(self) -> SystemData | None:
+        return next((e.data for e in self.events if isinstance(e, SystemEvent)), None)
+
+    def user(self) -> UserData | None:
+        return next((e.data for e in self.events if isinstance(e, UserEvent)), None)
+
+    def assistant(self, step: int) -> AssistantData | None:
+        """The model's reply of turn ``step``, if recorded."""
+        return next((e.data for e in self.events if isinstance(e, AssistantEvent) and e.step == step), None)
+
+    def replies(self) -> list[AssistantData]:
+        """Every model reply so far, in order."""
+        return [e.data for e in self.events if isinstance(e, AssistantEvent)]
+
+    def results(self, step: int | None = None) -> list[ToolResultData]:
+        """The tool results of turn ``step`` (of every turn when None), in call order."""
+        return [e.data for e in self.events if isinstance(e, ToolResultEvent) and (step is None or e.step == step)]
+
+    def last_answer(self) -> str | None:
+        """The model's most recent text, if it said anything."""
+        return next((reply.text for reply in reversed(self.replies()) if reply.text), None)
+
+    def outcome(self) -> RunOutcome | None:
+        """How the run ended, once its END event is written."""
+        return next((e.data for e in self.events if isinstance(e, EndEvent)), None)

@@ -9,8 +9,8 @@ from sandcastle.errors import ModelReplyInvalid
 from sandcastle.large_values import event_saver, fit_reply
 from sandcastle.runs.budget import budget_stop, seconds_left
 from sandcastle.runs.lifecycle import RunEnded
-from sandcastle.runs.models import Event, EventKind, RunStatus, StepState, StopReason, utcnow
-from sandcastle.runs.transcript import assistant_key, new_event, to_messages, tool_calls_of
+from sandcastle.runs.models import RunStatus, StepState, StopReason, Usage, utcnow
+from sandcastle.runs.transcript import AssistantData, AssistantEvent, Transcript, assistant_event, assistant_key
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import tool_schemas
 from sandcastle.wiring import Dependencies
@@ -33,21 +33,21 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     turn = state.step + 1
     base = StepState(run_id=run.run_id, step=turn, tool_concurrency=deps.settings.tool_concurrency)
 
-    event = deps.store.get_event(run.run_id, assistant_key(turn))
-    if event is None:
+    reply_data = _recorded_reply(run.run_id, turn, deps)
+    if reply_data is None:
         now = utcnow()
         stop = budget_stop(run, now)
         if stop is not None:
             logger.info("budget spent", extra={"stop_reason": stop.value})
             return base.model_copy(update={"step": state.step, "next": "finish", "stop_reason": stop})
-        messages = to_messages(deps.store.list_events(run.run_id))
+        transcript = Transcript(deps.store.list_events(run.run_id))
         model = deps.model_for(run)
         timeout = max(MIN_MODEL_TIMEOUT_S, min(time_left_s, seconds_left(run, now)))
-        reply = model.complete(messages, tool_schemas(), model=run.model, timeout_s=timeout)
+        reply = model.complete(transcript, tool_schemas(), model=run.model, timeout_s=timeout)
         _check_reply(reply)
-        event = _record_turn(run.run_id, turn, reply, deps)
+        reply_data = _record_turn(run.run_id, turn, reply, deps)
 
-    calls = tool_calls_of(event)
+    calls = reply_data.tool_calls
     if not calls:
         return base.model_copy(update={"next": "finish", "stop_reason": StopReason.COMPLETED})
     if run.usage.tool_calls + len(calls) > run.budgets.max_tool_calls:
@@ -64,39 +64,38 @@ def _check_reply(reply: ModelTurn) -> None:
         raise ModelReplyInvalid(f"the model's tool calls need distinct, non-empty ids; got {ids}")
 
 
-def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -> Event:
+def _recorded_reply(run_id: str, turn: int, deps: Dependencies) -> AssistantData | None:
+    event = deps.store.get_event(run_id, assistant_key(turn))
+    return event.data if isinstance(event, AssistantEvent) else None
+
+
+def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -> AssistantData:
     key = assistant_key(turn)
-    data = deps.redactor.data(
-        {
-            "text": reply.text,
-            "tool_calls": [call.model_dump(exclude_none=True) for call in reply.tool_calls],
-            "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
-            "model": reply.model,
-        }
-    )
+    tokens = Usage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens)
+    data = AssistantData(text=reply.text, tool_calls=reply.tool_calls, usage=tokens, model=reply.model)
+    data = AssistantData.model_validate(deps.redactor.data(data.model_dump(exclude_none=True)))
     try:  # a reply too large for its item keeps its largest values in S3, with pointers
         data = fit_reply(data, limit=deps.settings.output_limit_bytes, save=event_saver(deps.objects, run_id, key))
     except ValueError as error:
         raise ModelReplyInvalid(f"the model's reply is too large to record: {error}") from error
-    event = new_event(run_id, key, EventKind.ASSISTANT, turn, data)
     written = deps.store.append_event(
-        event,
+        assistant_event(run_id, turn, data),
         RunUpdate(
             set={"step": turn},
-            add={
-                "steps": 1,
-                "input_tokens": reply.usage.input_tokens,
-                "output_tokens": reply.usage.output_tokens,
-            },
+            add=tokens.model_copy(update={"steps": 1}),
             require_status=[RunStatus.RUNNING],
         ),
     )
     if not written:  # a concurrent attempt recorded this turn first: its reply is the turn's reply
-        stored = deps.store.get_event(run_id, assistant_key(turn))
+        stored = _recorded_reply(run_id, turn, deps)
         assert stored is not None
         return stored
     logger.info(
         "model turn recorded",
-        extra={"step": turn, "tool_calls": len(reply.tool_calls), **event.data["usage"]},
+        extra={
+            "step": turn,
+            "tool_calls": len(reply.tool_calls),
+            **data.usage.model_dump(include={"input_tokens", "output_tokens"}),
+        },
     )
-    return event
+    return data

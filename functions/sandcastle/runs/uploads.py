@@ -5,10 +5,10 @@ Convention, in the inbox bucket:
 * ``inbox/<tenant>/<task>/<file name>`` starts a run of the tenant's saved task ``<task>``, with the
   file at ``~/input/<file name>`` in the sandbox. With ``<task>`` = ``_`` the object carries its own
   instructions in its metadata (``x-amz-meta-instructions``, URL-encoded when not plain ASCII).
-* When the run ends, its artifacts and a ``result.json`` (status, answer, usage, error, artifacts) are
-  written under ``outbox/<tenant>/<task>/<run id>/``. An upload that cannot start a run (unknown task,
-  over the size cap, empty, a key off the convention) gets a ``result.json`` there with status
-  ``REJECTED`` and the error, and no sandbox is created.
+* When the run ends, its artifacts and a ``result.json`` (the run's ``RunOutcome``: status, stop reason,
+  result, usage, error, artifacts) are written under ``outbox/<tenant>/<task>/<run id>/``. An upload
+  that cannot start a run (unknown task, over the size cap, empty, a key off the convention) gets a
+  ``result.json`` there with status ``REJECTED`` and the error, and no sandbox is created.
 
 One run per object version: the run id is derived from bucket, key and version id, and
 ``submit_run`` with a fixed run id is a no-op the second time, so a duplicated or replayed event
@@ -21,15 +21,25 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote, unquote_plus
 
 from aws_lambda_powertools import Logger
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound, SandcastleError
 from sandcastle.names import file_name_problem, tenant_problem
-from sandcastle.runs.models import InputFile, Run, RunOrigin, TaskDefinition
+from sandcastle.runs.models import (
+    Artifact,
+    InputFile,
+    Run,
+    RunError,
+    RunOrigin,
+    RunOutcome,
+    RunStatus,
+    TaskDefinition,
+)
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request
 from sandcastle.validation import describe_issues
@@ -164,6 +174,46 @@ def _reject_place(key: str) -> tuple[str, str]:
     return tenant, task
 
 
+# --- result.json ---
+
+
+class OutboxSource(BaseModel):
+    """The inbox object a run (or a rejection) came from."""
+
+    bucket: str | None = None
+    key: str | None = None
+    version_id: str | None = None
+
+
+class OutboxArtifact(Artifact):
+    """An artifact, with where its copy is in the outbox."""
+
+    key: str
+    """The copy's key in the inbox bucket (``outbox/.../<name>``)."""
+
+
+class OutboxResult(RunOutcome):
+    """``result.json``: the run's outcome, with the upload it answers; a rejected upload's has status ``REJECTED``."""
+
+    status: RunStatus | Literal["REJECTED"]  # type: ignore[assignment]
+    run_id: str
+    tenant: str
+    task: str | None
+    source: OutboxSource
+    artifacts: list[OutboxArtifact] = Field(default_factory=list)  # type: ignore[assignment]
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def answer(self) -> str | None:
+        """``result`` under the name ``result.json`` gave it before it rendered the run's outcome."""
+        return self.result
+
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False).encode()
+
+
 # --- starting a run ---
 
 
@@ -261,18 +311,15 @@ def _write_rejection(
     obj: InboxObject, run_id: str, tenant: str, task: str, error: UploadRejected, deps: Dependencies
 ) -> str:
     key = outbox_prefix(tenant, task, run_id) + RESULT_FILE
-    result = {
-        "run_id": run_id,
-        "status": REJECTED,
-        "tenant": tenant,
-        "task": task,
-        "source": {"bucket": obj.bucket, "key": obj.key, "version_id": obj.version_id},
-        "answer": None,
-        "usage": None,
-        "error": {"type": error.error_type, "message": str(error)},
-        "artifacts": [],
-    }
-    deps.inbox.put(key, _json_bytes(result), content_type="application/json")
+    result = OutboxResult(
+        run_id=run_id,
+        tenant=tenant,
+        task=task,
+        source=OutboxSource(bucket=obj.bucket, key=obj.key, version_id=obj.version_id),
+        status=REJECTED,
+        error=RunError(type=error.error_type, message=str(error)),
+    )
+    deps.inbox.put(key, result.json_bytes(), content_type="application/json")
     return key
 
 
@@ -297,26 +344,19 @@ def write_outbox(run_id: str, deps: Dependencies) -> str | None:
     for artifact in run.artifacts:
         key = prefix + artifact.name
         deps.inbox.copy_from(deps.objects.bucket, artifact.s3_key, key)
-        artifacts.append({**artifact.model_dump(exclude={"s3_key"}), "key": key})
-    result = {
-        "run_id": run.run_id,
-        "status": run.status.value,
-        "tenant": run.tenant,
-        "task": run.origin.task,
-        "source": {"bucket": run.origin.bucket, "key": run.origin.key, "version_id": run.origin.version_id},
-        "answer": run.result,
-        "stop_reason": run.stop_reason.value if run.stop_reason else None,
-        "usage": run.usage.model_dump(),
-        "error": run.error.model_dump() if run.error else None,
-        "artifacts": artifacts,
-        "created_at": run.created_at.isoformat(),
-        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
-    }
+        artifacts.append(OutboxArtifact(**artifact.model_dump(), key=key))
+    outcome = run.outcome()
+    result = OutboxResult(
+        run_id=run.run_id,
+        tenant=run.tenant,
+        task=run.origin.task,
+        source=OutboxSource(bucket=run.origin.bucket, key=run.origin.key, version_id=run.origin.version_id),
+        **outcome.model_dump(exclude={"artifacts"}),
+        artifacts=artifacts,
+        created_at=run.created_at,
+        ended_at=run.ended_at,
+    )
     key = prefix + RESULT_FILE
-    deps.inbox.put(key, _json_bytes(result), content_type="application/json")
+    deps.inbox.put(key, result.json_bytes(), content_type="application/json")
     logger.info("outbox written", extra={"run_id": run.run_id, "result_key": key, "artifacts": len(artifacts)})
     return key
-
-
-def _json_bytes(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, indent=2, ensure_ascii=False).encode()

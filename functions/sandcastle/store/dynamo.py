@@ -27,7 +27,8 @@ from botocore.exceptions import ClientError
 from pydantic_core import to_jsonable_python
 
 from sandcastle.errors import RunNotFound
-from sandcastle.runs.models import TERMINAL_STATUSES, Event, Run, RunStatus
+from sandcastle.runs.models import TERMINAL_STATUSES, Run, RunStatus, Usage
+from sandcastle.runs.transcript import Event, dump_data, parse_event
 from sandcastle.store.item_size import check_request_fits
 
 _META = "META"
@@ -36,14 +37,6 @@ _EVENT_PREFIX = "EVT#"
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
-#: Usage counters kept as top-level numbers so they can be incremented atomically.
-USAGE_ATTRIBUTES = {
-    "steps": "usage_steps",
-    "input_tokens": "usage_input_tokens",
-    "output_tokens": "usage_output_tokens",
-    "tool_calls": "usage_tool_calls",
-    "tool_ms": "usage_tool_ms",
-}
 #: The run item's fields that come from its request (what ``check_fits`` measures).
 _REQUEST_FIELDS = ("instructions", "playbook", "model", "budgets", "files", "sandbox", "origin")
 _JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts", "sandbox")
@@ -59,8 +52,8 @@ class RunUpdate:
 
     set: dict[str, Any] = field(default_factory=dict)
     """Attributes to set (model field names; JSON-typed ones are encoded)."""
-    add: dict[str, int] = field(default_factory=dict)
-    """Usage counters to increment (keys of ``USAGE_ATTRIBUTES``)."""
+    add: Usage = field(default_factory=Usage)
+    """Usage to add to the run's counters (``Usage.to_item`` names their attributes)."""
     require_status: Iterable[RunStatus] | None = None
     """Apply only while the run is in one of these statuses."""
     require_not_terminal: bool = False
@@ -257,7 +250,7 @@ class RunStore:
 
     def _run_to_item(self, run: Run) -> dict[str, Any]:
         plain = run.model_dump(mode="json", exclude_none=True)
-        usage = plain.pop("usage", {})
+        plain.pop("usage", None)
         item: dict[str, Any] = {
             "pk": run_pk(run.run_id),
             "sk": _META,
@@ -267,8 +260,7 @@ class RunStore:
         }
         for name, value in plain.items():
             item[name] = json.dumps(value) if name in _JSON_ATTRIBUTES else value
-        for name, attribute in USAGE_ATTRIBUTES.items():
-            item[attribute] = usage.get(name, 0)
+        item.update(run.usage.to_item())
         return _serialize(item)
 
     @staticmethod
@@ -277,7 +269,9 @@ class RunStore:
         for name in _JSON_ATTRIBUTES:
             if name in plain:
                 plain[name] = json.loads(plain[name])
-        plain["usage"] = {name: int(plain.pop(attribute, 0)) for name, attribute in USAGE_ATTRIBUTES.items()}
+        plain["usage"] = Usage.from_item(item)
+        for attribute in Usage().to_item():
+            plain.pop(attribute, None)
         if "step" in plain:
             plain["step"] = int(plain["step"])
         return Run.model_validate(plain)
@@ -290,20 +284,22 @@ class RunStore:
                 "kind": event.kind.value,
                 "step": event.step,
                 "at": event.at.isoformat(),
-                "data": json.dumps(event.data, ensure_ascii=False),
+                "data": dump_data(event),
                 "expires_at": self._expires_at(event.at),
             }
         )
 
     @staticmethod
     def _item_to_event(item: Mapping[str, Any]) -> Event:
-        return Event(
-            run_id=item["pk"].removeprefix("RUN#"),
-            key=item["sk"],
-            kind=item["kind"],
-            step=int(item["step"]),
-            at=item["at"],
-            data=json.loads(item["data"]),
+        return parse_event(
+            {
+                "run_id": item["pk"].removeprefix("RUN#"),
+                "key": item["sk"],
+                "kind": item["kind"],
+                "step": int(item["step"]),
+                "at": item["at"],
+                "data": json.loads(item["data"]),
+            }
         )
 
     def _release_request(self, tenant: str) -> dict[str, Any]:
@@ -335,8 +331,8 @@ class RunStore:
                 value = json.dumps(value)
             values[f":s{index}"] = value
             sets.append(f"#s{index} = :s{index}")
-        for index, (name, amount) in enumerate(update.add.items()):
-            names[f"#a{index}"] = USAGE_ATTRIBUTES[name]
+        for index, (attribute, amount) in enumerate(update.add.increments().items()):
+            names[f"#a{index}"] = attribute
             values[f":a{index}"] = amount
             adds.append(f"#a{index} :a{index}")
         expression = " ".join(
