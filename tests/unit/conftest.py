@@ -9,7 +9,13 @@ import pytest
 from moto import mock_aws
 
 from sandcastle.config import Settings
-from sandcastle.local.runtime import DEFAULT_TEMPLATE, create_buckets, create_state_machines, create_tables
+from sandcastle.local.runtime import (
+    DEFAULT_TEMPLATE,
+    _serialize_emulated_dynamodb,
+    create_buckets,
+    create_state_machines,
+    create_tables,
+)
 from sandcastle.local.template import Template
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
@@ -72,3 +78,14 @@ def deps(aws: Template, sandboxes: FakeSandboxProvider, model: FakeModel, events
         max_steps_ceiling=50,
     )
     return Dependencies(settings, sandboxes=sandboxes, model=model, events=events)
+
+
+@pytest.fixture
+def linearizable_dynamodb() -> Iterator[None]:
+    """moto's DynamoDB checks a condition and writes without a lock; DynamoDB's are atomic per item.
+
+    The local runtime serializes emulated requests for the same reason; tests whose threads race
+    on one item need it too (else two conditional writes can both succeed, which DynamoDB never allows).
+    """
+    with _serialize_emulated_dynamodb():
+        yield

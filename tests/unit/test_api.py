@@ -263,6 +263,7 @@ def test_a_failed_submission_does_not_consume_its_idempotency_key(api: Call) -> 
     assert good[0] == 201
 
 
+@pytest.mark.usefixtures("linearizable_dynamodb")
 def test_concurrent_duplicates_make_one_run(api: Call, monkeypatch: pytest.MonkeyPatch) -> None:
     import sandcastle.runs.admission as admission
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import boto3
@@ -20,7 +19,6 @@ import pytest
 
 from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, SandcastleError
-from sandcastle.local.runtime import _serialize_emulated_dynamodb
 from sandcastle.runs.lifecycle import RunEnded, end_run, fail_run, finish_run, prepare_run
 from sandcastle.runs.models import (
     FailInput,
@@ -383,16 +381,6 @@ class _ClaimsMeet:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
-
-
-@pytest.fixture
-def linearizable_dynamodb() -> Iterator[None]:
-    """moto's DynamoDB checks a condition and writes without a lock; DynamoDB's are atomic per item.
-
-    The local runtime serializes emulated requests for the same reason; racing threads need it here too.
-    """
-    with _serialize_emulated_dynamodb():
-        yield
 
 
 @pytest.mark.parametrize("after_a_finished_run", [False, True])
