@@ -163,6 +163,9 @@ def write_serve_state(home: Path, state: dict[str, Any]) -> Path:
     return path
 
 
+_STATED_SERVER_HEALTH_TIMEOUT_S = 10.0
+
+
 def find_server(home: Path) -> tuple[SandcastleClient, dict[str, Any] | None] | None:
     """A running API to talk to: ``SANDCASTLE_URL``, else a local ``serve`` (state file, or a probe of :8787).
 
@@ -178,6 +181,8 @@ def find_server(home: Path) -> tuple[SandcastleClient, dict[str, Any] | None] | 
         if not url and not key:
             continue  # a server we hold no key for (another user's serve) is not ours to use
         client = SandcastleClient(candidate, key)
-        if url or client.health():
+        # The serve that wrote the state file gets time to answer (its first request may still be
+        # loading the API); a bare probe of the default port stays quick.
+        if url or client.health(timeout_s=_STATED_SERVER_HEALTH_TIMEOUT_S if same_server else 0.5):
             return client, (state if same_server else None)
     return None
