@@ -43,8 +43,8 @@ from typing import IO
 
 from aws_lambda_powertools import Logger
 
-from sandcastle.errors import SandboxError, SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, DiskQuotaExceeded, SandboxSpec
+from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
 from sandcastle.sandbox.local_limits import CgroupSupport, CommandCgroup, SandboxLimits, detect_cgroup_support
 from sandcastle.sandbox.local_workspace import (
