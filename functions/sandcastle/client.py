@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from sandcastle.errors import ApiError
+
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8787"
 INLINE_FILE_LIMIT = 1024 * 1024
 """Files larger than this go through ``POST /uploads`` (the API's default cap on an inline file)."""
 STATE_FILE = "serve.json"
-
-
-class ApiError(Exception):
-    """The API answered with an error (its ``{"error", "message", "field"}`` body)."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        self.status = status
-        self.code = str(body.get("error", "error"))
-        self.field = body.get("field")
-        message = str(body.get("message", body))
-        super().__init__(f"{self.field}: {message}" if self.field else message)
 
 
 class SandcastleClient:

@@ -2,10 +2,17 @@
 
 Adapters turn vendor errors (botocore ``ClientError``, e2b and openai exceptions) into these.
 A handler lets them propagate: the Lambda error type is the class name, and the state machine
-matches on it — ``Retry`` for the retryable ones, ``Catch`` → FailRun for the rest.
+matches on it — ``Retry`` for the retryable ones, ``Catch`` → FailRun for the rest. Do not rename
+a class: ``infra/statemachine/agent_run.asl.json`` and ``result.json`` files name them.
+
+Every exception class of the package lives here (``tests/unit/test_errors.py`` checks it), grouped
+by who raises it; the bases are what callers catch, so they stay as they are.
 """
 
 from __future__ import annotations
+
+import errno
+from typing import Any
 
 
 class SandcastleError(Exception):
@@ -83,3 +90,152 @@ class SandboxError(SandcastleError):
 
 class ToolInputError(SandcastleError):
     """A tool call's arguments were wrong: the model sees this as the tool's result."""
+
+
+# --- runs: refusals the API maps to 4xx, and the lifecycle's guard ---
+
+
+class TooManyActiveRuns(SandcastleError):
+    """The tenant already has as many unfinished runs as it may."""
+
+
+class PayloadTooLarge(SandcastleError):
+    """A request body or an inline input file is over its configured cap. ``field`` names the file."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IdempotencyConflict(SandcastleError):
+    """The ``Idempotency-Key`` was used with another body, or its first request is still running."""
+
+
+class RunEnded(SandcastleError):
+    """The run already reached a terminal status; there is nothing left to do."""
+
+
+class TaskNotFound(SandcastleError):
+    """No task of that name for the tenant."""
+
+
+class ScheduleNotFound(SandcastleError):
+    """No schedule with that id for the tenant."""
+
+
+class InvalidExpression(ValueError):
+    """The expression is not one EventBridge Scheduler accepts (the message says why)."""
+
+
+class UploadRejected(SandcastleError):
+    """The upload cannot start a run; ``error_type`` names the reason for ``result.json``."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+# --- store adapters: conditions that did not hold ---
+
+
+class ConditionFailed(Exception):
+    """The run was not in the state an update required."""
+
+
+class ActiveRunLimitReached(Exception):
+    """The tenant already has as many unfinished runs as the limit allows; nothing was written."""
+
+
+class ScheduleClaimLost(Exception):
+    """Another fire of the schedule changed its latest run first."""
+
+
+class TenantFileAccessDenied(Exception):
+    """S3 refused a tenant-scoped request (the key is outside what the tenant's session may touch)."""
+
+
+class FileTooLarge(Exception):
+    """A tenant file is over the size the caller accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes; the limit is {limit}")
+        self.size, self.limit = size, limit
+
+
+# --- the API's authorizer ---
+
+
+class Unauthorized(Exception):  # noqa: N818 - API Gateway turns exactly this message into a 401
+    """No key, a malformed header, an unknown or a revoked key."""
+
+    def __init__(self) -> None:
+        super().__init__("Unauthorized")
+
+
+# --- sandboxes ---
+
+
+class DiskQuotaExceeded(OSError):
+    """A write found the sandbox's workspace full (its disk quota spent): the model reads the message.
+
+    Backends raise it from ``write_file`` (the local one on ``ENOSPC``/``EDQUOT``, the e2b one on
+    envd's 507), so file tools turn it into a tool error rather than a failed run.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EDQUOT, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class UnsupportedArchitecture(RuntimeError):
+    """This machine's architecture has no syscall table here (only x86_64 and aarch64 do)."""
+
+
+# --- the local E2B-compatible server (its API answers 404, 429 and 400 for these) ---
+
+
+class SandboxNotFound(LookupError):
+    """No live sandbox has this id (never created, killed, or timed out)."""
+
+
+class SandboxLimitReached(RuntimeError):
+    """The server already runs as many sandboxes as it may."""
+
+
+class InvalidSandboxRequest(ValueError):
+    """A create/connect/timeout request the server cannot honour (e.g. internet access)."""
+
+
+# --- the local runtime ---
+
+
+class LambdaInvocationError(Exception):
+    """A function invoked through ``LocalRuntime.invoke`` raised ``error_type``."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+
+class UnmappedCall(Exception):
+    """The permission check does not know which IAM action a call needs."""
+
+
+# --- the CLI's HTTP client ---
+
+
+class ApiError(Exception):
+    """The API answered with an error (its ``{"error", "message", "field"}`` body).
+
+    Not ``sandcastle.api.errors.ApiError``: that is the body's model, this is what the client raises.
+    """
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.code = str(body.get("error", "error"))
+        self.field = body.get("field")
+        message = str(body.get("message", body))
+        super().__init__(f"{self.field}: {message}" if self.field else message)

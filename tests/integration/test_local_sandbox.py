@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from sandcastle.config import Settings
-from sandcastle.errors import SandboxError, SandboxGone
+from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone
 from sandcastle.sandbox import build_sandbox_provider
-from sandcastle.sandbox.base import CommandResult, DiskQuotaExceeded, SandboxSpec
+from sandcastle.sandbox.base import CommandResult, SandboxSpec
 from sandcastle.sandbox.local_sandbox import LocalSandbox, LocalSandboxProvider, SandboxLimits
 
 pytestmark = pytest.mark.bwrap

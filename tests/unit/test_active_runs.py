@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sandcastle.errors import ExecutionError
-from sandcastle.runs.admission import TooManyActiveRuns, admit_run
+from sandcastle.errors import ExecutionError, TooManyActiveRuns
+from sandcastle.runs.admission import admit_run
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
 from sandcastle.runs.models import FailInput, RunRequest, RunStatus, StepState, StopReason

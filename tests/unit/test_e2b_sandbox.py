@@ -18,9 +18,9 @@ from e2b import CommandResult as E2BCommandResult
 from e2b import exceptions as e2b_errors
 
 from sandcastle.config import Settings
-from sandcastle.errors import SandboxError, SandboxGone, SandboxUnavailable
+from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone, SandboxUnavailable
 from sandcastle.sandbox import build_sandbox_provider
-from sandcastle.sandbox.base import DiskQuotaExceeded, SandboxSpec
+from sandcastle.sandbox.base import SandboxSpec
 from sandcastle.sandbox.e2b_sandbox import E2BSandbox, E2BSandboxProvider
 from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
 

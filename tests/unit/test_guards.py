@@ -18,8 +18,8 @@ import boto3
 import pytest
 
 from sandcastle.agent.base import ModelTurn
-from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, SandcastleError
-from sandcastle.runs.lifecycle import RunEnded, end_run, fail_run, finish_run, prepare_run
+from sandcastle.errors import ConditionFailed, InvalidRunRequest, ModelReplyInvalid, RunEnded, SandcastleError
+from sandcastle.runs.lifecycle import end_run, fail_run, finish_run, prepare_run
 from sandcastle.runs.models import (
     FailInput,
     PlaybookCall,
@@ -43,7 +43,7 @@ from sandcastle.runs.tool_calls import run_tool
 from sandcastle.runs.transcript import EventKind, Transcript
 from sandcastle.runs.turns import agent_step
 from sandcastle.sandbox.base import CommandResult, SandboxSpec
-from sandcastle.store.dynamo import ConditionFailed, RunUpdate
+from sandcastle.store.dynamo import RunUpdate
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
 from tests.fakes.sandbox import FakeSandboxProvider

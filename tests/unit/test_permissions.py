@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from sandcastle.errors import UnmappedCall
 from sandcastle.local.permissions import (
     AccessRequest,
     Account,
@@ -22,7 +23,6 @@ from sandcastle.local.permissions import (
     PermissionGuard,
     Policy,
     Role,
-    UnmappedCall,
     bucket_policy,
     requests_for,
 )

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from sandcastle.sandbox.seccomp import REFUSED_SYSCALLS, UnsupportedArchitecture, sandbox_filter
+from sandcastle.errors import UnsupportedArchitecture
+from sandcastle.sandbox.seccomp import REFUSED_SYSCALLS, sandbox_filter
 
 ALLOW = 0x7FFF0000
 EPERM = 0x00050000 | errno.EPERM

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sandcastle.errors import InvalidRunRequest
+from sandcastle.errors import InvalidRunRequest, TaskNotFound
 from sandcastle.runs.models import Budgets, PlaybookCall, TaskDefinition
-from sandcastle.runs.tasks import TaskNotFound, delete_task, get_task, list_tasks, put_task, run_request
+from sandcastle.runs.tasks import delete_task, get_task, list_tasks, put_task, run_request
 from sandcastle.wiring import Dependencies
 
 PLAYBOOK = [PlaybookCall(tool="run_command", arguments={"command": "ls"})]

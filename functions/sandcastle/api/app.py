@@ -21,7 +21,6 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Pat
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.api import examples as ex
-from sandcastle.api.auth import Unauthorized
 from sandcastle.api.errors import error_proxy_result, error_response
 from sandcastle.api.models import (
     ArtifactList,
@@ -37,8 +36,16 @@ from sandcastle.api.resolver import BODY_NOT_UTF8, RequestScopedRestResolver
 from sandcastle.api.responses import declare_shared_errors, error_contents, json_content, ok, principal
 from sandcastle.api.tasks_routes import router as tasks_router
 from sandcastle.api.uploads_routes import router as uploads_router
-from sandcastle.errors import InvalidRunRequest, RunNotFound, ValueTooLarge
-from sandcastle.runs.admission import IdempotencyConflict, PayloadTooLarge, TooManyActiveRuns, admit_run
+from sandcastle.errors import (
+    IdempotencyConflict,
+    InvalidRunRequest,
+    PayloadTooLarge,
+    RunNotFound,
+    TooManyActiveRuns,
+    Unauthorized,
+    ValueTooLarge,
+)
+from sandcastle.runs.admission import admit_run
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.models import Run, RunStatus
 from sandcastle.runs.queries import MAX_WAIT_S, artifact_links, get_tenant_run, list_tenant_runs, read_events

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sandcastle.errors import Unauthorized
 from sandcastle.store.keys import ApiKey, ApiKeyStore
-
-
-class Unauthorized(Exception):  # noqa: N818 - API Gateway turns exactly this message into a 401
-    """No key, a malformed header, an unknown or a revoked key."""
-
-    def __init__(self) -> None:
-        super().__init__("Unauthorized")
 
 
 def authenticate(authorization: str | None, keys: ApiKeyStore) -> ApiKey:

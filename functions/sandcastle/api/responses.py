@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel
 
-from sandcastle.api.auth import Unauthorized
 from sandcastle.api.errors import ApiError
 from sandcastle.api.examples import examples
+from sandcastle.errors import Unauthorized
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -27,14 +27,8 @@ from e2b.api.client.models import (
 from e2b.api.client.types import Unset
 
 from sandcastle.e2b_server.filesystem import HttpAnswer
-from sandcastle.e2b_server.registry import (
-    ENVD_VERSION,
-    InvalidSandboxRequest,
-    SandboxLimitReached,
-    SandboxNotFound,
-    SandboxRecord,
-    SandboxRegistry,
-)
+from sandcastle.e2b_server.registry import ENVD_VERSION, SandboxRecord, SandboxRegistry
+from sandcastle.errors import InvalidSandboxRequest, SandboxLimitReached, SandboxNotFound
 
 DEFAULT_TIMEOUT_S = 300
 """The sandbox timeout when a create names none (the SDK's default)."""

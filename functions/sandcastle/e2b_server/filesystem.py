@@ -27,8 +27,8 @@ from e2b.envd.filesystem import filesystem_pb as pb
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from sandcastle.e2b_server.registry import SandboxRecord
-from sandcastle.errors import SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME, DiskQuotaExceeded
+from sandcastle.errors import DiskQuotaExceeded, SandboxGone
+from sandcastle.sandbox.base import SANDBOX_HOME
 
 
 class FilesystemService:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandcastle.errors import SandboxGone
+from sandcastle.errors import InvalidSandboxRequest, SandboxGone, SandboxLimitReached, SandboxNotFound
 from sandcastle.sandbox.base import SandboxSpec
 from sandcastle.sandbox.local_sandbox import LocalSandbox, LocalSandboxProvider
 
@@ -27,18 +27,6 @@ ENVD_VERSION = "0.6.7"
 MAX_TIMEOUT_S = 24 * 3600
 """The longest sandbox timeout accepted (E2B's Pro limit)."""
 _FIRST_PID = 1000
-
-
-class SandboxNotFound(LookupError):
-    """No live sandbox has this id (never created, killed, or timed out)."""
-
-
-class SandboxLimitReached(RuntimeError):
-    """The server already runs as many sandboxes as it may."""
-
-
-class InvalidSandboxRequest(ValueError):
-    """A create/connect/timeout request the server cannot honour (e.g. internet access)."""
 
 
 @dataclass

@@ -30,7 +30,8 @@ from sandcastle.e2b_server import filesystem
 from sandcastle.e2b_server.api import LifecycleApi
 from sandcastle.e2b_server.filesystem import FilesystemService, HttpAnswer
 from sandcastle.e2b_server.processes import ProcessService
-from sandcastle.e2b_server.registry import SandboxNotFound, SandboxRecord, SandboxRegistry
+from sandcastle.e2b_server.registry import SandboxRecord, SandboxRegistry
+from sandcastle.errors import SandboxNotFound
 from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
 
 logger = logging.getLogger(__name__)

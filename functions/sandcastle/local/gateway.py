@@ -262,7 +262,7 @@ class LocalGateway:
 
     def _authorize(self, event: dict[str, Any]) -> dict[str, Any] | _Reply:
         from sandcastle.api.auth import header
-        from sandcastle.local.runtime import LambdaInvocationError
+        from sandcastle.errors import LambdaInvocationError
 
         identity = header(event["headers"], "Authorization")
         if not identity or self.spec.authorizer_function is None:

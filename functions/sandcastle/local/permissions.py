@@ -63,6 +63,8 @@ from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import ClientError
 
+from sandcastle.errors import UnmappedCall
+
 #: boto3 service name → IAM action prefix, where they differ.
 _IAM_PREFIX = {"stepfunctions": "states"}
 
@@ -77,10 +79,6 @@ class AccessRequest:
     action: str
     resource: str
     context: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-class UnmappedCall(Exception):
-    """The permission check does not know which IAM action a call needs."""
 
 
 # ---------------------------------------------------------------- evaluating policies

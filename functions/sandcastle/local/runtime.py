@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
+from sandcastle.errors import LambdaInvocationError
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
 from sandcastle.runs.models import Run, RunRequest
@@ -507,15 +508,6 @@ class LocalRuntime:
             return
         with self.stats._lock:
             self.stats.api_calls[f"{model.service_model.service_name}.{model.name}"] += 1
-
-
-class LambdaInvocationError(Exception):
-    """A function invoked through ``LocalRuntime.invoke`` raised ``error_type``."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = error_type
-        self.message = message
 
 
 def create_tables(template: Template, client: Any) -> None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sandcastle.runs.schedule_expressions import InvalidExpression, parse_expression
+from sandcastle.errors import InvalidExpression
+from sandcastle.runs.schedule_expressions import parse_expression
 
 if TYPE_CHECKING:
     from sandcastle.local.runtime import LocalRuntime

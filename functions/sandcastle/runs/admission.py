@@ -12,31 +12,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandcastle.errors import SandcastleError
+from sandcastle.errors import (
+    ActiveRunLimitReached,
+    IdempotencyConflict,
+    PayloadTooLarge,
+    TooManyActiveRuns,
+)
 from sandcastle.runs.models import Run, RunRequest
 from sandcastle.runs.submit import submit_run
-from sandcastle.store.dynamo import ActiveRunLimitReached
 from sandcastle.wiring import Dependencies
 
 #: How long a request waits for a concurrent request with the same key to finish.
 _IN_PROGRESS_WAIT_S = 10.0
 _IN_PROGRESS_POLL_S = 0.1
-
-
-class TooManyActiveRuns(SandcastleError):
-    """The tenant already has as many unfinished runs as it may."""
-
-
-class PayloadTooLarge(SandcastleError):
-    """A request body or an inline input file is over its configured cap. ``field`` names the file."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class IdempotencyConflict(SandcastleError):
-    """The ``Idempotency-Key`` was used with another body, or its first request is still running."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from aws_lambda_powertools import Logger
 
-from sandcastle.errors import SandcastleError
+from sandcastle.errors import ConditionFailed, RunEnded
 from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
 from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
@@ -37,7 +37,7 @@ from sandcastle.runs.transcript import (
     user_event,
 )
 from sandcastle.sandbox.base import Sandbox, SandboxSpec
-from sandcastle.store.dynamo import ConditionFailed, RunUpdate
+from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import TOOLS
 from sandcastle.wiring import Dependencies
 
@@ -49,10 +49,6 @@ Your home directory is your workspace and persists between tool calls; input fil
 and anything you want to hand back goes in ~/output.
 Use the tools to inspect, write and run code. Check your work by running it.
 When the task is done, reply with your final answer and no tool calls."""
-
-
-class RunEnded(SandcastleError):
-    """The run already reached a terminal status; there is nothing left to do."""
 
 
 def prepare_run(run_id: str, deps: Dependencies) -> StepState:

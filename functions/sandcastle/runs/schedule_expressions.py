@@ -15,16 +15,14 @@ from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sandcastle.errors import InvalidExpression
+
 _RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
 _AT = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
 _CRON = re.compile(r"^cron\((.*)\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 _MAX_YEAR_SCAN = 2000
 """Cron matches examined at most while looking for one in the expression's years."""
-
-
-class InvalidExpression(ValueError):
-    """The expression is not one EventBridge Scheduler accepts (the message says why)."""
 
 
 @dataclass(frozen=True)

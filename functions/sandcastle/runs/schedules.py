@@ -18,22 +18,24 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
-from sandcastle.errors import InvalidRunRequest, RunNotFound, SandcastleError
+from sandcastle.errors import (
+    InvalidExpression,
+    InvalidRunRequest,
+    RunNotFound,
+    ScheduleClaimLost,
+    ScheduleNotFound,
+)
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.models import RunOrigin, Schedule, ScheduleFire, ScheduleRequest, ScheduleSkip, utcnow
-from sandcastle.runs.schedule_expressions import InvalidExpression, check_timezone, parse_expression
+from sandcastle.runs.schedule_expressions import check_timezone, parse_expression
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request
-from sandcastle.store.schedules import FIRE_RETRY_WINDOW_S, ScheduleClaimLost
+from sandcastle.store.schedules import FIRE_RETRY_WINDOW_S
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
 
 _CLAIM_ATTEMPTS = 5
-
-
-class ScheduleNotFound(SandcastleError):
-    """No schedule with that id for the tenant."""
 
 
 @dataclass(frozen=True)

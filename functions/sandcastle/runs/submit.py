@@ -6,12 +6,17 @@ import base64
 import binascii
 import uuid
 
-from sandcastle.errors import ExecutionError, ExecutionsUnavailable, InvalidRunRequest
+from sandcastle.errors import (
+    ExecutionError,
+    ExecutionsUnavailable,
+    FileTooLarge,
+    InvalidRunRequest,
+    TenantFileAccessDenied,
+)
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.input_files import check_tenant_key
 from sandcastle.runs.models import Run, RunError, RunOrigin, RunRequest, RunStatus, StoredInputFile, utcnow
 from sandcastle.store.dynamo import RunUpdate
-from sandcastle.store.tenant_files import FileTooLarge, TenantFileAccessDenied
 from sandcastle.wiring import Dependencies
 
 

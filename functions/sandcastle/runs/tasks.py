@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from sandcastle.errors import InvalidRunRequest, SandcastleError
+from sandcastle.errors import InvalidRunRequest, TaskNotFound
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.models import InputFile, RunRequest, Task, TaskDefinition, utcnow
 from sandcastle.wiring import Dependencies
 
 _RUN_FIELDS = set(TaskDefinition.model_fields) - {"max_input_bytes", "allow_empty_input"}
 """What of a task goes into its runs' requests (the rest governs uploads)."""
-
-
-class TaskNotFound(SandcastleError):
-    """No task of that name for the tenant."""
 
 
 def put_task(tenant: str, name: str, definition: TaskDefinition, deps: Dependencies) -> Task:

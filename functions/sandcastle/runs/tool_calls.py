@@ -7,12 +7,12 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from sandcastle.errors import SandcastleError, ToolInputError
+from sandcastle.errors import ConditionFailed, SandcastleError, ToolInputError
 from sandcastle.large_values import event_saver, read_saved
 from sandcastle.runs.budget import seconds_left
 from sandcastle.runs.models import Run, ToolCall, ToolTask, Usage, utcnow
 from sandcastle.runs.transcript import AssistantEvent, ToolResultData, assistant_key, tool_result_event, tool_result_key
-from sandcastle.store.dynamo import ConditionFailed, RunUpdate
+from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call
 from sandcastle.wiring import Dependencies
 

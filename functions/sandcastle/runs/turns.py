@@ -5,10 +5,9 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger
 
 from sandcastle.agent.base import ModelTurn
-from sandcastle.errors import ModelReplyInvalid
+from sandcastle.errors import ModelReplyInvalid, RunEnded
 from sandcastle.large_values import event_saver, fit_reply
 from sandcastle.runs.budget import budget_stop, seconds_left
-from sandcastle.runs.lifecycle import RunEnded
 from sandcastle.runs.models import RunStatus, StepState, StopReason, Usage, utcnow
 from sandcastle.runs.transcript import AssistantData, AssistantEvent, Transcript, assistant_event, assistant_key
 from sandcastle.store.dynamo import RunUpdate

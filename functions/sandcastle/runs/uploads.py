@@ -28,7 +28,7 @@ from urllib.parse import unquote, unquote_plus
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, Field, ValidationError, computed_field
 
-from sandcastle.errors import InvalidRunRequest, RunNotFound, SandcastleError
+from sandcastle.errors import InvalidRunRequest, RunNotFound, UploadRejected
 from sandcastle.names import file_name_problem, tenant_problem
 from sandcastle.runs.models import (
     Artifact,
@@ -80,14 +80,6 @@ class UploadOutcome:
     result_key: str | None = None
     """Where ``result.json`` is (rejected) or will be (started) in the inbox bucket."""
     error: str | None = None
-
-
-class UploadRejected(SandcastleError):
-    """The upload cannot start a run; ``error_type`` names the reason for ``result.json``."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
 
 
 @dataclass(frozen=True)

@@ -6,26 +6,11 @@ to ``SANDBOX_HOME``. Agent-written code only ever executes through ``Sandbox.run
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 SANDBOX_HOME = "/home/user"
 """The sandbox user's home directory: the run's private, persistent workspace (E2B's default)."""
-
-
-class DiskQuotaExceeded(OSError):
-    """A write found the sandbox's workspace full (its disk quota spent): the model reads the message.
-
-    Backends raise it from ``write_file`` (the local one on ``ENOSPC``/``EDQUOT``, the e2b one on
-    envd's 507), so file tools turn it into a tool error rather than a failed run.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EDQUOT, message)
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sandcastle.errors import SandboxError, SandboxGone, SandboxUnavailable
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, DiskQuotaExceeded, SandboxSpec
+from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone, SandboxUnavailable
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
 
 _KILL_BACKSTOP_GRACE_S = 5

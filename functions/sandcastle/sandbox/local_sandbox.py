@@ -21,19 +21,15 @@ is a plain directory under ``<root>/<id>/home`` with no disk quota.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
-import posixpath
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -43,8 +39,9 @@ from typing import IO
 
 from aws_lambda_powertools import Logger
 
-from sandcastle.errors import SandboxError, SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, DiskQuotaExceeded, SandboxSpec
+from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone
+from sandcastle.sandbox import workspace_files
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
 from sandcastle.sandbox.local_limits import CgroupSupport, CommandCgroup, SandboxLimits, detect_cgroup_support
 from sandcastle.sandbox.local_workspace import (
@@ -68,7 +65,6 @@ _SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _BASE_ENV = {"HOME": SANDBOX_HOME, "PATH": _SANDBOX_PATH, "LANG": "C.UTF-8"}
 """What every command starts from; the run's and the call's variables go on top, for the command only."""
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
-_MAX_SYMLINK_HOPS = 40
 
 logger = Logger(child=True)
 
@@ -380,17 +376,8 @@ class LocalSandbox:
         when the workspace is full.
         """
         self.ensure_alive()
-        owner = self._provider.sandbox_uid
         try:
-            with _resolve_in_workspace(self._workspace, path, create_parents=True, owner=owner) as (parent_fd, name):
-                # O_NONBLOCK: opening a FIFO must not wait for a reader (it is refused just below).
-                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-                fd = _open_regular_file(name, flags, parent_fd, path)
-                with os.fdopen(fd, "wb") as file:
-                    os.ftruncate(file.fileno(), 0)
-                    if owner is not None:
-                        os.fchown(file.fileno(), owner, owner)
-                    file.write(data)
+            workspace_files.write_file(self._workspace, path, data, owner=self._provider.sandbox_uid)
         except OSError as error:
             if is_out_of_space(error):
                 raise DiskQuotaExceeded(quota_exceeded_message(self._disk_quota_mb)) from None
@@ -403,11 +390,7 @@ class LocalSandbox:
         names something other than a regular file: a FIFO or a device would never end.
         """
         self.ensure_alive()
-        with _resolve_in_workspace(self._workspace, path, create_parents=False) as (parent_fd, name):
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            fd = _open_regular_file(name, flags, parent_fd, path)
-            with os.fdopen(fd, "rb") as file:
-                return file.read()
+        return workspace_files.read_file(self._workspace, path)
 
     def spawn(self, program: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None) -> SandboxProcess:
         """Start ``program`` (an argv) in a fresh bwrap, under the same isolation and limits as ``run``.
@@ -439,13 +422,7 @@ class LocalSandbox:
         Raises ``ValueError`` when the path (symlinks followed) leads outside ``/home/user``.
         """
         self.ensure_alive()
-        if _is_workspace_root(path):
-            return os.stat(self._workspace)
-        with _resolve_in_workspace(self._workspace, path, create_parents=False) as (parent_fd, name):
-            try:
-                return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT, "no such file or directory in the sandbox", path) from None
+        return workspace_files.stat_path(self._workspace, path)
 
     def list_dir(self, path: str, *, depth: int = 1) -> list[tuple[str, os.stat_result]]:
         """The entries under a workspace directory, ``depth`` levels deep: ``(sandbox path, lstat)`` pairs.
@@ -453,82 +430,22 @@ class LocalSandbox:
         Symlinks are listed, never followed (so a listing never leaves the workspace).
         """
         self.ensure_alive()
-        base = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
-        entries: list[tuple[str, os.stat_result]] = []
-        with self._open_directory(path) as directory_fd:
-            _list_directory(directory_fd, base, max(1, depth), entries)
-        return entries
+        return workspace_files.list_dir(self._workspace, path, depth=depth)
 
     def make_dir(self, path: str) -> bool:
         """Create a directory (and its parents), owned by the sandbox user. False when it already existed."""
         self.ensure_alive()
-        if _is_workspace_root(path):
-            return False
-        owner = self._provider.sandbox_uid
-        with _resolve_in_workspace(self._workspace, path, create_parents=True, owner=owner) as (parent_fd, name):
-            try:
-                os.mkdir(name, mode=0o755, dir_fd=parent_fd)
-            except FileExistsError:
-                if not stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
-                    raise
-                return False
-            if owner is not None:
-                os.chown(name, owner, owner, dir_fd=parent_fd, follow_symlinks=False)
-            return True
+        return workspace_files.make_dir(self._workspace, path, owner=self._provider.sandbox_uid)
 
     def remove_path(self, path: str) -> None:
         """Remove a file, symlink or directory tree of the workspace; ``FileNotFoundError`` when missing."""
         self.ensure_alive()
-        if _is_workspace_root(path):
-            raise ValueError(f"refusing to remove the sandbox workspace {SANDBOX_HOME} itself")
-        with _resolve_in_workspace(self._workspace, path, create_parents=False, follow_final=False) as (
-            parent_fd,
-            name,
-        ):
-            try:
-                mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT, "no such file or directory in the sandbox", path) from None
-            if stat.S_ISDIR(mode):
-                shutil.rmtree(name, dir_fd=parent_fd)
-            else:
-                os.unlink(name, dir_fd=parent_fd)
+        workspace_files.remove_path(self._workspace, path)
 
     def move_path(self, source: str, destination: str) -> None:
         """Rename a workspace path to another (parents of the destination are created)."""
         self.ensure_alive()
-        owner = self._provider.sandbox_uid
-        with (
-            _resolve_in_workspace(self._workspace, source, create_parents=False, follow_final=False) as (
-                source_fd,
-                source_name,
-            ),
-            _resolve_in_workspace(self._workspace, destination, create_parents=True, owner=owner) as (
-                destination_fd,
-                destination_name,
-            ),
-        ):
-            try:
-                os.rename(source_name, destination_name, src_dir_fd=source_fd, dst_dir_fd=destination_fd)
-            except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT, "no such file or directory in the sandbox", source) from None
-
-    @contextmanager
-    def _open_directory(self, path: str) -> Iterator[int]:
-        """A file descriptor of a workspace directory, reached without leaving the workspace."""
-        if _is_workspace_root(path):
-            fd = os.open(self._workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        else:
-            with _resolve_in_workspace(self._workspace, path, create_parents=False) as (parent_fd, name):
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                try:
-                    fd = _open_no_follow(name, flags, parent_fd, path)
-                except NotADirectoryError:
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+        workspace_files.move_path(self._workspace, source, destination, owner=self._provider.sandbox_uid)
 
     def _ensure_not_killed(self) -> None:
         if not (self._sandbox_dir / "meta.json").exists():
@@ -683,26 +600,6 @@ class SandboxProcess:
             return self._exit_code
 
 
-def _is_workspace_root(path: str) -> bool:
-    """True when ``path`` names ``/home/user`` itself (``ValueError`` when it points outside it)."""
-    return not _workspace_relative_parts(path)
-
-
-def _list_directory(directory_fd: int, base: str, depth: int, entries: list[tuple[str, os.stat_result]]) -> None:
-    """Append ``(path, lstat)`` of each entry under ``directory_fd`` (recursing ``depth - 1`` levels)."""
-    for name in sorted(os.listdir(directory_fd)):
-        with suppress(FileNotFoundError):
-            info = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
-            entries.append((posixpath.join(base, name), info))
-            if depth > 1 and stat.S_ISDIR(info.st_mode):
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                child_fd = os.open(name, flags, dir_fd=directory_fd)
-                try:
-                    _list_directory(child_fd, posixpath.join(base, name), depth - 1, entries)
-                finally:
-                    os.close(child_fd)
-
-
 def _write_meta(sandbox_dir: Path, meta: dict[str, object]) -> None:
     """Replace ``meta.json`` atomically, so a concurrent reader never sees half of it."""
     partial = sandbox_dir / f".meta-{uuid.uuid4().hex}.json"
@@ -790,125 +687,3 @@ def _kill_process_group(process: subprocess.Popen[bytes]) -> None:
 
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
-def _workspace_relative_parts(path: str) -> list[str]:
-    """The components of a sandbox path relative to ``/home/user``.
-
-    Raises ``ValueError`` when the path, read literally, points outside ``/home/user``.
-    """
-    lexical = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
-    if lexical != SANDBOX_HOME and not lexical.startswith(SANDBOX_HOME + "/"):
-        raise ValueError(f"path {path!r} is outside the sandbox workspace {SANDBOX_HOME}")
-    return list(PurePosixPath(posixpath.join(SANDBOX_HOME, path)).relative_to(SANDBOX_HOME).parts)
-
-
-@contextmanager
-def _resolve_in_workspace(
-    workspace: Path, path: str, *, create_parents: bool, owner: int | None = None, follow_final: bool = True
-) -> Iterator[tuple[int, str]]:
-    """Yield ``(parent_dir_fd, name)`` for a sandbox path, following symlinks as the sandbox would.
-
-    The walk goes one component at a time through directory file descriptors opened with
-    ``O_NOFOLLOW``, and interprets each symlink itself (absolute targets relative to the
-    sandbox's root), so neither ``..``, a planted symlink, nor a symlink swapped in while the walk
-    runs can lead it outside the workspace. The final name is returned unopened and is not a
-    symlink at the time of the walk; callers open it with ``O_NOFOLLOW``. Directories it creates
-    are given to ``owner`` (uid and gid) when set, so the sandbox user can write into them.
-    With ``follow_final=False`` a final symlink is returned as it is (to remove or rename the link).
-    """
-    directory_fds = [os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
-    try:
-        name = _walk_to_final_name(directory_fds, path, create_parents, owner, follow_final)
-        yield directory_fds[-1], name
-    finally:
-        for fd in directory_fds:
-            os.close(fd)
-
-
-def _walk_to_final_name(
-    directory_fds: list[int], path: str, create_parents: bool, owner: int | None, follow_final: bool = True
-) -> str:
-    """Descend ``directory_fds`` (workspace first) to the directory holding ``path``'s final name."""
-    pending = deque(_workspace_relative_parts(path))
-    symlink_hops = 0
-    while pending:
-        part = pending.popleft()
-        if part == "..":
-            if len(directory_fds) == 1:
-                raise ValueError(f"path {path!r} is outside the sandbox workspace {SANDBOX_HOME}")
-            os.close(directory_fds.pop())
-            continue
-        try:
-            mode = os.stat(part, dir_fd=directory_fds[-1], follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            if not pending:
-                return part
-            if not create_parents:
-                raise FileNotFoundError(errno.ENOENT, "no such directory in the sandbox", path) from None
-            os.mkdir(part, mode=0o755, dir_fd=directory_fds[-1])
-            if owner is not None:
-                os.chown(part, owner, owner, dir_fd=directory_fds[-1], follow_symlinks=False)
-            mode = stat.S_IFDIR
-        if stat.S_ISLNK(mode):
-            if not pending and not follow_final:
-                return part
-            symlink_hops += 1
-            if symlink_hops > _MAX_SYMLINK_HOPS:
-                raise ValueError(f"path {path!r} has too many levels of symbolic links")
-            target = os.readlink(part, dir_fd=directory_fds[-1])
-            if target.startswith("/"):
-                try:
-                    target_parts = _workspace_relative_parts(target)
-                except ValueError:
-                    raise ValueError(
-                        f"path {path!r} leads outside the sandbox workspace {SANDBOX_HOME} "
-                        f"through a symlink to {target!r}"
-                    ) from None
-                while len(directory_fds) > 1:
-                    os.close(directory_fds.pop())
-            else:
-                target_parts = [part for part in target.split("/") if part not in ("", ".")]
-            pending.extendleft(reversed(target_parts))
-            continue
-        if not pending:
-            return part
-        if not stat.S_ISDIR(mode):
-            raise NotADirectoryError(errno.ENOTDIR, "a path component is not a directory", path)
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        directory_fds.append(_open_no_follow(part, flags, directory_fds[-1], path))
-    raise IsADirectoryError(errno.EISDIR, "the path names a directory, not a file", path)
-
-
-def _open_regular_file(name: str, flags: int, dir_fd: int, path: str) -> int:
-    """Open ``name`` like ``_open_no_follow``, then refuse anything but a regular file.
-
-    A FIFO or a device would make a read never end (or a write block); callers pass
-    ``O_NONBLOCK`` so that opening one returns at once, and this refuses it.
-    """
-    try:
-        fd = _open_no_follow(name, flags, dir_fd, path)
-    except OSError as error:
-        if error.errno == errno.ENXIO:  # a FIFO opened for writing without a reader
-            raise ValueError(f"path {path!r} is a FIFO, not a regular file; file tools read and write files") from None
-        raise
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return fd
-    os.close(fd)
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, "the path names a directory, not a file", path)
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    raise ValueError(f"path {path!r} is {kind}, not a regular file; file tools read and write files")
-
-
-def _open_no_follow(name: str, flags: int, dir_fd: int, path: str) -> int:
-    """Open ``name`` under ``dir_fd``; a symlink swapped in since the walk is refused as an escape."""
-    try:
-        return os.open(name, flags, 0o644, dir_fd=dir_fd)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise ValueError(f"path {path!r} changed into a symlink while being resolved") from None
-        if error.errno == errno.ENOENT:
-            raise FileNotFoundError(errno.ENOENT, "no such file in the sandbox", path) from None
-        raise

@@ -31,7 +31,9 @@ import os
 import platform
 import struct
 
-__all__ = ["REFUSED_SYSCALLS", "UnsupportedArchitecture", "sandbox_filter"]
+from sandcastle.errors import UnsupportedArchitecture
+
+__all__ = ["REFUSED_SYSCALLS", "sandbox_filter"]
 
 # struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];
 _NR_OFFSET = 0
@@ -92,10 +94,6 @@ REFUSED_SYSCALLS: dict[str, dict[str, int]] = {
 _UNSHARE = {"x86_64": 272, "aarch64": 97}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = {"x86_64": 435, "aarch64": 435}
-
-
-class UnsupportedArchitecture(RuntimeError):
-    """This machine's architecture has no syscall table here (only x86_64 and aarch64 do)."""
 
 
 def sandbox_filter(machine: str | None = None) -> bytes:

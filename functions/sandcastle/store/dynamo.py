@@ -26,7 +26,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic_core import to_jsonable_python
 
-from sandcastle.errors import RunNotFound
+from sandcastle.errors import ActiveRunLimitReached, ConditionFailed, RunNotFound
 from sandcastle.runs.models import TERMINAL_STATUSES, Run, RunStatus, Usage
 from sandcastle.runs.transcript import Event, dump_data, parse_event
 from sandcastle.store.item_size import check_request_fits
@@ -61,14 +61,6 @@ class RunUpdate:
     release_slot_of: str | None = None
     """The run's tenant, when this update sets a terminal status: its active-run slot is freed in the
     same transaction. Required then, together with a condition that the run has not ended."""
-
-
-class ConditionFailed(Exception):
-    """The run was not in the state an update required."""
-
-
-class ActiveRunLimitReached(Exception):
-    """The tenant already has as many unfinished runs as the limit allows; nothing was written."""
 
 
 class RunStore:

@@ -13,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sandcastle.errors import ScheduleClaimLost
 from sandcastle.runs.models import Schedule, ScheduleSkip
 from sandcastle.store.item_size import check_request_fits
 
@@ -21,10 +22,6 @@ _KEEP_SKIPS = 20
 """Skips shown on a schedule; the list is trimmed once it holds twice as many."""
 FIRE_RETRY_WINDOW_S = 3600
 """How long after its scheduled time a fire may still be delivered (EventBridge Scheduler's retries)."""
-
-
-class ScheduleClaimLost(Exception):
-    """Another fire of the schedule changed its latest run first."""
 
 
 def _sk(tenant: str, schedule_id: str) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sandcastle.errors import FileTooLarge, TenantFileAccessDenied
+
 UPLOADS_PREFIX = "uploads/"
 SESSION_TTL_S = 900
 """The shortest STS session (15 minutes): an upload URL is valid at most this long."""
@@ -30,10 +32,6 @@ TENANT_TAG = "tenant"
 def tenant_prefix(tenant: str) -> str:
     """``uploads/<tenant>/``: the only part of the bucket a tenant's keys may name."""
     return f"{UPLOADS_PREFIX}{tenant}/"
-
-
-class TenantFileAccessDenied(Exception):
-    """S3 refused a tenant-scoped request (the key is outside what the tenant's session may touch)."""
 
 
 class TenantFiles:
@@ -140,9 +138,3 @@ class TenantFiles:
             aws_secret_access_key=credentials["SecretAccessKey"],
             aws_session_token=credentials["SessionToken"],
         )
-
-
-class FileTooLarge(Exception):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"{size} bytes; the limit is {limit}")
-        self.size, self.limit = size, limit

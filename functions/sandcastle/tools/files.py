@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from sandcastle.errors import ToolInputError
-from sandcastle.sandbox.base import SANDBOX_HOME, DiskQuotaExceeded, Sandbox
+from sandcastle.errors import DiskQuotaExceeded, ToolInputError
+from sandcastle.sandbox.base import SANDBOX_HOME, Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 
 _PATH_HELP = "File path, relative to the home directory or absolute under it."

@@ -1,17 +1,15 @@
 """``apply_patch``: a unified diff applied to files of the sandbox, all of it or none of it.
 
-Parsing and hunk application are pure Python over the files' bytes: the patch is data, nothing
-in it executes. A hunk's lines must match the file exactly (line endings aside); only its position
-may differ from the one its header states, searched nearest first as ``patch`` and ``git apply`` do.
+Parsing the diff and applying its hunks is ``unified_diff`` (pure: the patch is data, nothing in
+it executes); this module is the tool: it reads the files a patch names, plans every change before
+writing any, and writes them all, restoring those already written when one write fails.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -20,16 +18,16 @@ from sandcastle.errors import ToolInputError
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 from sandcastle.tools.files import PATH_ERRORS, home_path, relative_to_home
+from sandcastle.tools.unified_diff import (
+    DEV_NULL,
+    ERROR_PREFIX,
+    FilePatch,
+    apply_hunks,
+    parse_unified_diff,
+    target_names,
+)
 
-DEV_NULL = "/dev/null"
-_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-_BARE_HUNK_HEADER = re.compile(r"^@@(?: (?![-+]).*)?$")
-"""``@@`` alone, or with a section name: no line numbers, the hunk's context places it."""
-_EPOCH_TIMESTAMP = re.compile(r"^(1970-01-01|1969-12-31)[ T]")
-_C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", '"': '"', "\\": "\\"}
-_QUOTE_LIMIT = 120
 _DELETE_TIMEOUT_S = 30.0
-_ERROR = "apply_patch:"
 
 
 class ApplyPatchArgs(ToolArgs):
@@ -41,65 +39,6 @@ class ApplyPatchArgs(ToolArgs):
             "New files come from /dev/null, deleted files go to /dev/null."
         ),
     )
-
-
-@dataclass
-class _Line:
-    kind: Literal[" ", "-", "+"]
-    text: str
-    """The line without its newline; a trailing CR (from a CRLF patch) is kept."""
-    no_newline: bool = False
-    """Followed by ``\\ No newline at end of file``."""
-
-    @property
-    def content(self) -> str:
-        return self.text.removesuffix("\r")
-
-
-@dataclass
-class _Hunk:
-    header: str
-    old_start: int | None
-    """1-based, as in the header; None for a bare ``@@`` header, placed by its context alone."""
-    old_count: int
-    lines: list[_Line] = field(default_factory=list)
-
-    @property
-    def old(self) -> list[_Line]:
-        return [line for line in self.lines if line.kind != "+"]
-
-    @property
-    def new(self) -> list[_Line]:
-        return [line for line in self.lines if line.kind != "-"]
-
-    @property
-    def stated_index(self) -> int:
-        """Where the header puts the hunk, as a 0-based index into the old file's lines."""
-        start = self.old_start or 0
-        return start - 1 if self.old_count > 0 else start
-
-
-@dataclass
-class _FilePatch:
-    old_name: str
-    new_name: str
-    old_stamp: str
-    new_stamp: str
-    hunks: list[_Hunk] = field(default_factory=list)
-
-    @property
-    def creates(self) -> bool:
-        """The old side is /dev/null, or ``diff -N``'s stand-in for a missing file (epoch time, no lines)."""
-        if self.old_name == DEV_NULL:
-            return True
-        return bool(_EPOCH_TIMESTAMP.match(self.old_stamp)) and not any(hunk.old for hunk in self.hunks)
-
-    @property
-    def deletes(self) -> bool:
-        """The new side is /dev/null, or ``diff -N``'s stand-in for a removed file."""
-        if self.new_name == DEV_NULL:
-            return True
-        return bool(_EPOCH_TIMESTAMP.match(self.new_stamp)) and not any(hunk.new for hunk in self.hunks)
 
 
 @dataclass
@@ -124,178 +63,12 @@ class ApplyPatch:
     args_model: ClassVar[type[ToolArgs]] = ApplyPatchArgs
 
     def execute(self, sandbox: Sandbox, args: ApplyPatchArgs, context: ToolContext) -> dict[str, Any]:
-        changes = plan_patch(sandbox, parse_patch(args.patch))
+        changes = plan_patch(sandbox, parse_unified_diff(args.patch))
         _write_all(sandbox, changes, timeout_s=max(1.0, min(_DELETE_TIMEOUT_S, context.remaining_run_s)))
         return {"files": [{"path": c.display, "action": c.action, "hunks": c.hunks} for c in changes]}
 
 
-# --- parsing ---
-
-
-def parse_patch(patch: str) -> list[_FilePatch]:
-    """The files of a unified diff and their hunks; ``ToolInputError`` saying what is malformed."""
-    lines = patch.split("\n")
-    files: list[_FilePatch] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i].removesuffix("\r")
-        if line == "-- ":
-            break  # the signature of a `git format-patch` mail
-        if line.startswith("GIT binary patch") or (line.startswith("Binary files ") and line.endswith(" differ")):
-            raise ToolInputError(f"{_ERROR} binary patches are not supported; write binary files with run_command")
-        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            old_name, old_stamp = _header_name(line[4:])
-            new_name, new_stamp = _header_name(lines[i + 1].removesuffix("\r")[4:])
-            files.append(_FilePatch(old_name, new_name, old_stamp, new_stamp))
-            i += 2
-            continue
-        if line.startswith("@@"):
-            if not files:
-                break
-            hunk, i = _parse_hunk(lines, i, _display_name(files[-1]), len(files[-1].hunks) + 1)
-            files[-1].hunks.append(hunk)
-            continue
-        if files and files[-1].hunks and line[:1] in ("+", "-", " "):
-            raise ToolInputError(
-                f"{_ERROR} hunk {len(files[-1].hunks)} of {_display_name(files[-1])} "
-                f"({files[-1].hunks[-1].header}) has more lines than its header counts; fix the counts"
-            )
-        i += 1
-    if not files:
-        raise ToolInputError(
-            f"{_ERROR} no file headers found; a patch names each file with '--- a/path' and '+++ b/path' lines "
-            "before its '@@ -start,count +start,count @@' hunks"
-        )
-    for file in files:
-        if not file.hunks:
-            raise ToolInputError(
-                f"{_ERROR} {_display_name(file)} has no hunks (renames and mode changes are not supported)"
-            )
-    return files
-
-
-def _parse_hunk(lines: list[str], i: int, display: str, number: int) -> tuple[_Hunk, int]:
-    """The hunk whose header is ``lines[i]``, and the index of the line after it."""
-    header_line = lines[i].removesuffix("\r")
-    match = _HUNK_HEADER.match(header_line)
-    if match:
-        old_count = int(match[2]) if match[2] is not None else 1
-        new_count = int(match[4]) if match[4] is not None else 1
-        hunk = _Hunk(header=header_line[: match.end()], old_start=int(match[1]), old_count=old_count)
-    elif _BARE_HUNK_HEADER.match(header_line):
-        old_count = new_count = -1
-        hunk = _Hunk(header="@@", old_start=None, old_count=0)
-    else:
-        raise ToolInputError(
-            f"{_ERROR} hunk {number} of {display}: malformed header {header_line!r}; "
-            "expected '@@ -start,count +start,count @@'"
-        )
-    i += 1
-    counted = old_count >= 0
-    old_seen = new_seen = 0
-    while i < len(lines):
-        if counted and old_seen >= old_count and new_seen >= new_count:
-            if i < len(lines) and lines[i].startswith("\\"):
-                _mark_no_newline(hunk)
-                i += 1
-            break
-        raw = lines[i]
-        if raw.startswith("\\"):
-            _mark_no_newline(hunk)
-            i += 1
-            continue
-        if not counted and _ends_bare_hunk(lines, i):
-            break
-        kind = raw[:1] if raw[:1] in (" ", "-", "+") else None
-        if kind is None and raw.removesuffix("\r") == "":
-            kind = " "  # a blank context line whose leading space was stripped
-            raw = " " + raw
-        if kind is None:
-            if counted:
-                raise ToolInputError(
-                    f"{_ERROR} hunk {number} of {display} ({hunk.header}) ends after {old_seen} old and "
-                    f"{new_seen} new lines, but its header counts {old_count} and {new_count}; fix the counts"
-                )
-            break
-        hunk.lines.append(_Line(kind=kind, text=raw[1:]))  # type: ignore[arg-type]
-        old_seen += kind != "+"
-        new_seen += kind != "-"
-        i += 1
-    else:
-        if counted and (old_seen < old_count or new_seen < new_count):
-            raise ToolInputError(
-                f"{_ERROR} hunk {number} of {display} ({hunk.header}) is cut short: {old_seen} old and "
-                f"{new_seen} new lines where its header counts {old_count} and {new_count}"
-            )
-    if not counted:
-        while hunk.lines and hunk.lines[-1].kind == " " and hunk.lines[-1].content == "":
-            hunk.lines.pop()  # blank lines after the hunk, not context
-        hunk.old_count = len(hunk.old)
-    if not any(line.kind != " " for line in hunk.lines):
-        raise ToolInputError(f"{_ERROR} hunk {number} of {display} ({hunk.header}) changes nothing")
-    return hunk, i
-
-
-def _ends_bare_hunk(lines: list[str], i: int) -> bool:
-    line = lines[i]
-    return line.startswith("@@") or (line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "))
-
-
-def _mark_no_newline(hunk: _Hunk) -> None:
-    if hunk.lines:
-        hunk.lines[-1].no_newline = True
-
-
-def _header_name(rest: str) -> tuple[str, str]:
-    """The path and timestamp of a ``---``/``+++`` header (after the marker)."""
-    if rest.startswith('"'):
-        name, end = _unquote_c_style(rest)
-        return name, rest[end:].strip()
-    name, _, stamp = rest.partition("\t")
-    return name.rstrip(), stamp.strip()
-
-
-def _unquote_c_style(text: str) -> tuple[str, int]:
-    """Git's quoting of unusual file names: ``"a/caf\\303\\251.txt"`` → ``a/café.txt``."""
-    out = bytearray()
-    i = 1
-    while i < len(text) and text[i] != '"':
-        if text[i] == "\\" and i + 1 < len(text):
-            escape = text[i + 1]
-            if escape in "01234567":
-                digits = re.match(r"[0-7]{1,3}", text[i + 1 :])[0]  # type: ignore[index]
-                out.append(int(digits, 8) & 0xFF)
-                i += 1 + len(digits)
-                continue
-            out += _C_ESCAPES.get(escape, escape).encode()
-            i += 2
-            continue
-        out += text[i].encode()
-        i += 1
-    return out.decode("utf-8", errors="replace"), i + 1
-
-
-def _strip_prefix(name: str, prefix: str) -> str:
-    return name[len(prefix) :] if name.startswith(prefix) else name
-
-
-def _target_names(file: _FilePatch) -> tuple[str, str]:
-    """The old and new names with git's ``a/`` and ``b/`` prefixes removed when both carry them."""
-    old, new = file.old_name, file.new_name
-    if (old == DEV_NULL or old.startswith("a/")) and (new == DEV_NULL or new.startswith("b/")):
-        old, new = _strip_prefix(old, "a/"), _strip_prefix(new, "b/")
-    return old, new
-
-
-def _display_name(file: _FilePatch) -> str:
-    old, new = _target_names(file)
-    return old if new == DEV_NULL else new
-
-
-# --- applying ---
-
-
-def plan_patch(sandbox: Sandbox, files: list[_FilePatch]) -> list[_Change]:
+def plan_patch(sandbox: Sandbox, files: list[FilePatch]) -> list[_Change]:
     """What every file becomes, computed before anything is written; ``ToolInputError`` when a hunk fails."""
     state: dict[str, bytes | None] = {}
     """The planned content of each path touched so far (None: absent)."""
@@ -306,13 +79,15 @@ def plan_patch(sandbox: Sandbox, files: list[_FilePatch]) -> list[_Change]:
         creates, deletes = file.creates, file.deletes
         before = _current(sandbox, path, state)
         if creates and before:
-            raise ToolInputError(f"{_ERROR} {display} already exists; to change it, diff against its current content")
+            raise ToolInputError(
+                f"{ERROR_PREFIX} {display} already exists; to change it, diff against its current content"
+            )
         if not creates and before is None:
-            raise ToolInputError(f"{_ERROR} {display} does not exist; to create it, diff it against /dev/null")
-        after = _apply_hunks(before or b"", file.hunks, display, creating=creates)
+            raise ToolInputError(f"{ERROR_PREFIX} {display} does not exist; to create it, diff it against /dev/null")
+        after = apply_hunks(before or b"", file.hunks, display, creating=creates)
         if deletes and after:
             raise ToolInputError(
-                f"{_ERROR} {display} is to be deleted, but lines the patch does not remove remain in it"
+                f"{ERROR_PREFIX} {display} is to be deleted, but lines the patch does not remove remain in it"
             )
         action: Literal["modified", "created", "deleted"] = (
             "deleted" if deletes else "created" if before is None else "modified"
@@ -322,15 +97,15 @@ def plan_patch(sandbox: Sandbox, files: list[_FilePatch]) -> list[_Change]:
     return _merge_repeats(changes)
 
 
-def _choose_target(sandbox: Sandbox, file: _FilePatch, state: dict[str, bytes | None]) -> str:
+def _choose_target(sandbox: Sandbox, file: FilePatch, state: dict[str, bytes | None]) -> str:
     """The absolute path a file section edits: its new name, or its old one when only that exists."""
-    old, new = _target_names(file)
+    old, new = target_names(file)
     if new == DEV_NULL and old == DEV_NULL:
-        raise ToolInputError(f"{_ERROR} a file goes from /dev/null to /dev/null; name it in '---' or '+++'")
-    path = home_path(old if new == DEV_NULL else new, field=f"{_ERROR} file")
+        raise ToolInputError(f"{ERROR_PREFIX} a file goes from /dev/null to /dev/null; name it in '---' or '+++'")
+    path = home_path(old if new == DEV_NULL else new, field=f"{ERROR_PREFIX} file")
     if not file.creates and old not in (DEV_NULL, new) and _current(sandbox, path, state) is None:
         # `diff -u app.py app.py.new`: the file to patch is the old one
-        old_path = home_path(old, field=f"{_ERROR} file")
+        old_path = home_path(old, field=f"{ERROR_PREFIX} file")
         if _current(sandbox, old_path, state) is not None:
             path = old_path
     return path
@@ -344,9 +119,9 @@ def _current(sandbox: Sandbox, path: str, state: dict[str, bytes | None]) -> byt
     except FileNotFoundError:
         state[path] = None
     except PATH_ERRORS as error:
-        raise ToolInputError(f"{_ERROR} {error}") from error
+        raise ToolInputError(f"{ERROR_PREFIX} {error}") from error
     if state[path] is not None and b"\0" in state[path]:  # type: ignore[operator]
-        raise ToolInputError(f"{_ERROR} {relative_to_home(path)} is binary; apply_patch edits text files only")
+        raise ToolInputError(f"{ERROR_PREFIX} {relative_to_home(path)} is binary; apply_patch edits text files only")
     return state[path]
 
 
@@ -369,120 +144,6 @@ def _merge_repeats(changes: list[_Change]) -> list[_Change]:
     return list(merged.values())
 
 
-def _apply_hunks(data: bytes, hunks: list[_Hunk], display: str, *, creating: bool) -> bytes:
-    """``data`` with every hunk applied in order; ``ToolInputError`` naming the first that does not apply."""
-    text = data.decode("utf-8", errors="surrogateescape")
-    contents, endings = _split_lines(text)
-    newline = "\r\n" if endings.count("\r\n") > endings.count("\n") else "\n"
-    shift = 0
-    """How far the lines of the old file have moved: earlier hunks' offsets and growth."""
-    floor = 0
-    """Hunks apply in order: none starts before the end of the previous one."""
-    for number, hunk in enumerate(hunks, start=1):
-        old = [line.content for line in hunk.old]
-        if hunk.old_start is None and not old and contents:
-            raise ToolInputError(
-                f"{_ERROR} hunk {number} of {display} (@@) only adds lines: give it context lines, "
-                "or a header '@@ -start,count +start,count @@' that places it"
-            )
-        expected = hunk.stated_index + shift if hunk.old_start is not None else floor
-        position = _find(contents, old, expected, floor)
-        if position is None:
-            raise ToolInputError(
-                f"{_ERROR} hunk {number} of {display} ({hunk.header}) does not apply: "
-                + _mismatch(contents, old, max(expected, floor), shift, hunk)
-            )
-        new_contents: list[str] = []
-        new_endings: list[str] = []
-        cursor = position
-        for line in hunk.lines:
-            if line.kind == " ":
-                new_contents.append(contents[cursor])
-                new_endings.append(endings[cursor])
-                cursor += 1
-            elif line.kind == "-":
-                cursor += 1
-            else:
-                ending = ("\r\n" if line.text.endswith("\r") else "\n") if creating else newline
-                new_contents.append(line.content)
-                new_endings.append("" if line.no_newline else ending)
-        contents[position:cursor] = new_contents
-        endings[position:cursor] = new_endings
-        if hunk.old_start is not None:
-            shift = position - hunk.stated_index + len(new_contents) - len(old)
-        floor = position + len(new_contents)
-    for index in range(len(endings) - 1):
-        if endings[index] == "":  # a last line without newline that lines now follow
-            endings[index] = newline
-    try:
-        return "".join(c + e for c, e in zip(contents, endings, strict=True)).encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as error:
-        raise ToolInputError(
-            f"{_ERROR} {display}: the patch holds characters that cannot be encoded: {error}"
-        ) from error
-
-
-def _split_lines(text: str) -> tuple[list[str], list[str]]:
-    """Lines without their endings, and the endings (``\\n``, ``\\r\\n`` or ``""`` for a last line without one)."""
-    if text == "":
-        return [], []
-    pieces = text.split("\n")
-    contents: list[str] = []
-    endings: list[str] = []
-    for piece in pieces[:-1]:
-        if piece.endswith("\r"):
-            contents.append(piece[:-1])
-            endings.append("\r\n")
-        else:
-            contents.append(piece)
-            endings.append("\n")
-    if pieces[-1] != "":
-        contents.append(pieces[-1])
-        endings.append("")
-    return contents, endings
-
-
-def _find(contents: list[str], old: list[str], expected: int, floor: int) -> int | None:
-    """Where ``old`` occurs at or after ``floor``, nearest ``expected`` first."""
-    last = len(contents) - len(old)
-    if last < floor:
-        return None
-    if not old:
-        return expected if floor <= expected <= len(contents) else None
-    expected = min(max(expected, floor), last)
-    for distance in range(max(expected - floor, last - expected) + 1):
-        for candidate in (expected - distance, expected + distance) if distance else (expected,):
-            if floor <= candidate <= last and contents[candidate : candidate + len(old)] == old:
-                return candidate
-    return None
-
-
-def _mismatch(contents: list[str], old: list[str], position: int, shift: int, hunk: _Hunk) -> str:
-    """Why the hunk does not apply where its header puts it, in the old file's line numbers."""
-    if not old:
-        if position > len(contents):
-            return f"it inserts after line {hunk.old_start} but the file has only {len(contents) - shift} lines"
-        return "it inserts inside an earlier hunk"
-    for offset, want in enumerate(old):
-        line_number = position + offset - shift + 1
-        if position + offset >= len(contents):
-            return f"line {line_number} expected {_quote(want)} but the file ends before it"
-        if contents[position + offset] != want:
-            return (
-                f"line {line_number} expected {_quote(want)} but found {_quote(contents[position + offset])}"
-                "; nor do its lines occur together anywhere else in the file"
-            )
-    return "its lines overlap an earlier hunk"
-
-
-def _quote(line: str) -> str:
-    clipped = line if len(line) <= _QUOTE_LIMIT else line[:_QUOTE_LIMIT] + "…"
-    return json.dumps(clipped, ensure_ascii=False)
-
-
-# --- writing ---
-
-
 def _write_all(sandbox: Sandbox, changes: list[_Change], *, timeout_s: float) -> None:
     """Write (or delete) every changed file; on a failure, put back the ones already done."""
     done: list[_Change] = []
@@ -494,7 +155,7 @@ def _write_all(sandbox: Sandbox, changes: list[_Change], *, timeout_s: float) ->
                 with suppress(ValueError, OSError, ToolInputError):
                     _put(sandbox, written.path, written.before, timeout_s)
             raise ToolInputError(
-                f"{_ERROR} writing {change.display} failed ({error}); the files already written were restored"
+                f"{ERROR_PREFIX} writing {change.display} failed ({error}); the files already written were restored"
             ) from error
         done.append(change)
 
