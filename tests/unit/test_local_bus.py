@@ -4,12 +4,14 @@ bus and the execution-status source run against a stub of the few things they us
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from botocore.hooks import HierarchicalEmitter
 
+import sandcastle.local
 from sandcastle.local.rules import ExecutionStatusSource, status_change_event, watched
 from sandcastle.local.runtime import DEFAULT_TEMPLATE, STATE_MACHINE
 from sandcastle.local.template import Template
@@ -108,3 +110,13 @@ def test_an_execution_status_the_rule_does_not_match_is_not_delivered(host: _Hos
 
     assert matches(rule.pattern, failed)
     assert not matches(rule.pattern, succeeded) and not matches(rule.pattern, other_machine)
+
+
+HELPERS = ("rules", "triggers", "scheduler", "inbox", "gateway", "run_archive")
+
+
+@pytest.mark.parametrize("module", HELPERS)
+def test_the_runtime_helpers_take_the_narrow_stack_not_the_runtime(module: str) -> None:
+    source = (Path(sandcastle.local.__file__).parent / f"{module}.py").read_text()
+
+    assert "LocalRuntime" not in source

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sandcastle.local.triggers import envelope
 
 if TYPE_CHECKING:
-    from sandcastle.local.runtime import LocalRuntime
+    from sandcastle.local.stack import Stack
     from sandcastle.local.triggers import EventRule, LocalEventBus
 
 logger = logging.getLogger(__name__)
@@ -74,14 +74,14 @@ class ExecutionStatusSource:
 
     def __init__(
         self,
-        runtime: LocalRuntime,
+        stack: Stack,
         bus: LocalEventBus,
         statuses: frozenset[str],
         state_machine_arns: list[str],
         *,
         poll_s: float = 0.5,
     ) -> None:
-        self.runtime = runtime
+        self.stack = stack
         self.bus = bus
         self.statuses = statuses
         self.state_machine_arns = state_machine_arns
@@ -93,11 +93,11 @@ class ExecutionStatusSource:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def for_rules(cls, runtime: LocalRuntime, bus: LocalEventBus) -> ExecutionStatusSource | None:
+    def for_rules(cls, stack: Stack, bus: LocalEventBus) -> ExecutionStatusSource | None:
         """The source of what ``bus``'s rules match of execution status changes; None when they match none."""
-        machines = [runtime.template.arn(i) for i in runtime.template.of_type("AWS::Serverless::StateMachine")]
+        machines = [stack.template.arn(i) for i in stack.template.of_type("AWS::Serverless::StateMachine")]
         statuses, arns = watched(bus.rules, machines)
-        return cls(runtime, bus, statuses, arns) if statuses and arns else None
+        return cls(stack, bus, statuses, arns) if statuses and arns else None
 
     def start(self, events: Any) -> None:
         """Hook ``StopExecution`` on the session's event system ``events``; start watching."""
@@ -105,7 +105,7 @@ class ExecutionStatusSource:
         events.register("after-call.stepfunctions.StopExecution", self._stopped)
         # The client is made here, not on the thread: making one copies the session's handlers,
         # which must not race with the other triggers registering theirs.
-        client = self.runtime.deps_client("stepfunctions")
+        client = self.stack.deps_client("stepfunctions")
         self._thread = threading.Thread(
             target=self._watch, args=(client,), name="sandcastle-execution-watch", daemon=True
         )
@@ -150,6 +150,6 @@ class ExecutionStatusSource:
         self.bus.publish_built(lambda: self._event(arn, status))
 
     def _event(self, arn: str, status: str) -> dict[str, Any]:
-        execution = self.runtime.deps_client("stepfunctions").describe_execution(executionArn=arn)
+        execution = self.stack.deps_client("stepfunctions").describe_execution(executionArn=arn)
         execution["status"] = status  # moto may still say RUNNING after a stop
-        return status_change_event(execution, self.runtime.region)
+        return status_change_event(execution, self.stack.region)

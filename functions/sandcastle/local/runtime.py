@@ -338,7 +338,7 @@ class LocalRuntime:
 
         from sandcastle.local.triggers import LocalTriggers
 
-        self.triggers = LocalTriggers(self)
+        self.triggers = LocalTriggers(self, home=self.home)
         self.triggers.start(boto3.DEFAULT_SESSION.events)
 
     # --- building the stack ---

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sandcastle.runs.schedule_expressions import InvalidExpression, parse_expression
 
 if TYPE_CHECKING:
-    from sandcastle.local.runtime import LocalRuntime
+    from sandcastle.local.stack import Stack
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class _Tracked:
 class LocalScheduler:
     """Fires the emulated EventBridge Scheduler's schedules (every ``poll_s`` on a thread, or on ``tick()``)."""
 
-    def __init__(self, runtime: LocalRuntime, *, clock: Clock | None = None, poll_s: float = 1.0) -> None:
-        self.runtime = runtime
+    def __init__(self, stack: Stack, *, clock: Clock | None = None, poll_s: float = 1.0) -> None:
+        self.stack = stack
         self.clock: Clock = clock or system_clock
         self.poll_s = poll_s
         self.fired: list[Fired] = []
@@ -109,10 +109,10 @@ class LocalScheduler:
                 logger.exception("the local scheduler could not tick")
 
     def _client(self) -> Any:
-        return self.runtime.deps_client("scheduler")
+        return self.stack.deps_client("scheduler")
 
     def _create_template_schedules(self) -> None:
-        template = self.runtime.template
+        template = self.stack.template
         client = self._client()
         for logical_id in template.of_type("AWS::Scheduler::ScheduleGroup"):
             client.create_schedule_group(Name=template.physical_name(logical_id))
@@ -178,7 +178,7 @@ class LocalScheduler:
         )
         function = target["Arn"].rsplit(":function:", 1)[-1].split(":", 1)[0]
         try:
-            result = self.runtime.invoke(function, json.loads(text))
+            result = self.stack.invoke(function, json.loads(text))
         except Exception as error:
             logger.warning("schedule %s: its target %s failed: %s", schedule["Name"], function, error)
             return Fired(schedule["Name"], scheduled_time, function, error=str(error))

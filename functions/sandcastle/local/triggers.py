@@ -27,14 +27,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandcastle.local.template import ACCOUNT_ID, Template
 
 if TYPE_CHECKING:
     from sandcastle.local.inbox import LocalInbox
-    from sandcastle.local.runtime import LocalRuntime
     from sandcastle.local.scheduler import LocalScheduler
+    from sandcastle.local.stack import Stack
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ class LocalEventBus:
     function that builds it, called on the delivery thread, so the caller's AWS call is not slowed.
     """
 
-    def __init__(self, runtime: LocalRuntime, rules: list[EventRule], buckets: set[str]) -> None:
-        self.runtime = runtime
+    def __init__(self, stack: Stack, rules: list[EventRule], buckets: set[str]) -> None:
+        self.stack = stack
         self.rules = rules
         self.buckets = buckets
         self.delivered: list[tuple[str, dict[str, Any]]] = []
@@ -215,7 +216,7 @@ class LocalEventBus:
             if index < len(results) and results[index].get("ErrorCode"):
                 continue
             if entry.get("EventBusName", "default") in ("default", None, ""):
-                self.publish(put_event(entry, self.runtime.region))
+                self.publish(put_event(entry, self.stack.region))
 
     def _object_written(self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         params = context.get("sandcastle_params") or {}
@@ -242,7 +243,7 @@ class LocalEventBus:
                 for rule in self.rules:
                     if matches(rule.pattern, event):
                         self.delivered.append((rule.function, event))
-                        self.runtime.invoke(rule.function, event)
+                        self.stack.invoke(rule.function, event)
             except Exception:
                 logger.exception("an EventBridge event could not be built or its rule's function failed")
             finally:
@@ -252,7 +253,7 @@ class LocalEventBus:
         size = None
         try:
             request = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
-            size = int(self.runtime.deps_client("s3").head_object(**request)["ContentLength"])
+            size = int(self.stack.deps_client("s3").head_object(**request)["ContentLength"])
         except Exception:  # deleted meanwhile: the function finds out itself
             logger.debug("could not head %s/%s", bucket, key, exc_info=True)
         return object_created_event(
@@ -261,28 +262,28 @@ class LocalEventBus:
             version_id=version_id,
             size=size,
             etag=(etag or "").strip('"') or None,
-            region=self.runtime.region,
+            region=self.stack.region,
         )
 
 
 class LocalTriggers:
     """The event bus (and its execution-status source), the inbox folder and the scheduler, started together."""
 
-    def __init__(self, runtime: LocalRuntime) -> None:
+    def __init__(self, stack: Stack, *, home: Path) -> None:
         from sandcastle.local.inbox import LocalInbox
         from sandcastle.local.rules import ExecutionStatusSource
         from sandcastle.local.scheduler import LocalScheduler
 
-        template = runtime.template
-        self.runtime = runtime
-        self.bus = LocalEventBus(runtime, event_rules(template), eventbridge_buckets(template))
-        self.executions: ExecutionStatusSource | None = ExecutionStatusSource.for_rules(runtime, self.bus)
+        template = stack.template
+        self.stack = stack
+        self.bus = LocalEventBus(stack, event_rules(template), eventbridge_buckets(template))
+        self.executions: ExecutionStatusSource | None = ExecutionStatusSource.for_rules(stack, self.bus)
         """Publishes the execution status changes the rules match (None: no rule matches any)."""
-        self.inbox: LocalInbox = LocalInbox(runtime, self.bus)
-        self.scheduler: LocalScheduler = LocalScheduler(runtime)
+        self.inbox: LocalInbox = LocalInbox(stack, self.bus, home=home)
+        self.scheduler: LocalScheduler = LocalScheduler(stack)
 
     def start(self, events: Any) -> None:
-        enable_versioning(self.runtime.template, self.runtime.deps_client("s3"))
+        enable_versioning(self.stack.template, self.stack.deps_client("s3"))
         self.bus.start(events)
         if self.executions is not None:
             self.executions.start(events)
