@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import SecretStr
 
 from sandcastle.config import Settings, get_settings
-from sandcastle.redaction import Redactor
+from sandcastle.redaction import Redactor, configured_secrets
 from sandcastle.store.dynamo import RunStore
 from sandcastle.store.objects import ObjectStore
 
@@ -77,19 +77,14 @@ class Dependencies:
 
     @cached_property
     def redactor(self) -> Redactor:
-        """Knows the secrets configured here; the adapters add the ones they read from Secrets Manager."""
-        settings = self.settings
-        values = [settings.openai_api_key, settings.e2b_api_key, settings.local_link_secret, *settings.redact_values]
-        return Redactor(value.get_secret_value() for value in values if value is not None)
+        """Built with the secrets configured here; the adapters add those they read from Secrets Manager."""
+        return Redactor(configured_secrets(self.settings))
 
     @cached_property
     def sandboxes(self) -> SandboxProvider:
         from sandcastle.sandbox import build_sandbox_provider
 
-        provider = build_sandbox_provider(self.settings)
-        if self.settings.sandbox_backend == "e2b" and self.settings.e2b_api_key_secret_arn:
-            self.redactor.add(_cached_secret(self.settings.e2b_api_key_secret_arn))
-        return provider
+        return build_sandbox_provider(self.settings, self.redactor)
 
     @cached_property
     def events(self) -> EventBus:
@@ -117,10 +112,7 @@ class Dependencies:
     def _model(self) -> Model:
         from sandcastle.agent.openai_model import OpenAIModel
 
-        model = OpenAIModel.from_settings(self.settings)
-        if self.settings.openai_api_key_secret_arn:
-            self.redactor.add(_cached_secret(self.settings.openai_api_key_secret_arn))
-        return model
+        return OpenAIModel.from_settings(self.settings, self.redactor)
 
     def model_for(self, run: Run) -> Model:
         """The policy a run was submitted with: its playbook, or the configured model endpoint."""
@@ -211,14 +203,6 @@ class CloudUploadLinks:
 
 def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
-
-
-def _cached_secret(arn: str) -> str | None:
-    """A secret the adapter has just read (Powertools caches it, so this makes no second call)."""
-    from aws_lambda_powertools.utilities.parameters import get_secret
-
-    value = get_secret(arn, max_age=300)
-    return value if isinstance(value, str) else None
 
 
 _container: Dependencies | None = None
