@@ -1,12 +1,18 @@
 """The real adapters, built once per container from the settings.
 
-Domain functions take a ``Dependencies`` bundle; tests pass one made of fakes. Each adapter is
+Domain functions take a ``Dependencies`` bundle; tests pass one made of fakes. Handlers are made by
+``make_handler(deps)`` in each handler module (``deps``: a ``DependenciesFactory``, this container's
+``get_dependencies`` by default), so a test builds a handler on its own bundle instead of patching
+this module; the API's routes read the bundle their request was resolved with (``using``). Each adapter is
 built on first use, so a handler only imports what it touches: the submit path never imports
 openai or e2b, ``run_tool`` never imports openai, ``agent_step`` never imports e2b.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
@@ -205,12 +211,29 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
+DependenciesFactory = Callable[[], Dependencies]
+"""What a handler is made with: called once per invocation for the dependencies it runs on."""
+
 _container: Dependencies | None = None
+_in_use: ContextVar[Dependencies | None] = ContextVar("sandcastle_dependencies", default=None)
+
+
+@contextmanager
+def using(deps: Dependencies) -> Iterator[Dependencies]:
+    """While the block runs (on this thread or task), ``get_dependencies()`` answers ``deps``."""
+    token = _in_use.set(deps)
+    try:
+        yield deps
+    finally:
+        _in_use.reset(token)
 
 
 def get_dependencies() -> Dependencies:
-    """This container's dependencies (built on first use, then reused across invocations)."""
+    """The dependencies in ``using``, else this container's (built on first use, then reused across invocations)."""
     global _container
+    in_use = _in_use.get()
+    if in_use is not None:
+        return in_use
     if _container is None:
         _container = Dependencies(get_settings())
     return _container
