@@ -3,6 +3,11 @@
 Applied to everything a run records or shows the model — tool output (in the event and in S3),
 file contents read back, the model's text and tool-call arguments, the instructions, error
 messages — before it is stored.
+
+A ``Redactor`` is built with the secrets configured for the function (``configured_secrets``:
+the keys given in the environment, the link secret, ``REDACT_VALUES``). A secret read at run time
+from Secrets Manager is added by the adapter that reads it, through ``read_secret`` — each
+function's role may read only the secrets it uses, so none is read up front for the redactor.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandcastle.config import Settings
 
 REDACTED = "[REDACTED]"
 _MIN_SECRET_LENGTH = 8
@@ -64,3 +72,26 @@ class Redactor:
         if isinstance(value, list):
             return [self.data(item) for item in value]
         return value
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """The secret values ``settings`` carries: the model and E2B keys, the link secret, ``REDACT_VALUES``."""
+    values = [settings.openai_api_key, settings.e2b_api_key, settings.local_link_secret, *settings.redact_values]
+    return [value.get_secret_value() for value in values if value is not None]
+
+
+def read_secret(arn: str, *redactors: Redactor, max_age: int) -> str | None:
+    """The text of the Secrets Manager secret ``arn`` (through Powertools' cache), known to ``redactors`` from now on.
+
+    The one way an adapter reads a secret, so whatever it reads is redacted from what the run records.
+    Raises what Powertools raises when the secret cannot be read; None when it holds no text.
+    """
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    value = get_secret(arn, max_age=max_age)
+    text = value.decode() if isinstance(value, bytes) else value
+    if not isinstance(text, str):
+        return None
+    for redactor in redactors:
+        redactor.add(text.strip())
+    return text

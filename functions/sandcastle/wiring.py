@@ -1,19 +1,25 @@
 """The real adapters, built once per container from the settings.
 
-Domain functions take a ``Dependencies`` bundle; tests pass one made of fakes. Each adapter is
+Domain functions take a ``Dependencies`` bundle; tests pass one made of fakes. Handlers are made by
+``make_handler(deps)`` in each handler module (``deps``: a ``DependenciesFactory``, this container's
+``get_dependencies`` by default), so a test builds a handler on its own bundle instead of patching
+this module; the API's routes read the bundle their request was resolved with (``using``). Each adapter is
 built on first use, so a handler only imports what it touches: the submit path never imports
 openai or e2b, ``run_tool`` never imports openai, ``agent_step`` never imports e2b.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import SecretStr
 
 from sandcastle.config import Settings, get_settings
-from sandcastle.redaction import Redactor
+from sandcastle.redaction import Redactor, configured_secrets
 from sandcastle.store.dynamo import RunStore
 from sandcastle.store.objects import ObjectStore
 
@@ -77,19 +83,14 @@ class Dependencies:
 
     @cached_property
     def redactor(self) -> Redactor:
-        """Knows the secrets configured here; the adapters add the ones they read from Secrets Manager."""
-        settings = self.settings
-        values = [settings.openai_api_key, settings.e2b_api_key, settings.local_link_secret, *settings.redact_values]
-        return Redactor(value.get_secret_value() for value in values if value is not None)
+        """Built with the secrets configured here; the adapters add those they read from Secrets Manager."""
+        return Redactor(configured_secrets(self.settings))
 
     @cached_property
     def sandboxes(self) -> SandboxProvider:
         from sandcastle.sandbox import build_sandbox_provider
 
-        provider = build_sandbox_provider(self.settings)
-        if self.settings.sandbox_backend == "e2b" and self.settings.e2b_api_key_secret_arn:
-            self.redactor.add(_cached_secret(self.settings.e2b_api_key_secret_arn))
-        return provider
+        return build_sandbox_provider(self.settings, self.redactor)
 
     @cached_property
     def events(self) -> EventBus:
@@ -117,10 +118,7 @@ class Dependencies:
     def _model(self) -> Model:
         from sandcastle.agent.openai_model import OpenAIModel
 
-        model = OpenAIModel.from_settings(self.settings)
-        if self.settings.openai_api_key_secret_arn:
-            self.redactor.add(_cached_secret(self.settings.openai_api_key_secret_arn))
-        return model
+        return OpenAIModel.from_settings(self.settings, self.redactor)
 
     def model_for(self, run: Run) -> Model:
         """The policy a run was submitted with: its playbook, or the configured model endpoint."""
@@ -213,20 +211,29 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
-def _cached_secret(arn: str) -> str | None:
-    """A secret the adapter has just read (Powertools caches it, so this makes no second call)."""
-    from aws_lambda_powertools.utilities.parameters import get_secret
-
-    value = get_secret(arn, max_age=300)
-    return value if isinstance(value, str) else None
-
+DependenciesFactory = Callable[[], Dependencies]
+"""What a handler is made with: called once per invocation for the dependencies it runs on."""
 
 _container: Dependencies | None = None
+_in_use: ContextVar[Dependencies | None] = ContextVar("sandcastle_dependencies", default=None)
+
+
+@contextmanager
+def using(deps: Dependencies) -> Iterator[Dependencies]:
+    """While the block runs (on this thread or task), ``get_dependencies()`` answers ``deps``."""
+    token = _in_use.set(deps)
+    try:
+        yield deps
+    finally:
+        _in_use.reset(token)
 
 
 def get_dependencies() -> Dependencies:
-    """This container's dependencies (built on first use, then reused across invocations)."""
+    """The dependencies in ``using``, else this container's (built on first use, then reused across invocations)."""
     global _container
+    in_use = _in_use.get()
+    if in_use is not None:
+        return in_use
     if _container is None:
         _container = Dependencies(get_settings())
     return _container

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from sandcastle import wiring
 from sandcastle.handlers import api as api_handler
 from sandcastle.handlers import authorizer as authorizer_handler
 from sandcastle.handlers import on_execution_end as on_execution_end_handler
@@ -44,7 +43,7 @@ def _context(name: str = "sandcastle-ApiFunction") -> LocalLambdaContext:
 @pytest.fixture
 def api(deps: Dependencies, monkeypatch: pytest.MonkeyPatch) -> Call:
     """Call the API handler as API Gateway would, as tenant ``acme`` unless told otherwise."""
-    monkeypatch.setattr(wiring, "_container", deps)
+    handler = api_handler.make_handler(lambda: deps)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setattr(api_handler.metrics, "namespace", "Sandcastle")  # as the template sets it: a
     # disabled Metrics still collects, and serializes (needing a namespace) at its 100th value
@@ -70,7 +69,7 @@ def api(deps: Dependencies, monkeypatch: pytest.MonkeyPatch) -> Call:
             if tenant
             else None,
         )
-        result = api_handler.handler(event, _context())
+        result = handler(event, _context())
         headers_out = {**(result.get("headers") or {})}
         for name, values in (result.get("multiValueHeaders") or {}).items():
             headers_out[name] = values[-1]
@@ -528,7 +527,9 @@ def test_an_execution_that_ends_early_ends_its_run_and_kills_its_sandbox(
         deps.store.mark_cancel_requested(run_id, by="key_acme", at=utcnow())
 
     for _ in range(2):  # EventBridge delivers at least once
-        result = on_execution_end_handler.handler(_status_change(deps, run_id, status), _context("OnExecutionEnd"))
+        result = on_execution_end_handler.make_handler(lambda: deps)(
+            _status_change(deps, run_id, status), _context("OnExecutionEnd")
+        )
 
     assert result["status"] == ends
     run = deps.store.get_run(run_id)
@@ -539,7 +540,9 @@ def test_an_execution_that_ends_early_ends_its_run_and_kills_its_sandbox(
 
 def test_an_execution_end_for_an_unknown_run_is_ignored(api: Call, deps: Dependencies) -> None:
 
-    result = on_execution_end_handler.handler(_status_change(deps, "run-gone", "FAILED"), _context("OnExecutionEnd"))
+    result = on_execution_end_handler.make_handler(lambda: deps)(
+        _status_change(deps, "run-gone", "FAILED"), _context("OnExecutionEnd")
+    )
 
     assert result == {"run_id": "run-gone", "status": "UNKNOWN"}
 

@@ -27,6 +27,7 @@ from sandcastle.errors import (
     ModelRequestRejected,
     ModelUnavailable,
 )
+from sandcastle.redaction import REDACTED, Redactor
 from sandcastle.runs.models import RunError, RunOutcome, RunStatus, ToolCall
 from sandcastle.runs.transcript import (
     AssistantData,
@@ -453,12 +454,16 @@ def test_key_from_secrets_manager(fake_openai: FakeOpenAIServer, monkeypatch: py
         monkeypatch.setenv(name, value)
     fake_openai.reply_text("ok")
 
+    redactor = Redactor()
     with moto.mock_aws():
         arn = boto3.client("secretsmanager").create_secret(Name="model-key", SecretString="sk-from-secret-42")["ARN"]
-        model = model_for(fake_openai, openai_api_key=None, openai_api_key_secret_arn=arn)
+        settings = settings_for(fake_openai.base_url, openai_api_key=None, openai_api_key_secret_arn=arn)
+        model = OpenAIModel.from_settings(settings, redactor)
         complete(model)
 
     assert fake_openai.request_headers[0]["authorization"] == "Bearer sk-from-secret-42"
+    # the adapter gave the key it read to the function's redactor (it is shaped like no known key format)
+    assert redactor.text("key sk-from-secret-42") == f"key {REDACTED}"
 
 
 def test_the_container_shares_one_client(fake_openai: FakeOpenAIServer) -> None:

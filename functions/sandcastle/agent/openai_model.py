@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import openai
@@ -40,6 +41,9 @@ from sandcastle.runs.transcript import (
     Transcript,
     UserEvent,
 )
+
+if TYPE_CHECKING:
+    from sandcastle.redaction import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +76,24 @@ class OpenAIModel:
         self._token_limit = _token_limit_parameter(str(client.base_url))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OpenAIModel:
+    def from_settings(cls, settings: Settings, redactor: Redactor | None = None) -> OpenAIModel:
         """The adapter for the configured endpoint, on this container's shared client.
 
         The key is ``settings.openai_api_key``, else the Secrets Manager secret
         ``settings.openai_api_key_secret_arn`` (read through Powertools, cached for
         ``SECRET_MAX_AGE_S`` and re-read by the client when that expires, so a rotated key is
         picked up), else ``PLACEHOLDER_API_KEY`` when only ``settings.openai_base_url`` is set.
+        ``redactor`` is given every key read from the secret, the first and any rotated one.
 
         Raises ``ModelNotConfigured`` when none of them is set or the secret cannot be read.
         """
         if settings.openai_api_key is not None and settings.openai_api_key.get_secret_value():
             api_key: str | Callable[[], str] = settings.openai_api_key.get_secret_value()
         elif settings.openai_api_key_secret_arn:
-            api_key = _secret_api_key(settings.openai_api_key_secret_arn)
+            reader = _secret_api_key(settings.openai_api_key_secret_arn)
+            if redactor is not None:
+                reader.tell(redactor)
+            api_key = reader
             api_key()  # fail here, with a clear error, rather than inside the first request
         elif settings.openai_base_url:
             api_key = PLACEHOLDER_API_KEY
@@ -310,12 +318,19 @@ class _SecretApiKey:
     def __init__(self, secret_arn: str) -> None:
         self._secret_arn = secret_arn
         self._last_key: str | None = None
+        self._redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+    def tell(self, redactor: Redactor) -> None:
+        """Give ``redactor`` every key this reader reads from now on (and the last one read)."""
+        self._redactors.add(redactor)
+        if self._last_key is not None:
+            redactor.add(self._last_key)
 
     def __call__(self) -> str:
-        from aws_lambda_powertools.utilities.parameters import get_secret
+        from sandcastle.redaction import read_secret
 
         try:
-            value = get_secret(self._secret_arn, max_age=SECRET_MAX_AGE_S)
+            key = read_secret(self._secret_arn, *self._redactors, max_age=SECRET_MAX_AGE_S)
         except Exception as error:
             if self._last_key is not None:
                 logger.warning("could not re-read the model API key secret; using the last one: %s", error)
@@ -324,8 +339,7 @@ class _SecretApiKey:
                 f"could not read the model API key from secret {self._secret_arn}: {error}; check "
                 "OPENAI_API_KEY_SECRET_ARN and the function's secretsmanager:GetSecretValue permission"
             ) from error
-        key = value.decode() if isinstance(value, bytes) else value
-        if not isinstance(key, str) or not key.strip():
+        if key is None or not key.strip():
             raise ModelNotConfigured(f"secret {self._secret_arn} holds no model API key (expected the key as text)")
         self._last_key = key.strip()
         return self._last_key

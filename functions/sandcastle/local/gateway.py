@@ -40,7 +40,7 @@ from sandcastle.store.downloads import LOCAL_DOWNLOAD_PATH, LOCAL_UPLOAD_PATH, L
 from sandcastle.store.tenant_files import tenant_prefix
 
 if TYPE_CHECKING:
-    from sandcastle.local.runtime import LocalRuntime
+    from sandcastle.local.stack import ServedStack
 
 STAGE = "local"
 API_ID = "localapi"
@@ -182,7 +182,7 @@ class LocalGateway:
 
     def __init__(
         self,
-        runtime: LocalRuntime,
+        stack: ServedStack,
         *,
         host: str = "127.0.0.1",
         port: int = 8787,
@@ -190,10 +190,10 @@ class LocalGateway:
         authorizer_ttl_s: int | None = None,
         link_secret: str | None = None,
     ) -> None:
-        spec = api_spec(runtime.template)
+        spec = api_spec(stack.template)
         if spec is None:
             raise ValueError("template.yaml declares no function with Api events")
-        self.runtime = runtime
+        self.stack = stack
         self.spec = spec
         self.admin_token = admin_token
         self._signer = LinkSigner(link_secret) if link_secret else None
@@ -257,7 +257,7 @@ class LocalGateway:
             if isinstance(decision, _Reply):
                 return decision
             event["requestContext"]["authorizer"] = decision
-        result = self.runtime.invoke(self.spec.function, event)
+        result = self.stack.invoke(self.spec.function, event)
         return _Reply.of_proxy_result(result)
 
     def _authorize(self, event: dict[str, Any]) -> dict[str, Any] | _Reply:
@@ -274,9 +274,7 @@ class LocalGateway:
             answer = cached[1]
         else:
             try:
-                answer = self.runtime.invoke(
-                    self.spec.authorizer_function, authorizer_event(event, self.runtime.region)
-                )
+                answer = self.stack.invoke(self.spec.authorizer_function, authorizer_event(event, self.stack.region))
             except LambdaInvocationError as error:
                 if error.message == "Unauthorized":
                     return _error(HTTPStatus.UNAUTHORIZED, "unauthorized", "the API key is not valid")
@@ -298,7 +296,7 @@ class LocalGateway:
         if not signed or not run_id or not key.startswith(f"runs/{run_id}/"):
             return _error(HTTPStatus.FORBIDDEN, "forbidden", "this link is not signed for this object, or has expired")
         try:
-            data = self.runtime.deps.objects.get(key)
+            data = self.stack.deps.objects.get(key)
         except FileNotFoundError:
             return _error(HTTPStatus.NOT_FOUND, "not_found", f"no artifact {key}")
         headers = {"Content-Type": "application/octet-stream"}
@@ -320,7 +318,7 @@ class LocalGateway:
             return _error(
                 HTTPStatus.BAD_REQUEST, "size_mismatch", f"the link is for {size} bytes; {len(body)} were sent"
             )
-        self.runtime.deps.objects.put(key, body)
+        self.stack.deps.objects.put(key, body)
         return _Reply(HTTPStatus.OK.value, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b"")  # noqa: S324 - S3's ETag
 
     def _admin(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Reply:
@@ -330,7 +328,7 @@ class LocalGateway:
         given = header(headers, ADMIN_HEADER) or ""
         if not self.admin_token or not hmac.compare_digest(given, self.admin_token):
             return _error(HTTPStatus.UNAUTHORIZED, "unauthorized", f"send the serve state file's {ADMIN_HEADER}")
-        keys = ApiKeyStore(self.runtime.deps.settings.table_name)
+        keys = ApiKeyStore(self.stack.deps.settings.table_name)
         if method == "POST" and path == "/local-admin/keys":
             try:
                 tenant = json.loads(body or b"{}").get("tenant") or "default"

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sandcastle.runs.uploads import INBOX_PREFIX, INSTRUCTIONS_METADATA, OUTBOX_PREFIX, upload_run_id
 
 if TYPE_CHECKING:
-    from sandcastle.local.runtime import LocalRuntime
+    from sandcastle.local.stack import Stack
     from sandcastle.local.triggers import LocalEventBus
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,14 @@ def outbox_path(outbox: Path, tenant: str, task: str, run_id: str) -> Path:
 
 
 class LocalInbox:
-    """Watches ``runtime.home/inbox`` (every ``poll_s``) and mirrors ``outbox/`` into ``runtime.home/outbox``."""
+    """Watches ``home/inbox`` (every ``poll_s``) and mirrors ``outbox/`` into ``home/outbox``."""
 
-    def __init__(self, runtime: LocalRuntime, bus: LocalEventBus, *, poll_s: float = 0.5) -> None:
-        self.runtime = runtime
-        self.folder = runtime.home / "inbox"
-        self.outbox = runtime.home / "outbox"
-        resources = runtime.template.resources
-        self.bucket = runtime.template.physical_name(INBOX_BUCKET) if INBOX_BUCKET in resources else ""
+    def __init__(self, stack: Stack, bus: LocalEventBus, *, home: Path, poll_s: float = 0.5) -> None:
+        self.stack = stack
+        self.folder = home / "inbox"
+        self.outbox = home / "outbox"
+        resources = stack.template.resources
+        self.bucket = stack.template.physical_name(INBOX_BUCKET) if INBOX_BUCKET in resources else ""
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,7 +88,7 @@ class LocalInbox:
     def put(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> InboxReceipt:
         """Put an object into the inbox bucket (as a user's upload would); its rule fires on its own."""
         encoded = {name: quote(value, safe=_METADATA_SAFE) for name, value in (metadata or {}).items()}
-        response = self.runtime.deps_client("s3").put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=encoded)
+        response = self.stack.deps_client("s3").put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=encoded)
         version_id = response.get("VersionId")
         etag = (response.get("ETag") or "").strip('"') or None
         return InboxReceipt(self.bucket, key, version_id, upload_run_id(self.bucket, key, version_id, etag))
@@ -143,7 +143,7 @@ class LocalInbox:
         target = (self.outbox / relative).resolve()
         if not target.is_relative_to(self.outbox.resolve()):
             return
-        body = self.runtime.deps_client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        body = self.stack.deps_client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read()
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
         partial.write_bytes(body)

@@ -53,7 +53,6 @@ from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
 if TYPE_CHECKING:
     from sandcastle.e2b_server import SandboxServer
     from sandcastle.local.gateway import LocalGateway
-    from sandcastle.local.rules import ExecutionRuleEmulator
     from sandcastle.local.triggers import LocalTriggers
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -138,9 +137,9 @@ class LocalRuntime:
         """Each function's template role, enforced on the calls its handler makes (``local/permissions.py``)."""
         self.stats = Stats()
         self.gateway: LocalGateway | None = None
-        self.execution_rule: ExecutionRuleEmulator | None = None
         self.triggers: LocalTriggers | None = None
-        """The inbox folder, the scheduler and the EventBridge rules on events and uploads (``local/triggers.py``)."""
+        """The one event bus (rules on events, uploads and execution status changes), the inbox folder and the
+        scheduler (``local/triggers.py``)."""
         self.sandbox_server: SandboxServer | None = None
         """The local E2B-compatible sandbox server the ``e2b`` backend talks to (None: E2B's cloud, or ``local``)."""
         self._sandbox_environment: dict[str, str] = {}
@@ -198,7 +197,6 @@ class LocalRuntime:
             for spec in self.functions.values():
                 self._handler(spec)
             self._route_logs()
-            self._start_execution_rule()
             self._start_triggers()
         except BaseException:
             self.stop()
@@ -211,9 +209,6 @@ class LocalRuntime:
         if self.triggers is not None:
             self.triggers.stop()
             self.triggers = None
-        if self.execution_rule is not None:
-            self.execution_rule.stop()
-            self.execution_rule = None
         if self.sandbox_server is not None:
             # Sandboxes outlive the runtime, as they would in the cloud: the next runtime on this
             # home adopts them, and the reaper ends the orphans.
@@ -311,7 +306,7 @@ class LocalRuntime:
             time.sleep(0.02)
         return self.get_run(run_id)
 
-    # --- the HTTP API and the execution-end rule ---
+    # --- the HTTP API and the triggers ---
 
     def start_gateway(
         self,
@@ -339,25 +334,13 @@ class LocalRuntime:
         return self.gateway.start()
 
     def _start_triggers(self) -> None:
-        """Emulate the template's triggers: rules on events and uploads, the inbox folder, the scheduler."""
+        """Emulate the template's triggers: rules on events, uploads and execution ends; the inbox; the scheduler."""
         import boto3
 
         from sandcastle.local.triggers import LocalTriggers
 
-        self.triggers = LocalTriggers(self)
+        self.triggers = LocalTriggers(self, home=self.home)
         self.triggers.start(boto3.DEFAULT_SESSION.events)
-
-    def _start_execution_rule(self) -> None:
-        """Emulate the template's EventBridge rule on execution status changes (moto emits none)."""
-        import boto3
-
-        from sandcastle.local.rules import ExecutionRuleEmulator, execution_rule
-
-        rule = execution_rule(self.template)
-        if rule is None:
-            return
-        self.execution_rule = ExecutionRuleEmulator(self, rule, self.state_machine_arn)
-        self.execution_rule.start(boto3.DEFAULT_SESSION.events)
 
     # --- building the stack ---
 

@@ -24,7 +24,7 @@ from sandcastle.errors import InvalidExpression
 from sandcastle.runs.schedule_expressions import parse_expression
 
 if TYPE_CHECKING:
-    from sandcastle.local.runtime import LocalRuntime
+    from sandcastle.local.stack import Stack
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class _Tracked:
 class LocalScheduler:
     """Fires the emulated EventBridge Scheduler's schedules (every ``poll_s`` on a thread, or on ``tick()``)."""
 
-    def __init__(self, runtime: LocalRuntime, *, clock: Clock | None = None, poll_s: float = 1.0) -> None:
-        self.runtime = runtime
+    def __init__(self, stack: Stack, *, clock: Clock | None = None, poll_s: float = 1.0) -> None:
+        self.stack = stack
         self.clock: Clock = clock or system_clock
         self.poll_s = poll_s
         self.fired: list[Fired] = []
@@ -110,10 +110,10 @@ class LocalScheduler:
                 logger.exception("the local scheduler could not tick")
 
     def _client(self) -> Any:
-        return self.runtime.deps_client("scheduler")
+        return self.stack.deps_client("scheduler")
 
     def _create_template_schedules(self) -> None:
-        template = self.runtime.template
+        template = self.stack.template
         client = self._client()
         for logical_id in template.of_type("AWS::Scheduler::ScheduleGroup"):
             client.create_schedule_group(Name=template.physical_name(logical_id))
@@ -179,7 +179,7 @@ class LocalScheduler:
         )
         function = target["Arn"].rsplit(":function:", 1)[-1].split(":", 1)[0]
         try:
-            result = self.runtime.invoke(function, json.loads(text))
+            result = self.stack.invoke(function, json.loads(text))
         except Exception as error:
             logger.warning("schedule %s: its target %s failed: %s", schedule["Name"], function, error)
             return Fired(schedule["Name"], scheduled_time, function, error=str(error))

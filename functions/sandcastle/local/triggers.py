@@ -3,12 +3,13 @@
 moto delivers no EventBridge events to Lambda targets and fires no schedules, so the runtime stands
 in for them, reading everything from ``template.yaml``:
 
-* **Rules.** Every ``EventBridgeRule`` event of a function (other than the execution-status rule,
-  see ``local/rules.py``) is matched against what EventBridge would see: the events handlers put
-  (``PutEvents``, e.g. ``Run Finished``) and ``Object Created`` events of the buckets whose
-  ``NotificationConfiguration`` enables EventBridge (after ``PutObject``/``CopyObject``). A match
-  invokes the function asynchronously with the event EventBridge would deliver. The domain code is
-  unaware: it calls the same AWS APIs as in the cloud, and the runtime observes the calls.
+* **Rules.** Every ``EventBridgeRule`` event of a function is matched, on one bus, against what
+  EventBridge would see: the events handlers put (``PutEvents``, e.g. ``Run Finished``),
+  ``Object Created`` events of the buckets whose ``NotificationConfiguration`` enables EventBridge
+  (after ``PutObject``/``CopyObject``), and the Step Functions execution status changes moto does
+  not emit (``local/rules.py`` observes them and publishes them here). A match invokes the function
+  asynchronously with the event EventBridge would deliver. The domain code is unaware: it calls the
+  same AWS APIs as in the cloud, and the runtime observes the calls.
 * **The inbox folder** (``local/inbox.py``): files dropped into ``<home>/inbox/`` are put into the
   inbox bucket; results written under ``outbox/`` are mirrored into ``<home>/outbox/``.
 * **The scheduler** (``local/scheduler.py``): the template's and the API's EventBridge Scheduler
@@ -26,14 +27,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandcastle.local.template import ACCOUNT_ID, Template
 
 if TYPE_CHECKING:
     from sandcastle.local.inbox import LocalInbox
-    from sandcastle.local.runtime import LocalRuntime
     from sandcastle.local.scheduler import LocalScheduler
+    from sandcastle.local.stack import Stack
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +51,12 @@ class EventRule:
 
 
 def event_rules(template: Template) -> list[EventRule]:
-    """The template's EventBridge rules on the default bus, but the execution-status one (``local/rules.py``)."""
+    """The template's EventBridge rules on the default bus."""
     rules = []
     for logical_id, resource in template.of_type("AWS::Serverless::Function").items():
         for event in resource.get("Properties", {}).get("Events", {}).values():
-            if event.get("Type") != "EventBridgeRule":
-                continue
-            pattern = template.resolve(event.get("Properties", {}).get("Pattern", {}))
-            if "aws.states" not in pattern.get("source", []):
+            if event.get("Type") == "EventBridgeRule":
+                pattern = template.resolve(event.get("Properties", {}).get("Pattern", {}))
                 rules.append(EventRule(function=logical_id, pattern=pattern))
     return rules
 
@@ -98,20 +98,32 @@ def _matches_one(condition: Any, value: Any) -> bool:
     return value is not None and condition == value
 
 
+def envelope(
+    *, source: str | None, detail_type: str | None, resources: list[str], detail: Any, region: str
+) -> dict[str, Any]:
+    """The event EventBridge delivers to a rule's target: ``detail`` in the envelope every event shares."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": source,
+        "account": ACCOUNT_ID,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": resources,
+        "detail": detail,
+    }
+
+
 def object_created_event(
     *, bucket: str, key: str, version_id: str | None, size: int | None, etag: str | None, region: str
 ) -> dict[str, Any]:
     """The EventBridge ``Object Created`` event S3 sends (its key is not URL-encoded)."""
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "account": ACCOUNT_ID,
-        "time": _now(),
-        "region": region,
-        "resources": [f"arn:aws:s3:::{bucket}"],
-        "detail": {
+    return envelope(
+        source="aws.s3",
+        detail_type="Object Created",
+        resources=[f"arn:aws:s3:::{bucket}"],
+        detail={
             "version": "0",
             "bucket": {"name": bucket},
             "object": {"key": key, "size": size, "etag": etag, "version-id": version_id, "sequencer": uuid.uuid4().hex},
@@ -119,39 +131,37 @@ def object_created_event(
             "requester": ACCOUNT_ID,
             "reason": "PutObject",
         },
-    }
+        region=region,
+    )
 
 
 def put_event(entry: dict[str, Any], region: str) -> dict[str, Any]:
     """The event EventBridge delivers for one ``PutEvents`` entry."""
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": entry.get("DetailType"),
-        "source": entry.get("Source"),
-        "account": ACCOUNT_ID,
-        "time": _now(),
-        "region": region,
-        "resources": entry.get("Resources", []),
-        "detail": json.loads(entry.get("Detail") or "{}"),
-    }
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return envelope(
+        source=entry.get("Source"),
+        detail_type=entry.get("DetailType"),
+        resources=entry.get("Resources", []),
+        detail=json.loads(entry.get("Detail") or "{}"),
+        region=region,
+    )
 
 
 class LocalEventBus:
-    """Observes ``PutEvents`` and S3 writes; delivers matching events to the rules' functions, in order."""
+    """Observes ``PutEvents`` and S3 writes, takes what other sources publish; delivers matching events in order.
 
-    def __init__(self, runtime: LocalRuntime, rules: list[EventRule], buckets: set[str]) -> None:
-        self.runtime = runtime
+    Every event goes through one queue and one delivery thread. An event whose content must be
+    read from the emulated AWS (an object's size, an execution's description) is queued as a
+    function that builds it, called on the delivery thread, so the caller's AWS call is not slowed.
+    """
+
+    def __init__(self, stack: Stack, rules: list[EventRule], buckets: set[str]) -> None:
+        self.stack = stack
         self.rules = rules
         self.buckets = buckets
         self.delivered: list[tuple[str, dict[str, Any]]] = []
         """(function, event) for every delivery, for tests."""
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[Callable[[], dict[str, Any] | None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
@@ -186,7 +196,11 @@ class LocalEventBus:
 
     def publish(self, event: dict[str, Any]) -> None:
         """Deliver ``event`` to every rule it matches (and to listeners, when it is an S3 event)."""
-        self._queue.put(("event", event))
+        self._queue.put(lambda: event)
+
+    def publish_built(self, build: Callable[[], dict[str, Any] | None]) -> None:
+        """Deliver the event ``build()`` makes on the delivery thread (None: nothing to deliver)."""
+        self._queue.put(build)
 
     # --- observing the AWS calls ---
 
@@ -202,7 +216,7 @@ class LocalEventBus:
             if index < len(results) and results[index].get("ErrorCode"):
                 continue
             if entry.get("EventBusName", "default") in ("default", None, ""):
-                self.publish(put_event(entry, self.runtime.region))
+                self.publish(put_event(entry, self.stack.region))
 
     def _object_written(self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         params = context.get("sandcastle_params") or {}
@@ -210,7 +224,8 @@ class LocalEventBus:
         if getattr(http_response, "status_code", 500) >= 300 or bucket not in self.buckets:
             return
         etag = parsed.get("ETag") or (parsed.get("CopyObjectResult") or {}).get("ETag")
-        self._queue.put(("s3", (bucket, params.get("Key"), parsed.get("VersionId"), etag)))
+        key, version_id = params.get("Key"), parsed.get("VersionId")
+        self.publish_built(lambda: self._s3_event(bucket, key, version_id, etag))
 
     # --- delivery ---
 
@@ -220,16 +235,17 @@ class LocalEventBus:
             try:
                 if item is None:
                     return
-                kind, payload = item
-                event = self._s3_event(*payload) if kind == "s3" else payload
+                event = item()
+                if event is None:
+                    continue
                 for listener in self._listeners if event.get("source") == "aws.s3" else []:
                     listener(event)
                 for rule in self.rules:
                     if matches(rule.pattern, event):
                         self.delivered.append((rule.function, event))
-                        self.runtime.invoke(rule.function, event)
+                        self.stack.invoke(rule.function, event)
             except Exception:
-                logger.exception("an EventBridge rule's function failed")
+                logger.exception("an EventBridge event could not be built or its rule's function failed")
             finally:
                 self._queue.task_done()
 
@@ -237,7 +253,7 @@ class LocalEventBus:
         size = None
         try:
             request = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
-            size = int(self.runtime.deps_client("s3").head_object(**request)["ContentLength"])
+            size = int(self.stack.deps_client("s3").head_object(**request)["ContentLength"])
         except Exception:  # deleted meanwhile: the function finds out itself
             logger.debug("could not head %s/%s", bucket, key, exc_info=True)
         return object_created_event(
@@ -246,32 +262,39 @@ class LocalEventBus:
             version_id=version_id,
             size=size,
             etag=(etag or "").strip('"') or None,
-            region=self.runtime.region,
+            region=self.stack.region,
         )
 
 
 class LocalTriggers:
-    """The event bus, the inbox folder and the scheduler of one local runtime, started and stopped together."""
+    """The event bus (and its execution-status source), the inbox folder and the scheduler, started together."""
 
-    def __init__(self, runtime: LocalRuntime) -> None:
+    def __init__(self, stack: Stack, *, home: Path) -> None:
         from sandcastle.local.inbox import LocalInbox
+        from sandcastle.local.rules import ExecutionStatusSource
         from sandcastle.local.scheduler import LocalScheduler
 
-        template = runtime.template
-        self.runtime = runtime
-        self.bus = LocalEventBus(runtime, event_rules(template), eventbridge_buckets(template))
-        self.inbox: LocalInbox = LocalInbox(runtime, self.bus)
-        self.scheduler: LocalScheduler = LocalScheduler(runtime)
+        template = stack.template
+        self.stack = stack
+        self.bus = LocalEventBus(stack, event_rules(template), eventbridge_buckets(template))
+        self.executions: ExecutionStatusSource | None = ExecutionStatusSource.for_rules(stack, self.bus)
+        """Publishes the execution status changes the rules match (None: no rule matches any)."""
+        self.inbox: LocalInbox = LocalInbox(stack, self.bus, home=home)
+        self.scheduler: LocalScheduler = LocalScheduler(stack)
 
     def start(self, events: Any) -> None:
-        enable_versioning(self.runtime.template, self.runtime.deps_client("s3"))
+        enable_versioning(self.stack.template, self.stack.deps_client("s3"))
         self.bus.start(events)
+        if self.executions is not None:
+            self.executions.start(events)
         self.scheduler.start(events)
         self.inbox.start()
 
     def stop(self) -> None:
         self.inbox.stop()
         self.scheduler.stop()
+        if self.executions is not None:
+            self.executions.stop()
         self.bus.stop()
 
 
