@@ -4,14 +4,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
 from sandcastle.runs.models import ToolTask
-from sandcastle.runs.tool_calls import run_tool
+from sandcastle.runs.tool_calls import ToolCallDone, run_tool
 from sandcastle.wiring import get_dependencies
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict, context: LambdaContext) -> dict:
+def handler(event: dict, context: LambdaContext) -> ToolCallDone:
     task = ToolTask.model_validate(event)
     logger.append_keys(run_id=task.run_id, step=task.step, tool_call_id=task.tool_call_id)
     result = run_tool(task, get_dependencies())

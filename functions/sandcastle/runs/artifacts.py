@@ -70,7 +70,7 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
     entries.sort()
 
     artifacts: list[Artifact] = []
-    skipped: list[SkippedOutput] = Field(default_factory=list)
+    skipped: list[SkippedOutput] = []
     total = 0
     for name, size in entries:
         reason = None
