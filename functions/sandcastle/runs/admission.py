@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandcastle.errors import (
     ActiveRunLimitReached,
@@ -21,6 +21,10 @@ from sandcastle.errors import (
 from sandcastle.runs.models import Run, RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 #: How long a request waits for a concurrent request with the same key to finish.
 _IN_PROGRESS_WAIT_S = 10.0
@@ -39,7 +43,7 @@ def admit_run(
     deps: Dependencies,
     *,
     idempotency_key: str | None = None,
-    lambda_context: Any | None = None,
+    lambda_context: LambdaContext | None = None,
 ) -> Admission:
     """Submit ``request`` for its tenant unless a cap or the tenant's run limit refuses it.
 
@@ -70,7 +74,7 @@ def _submit_within_limit(request: RunRequest, deps: Dependencies) -> Run:
         raise TooManyActiveRuns(refusal) from None
 
 
-def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_context: Any | None) -> Admission:
+def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_context: LambdaContext | None) -> Admission:
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
     from aws_lambda_powertools.utilities.idempotency.exceptions import (
         IdempotencyAlreadyInProgressError,
@@ -79,7 +83,7 @@ def _submit_once(request: RunRequest, deps: Dependencies, key: str, lambda_conte
 
     replayed = False
 
-    def mark_replayed(response: Any, record: Any) -> Any:
+    def mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
         nonlocal replayed
         replayed = True
         return response

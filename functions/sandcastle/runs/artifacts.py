@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import mimetypes
-from typing import Any
 
 from aws_lambda_powertools import Logger
+from pydantic import BaseModel, Field
 
 from sandcastle.errors import SandboxGone
 from sandcastle.runs.models import Artifact, Run
@@ -17,6 +16,22 @@ from sandcastle.wiring import Dependencies
 logger = Logger(child=True)
 
 _LIST_OUTPUT = "cd ~/output 2>/dev/null && find . -type f -printf '%s %P\\0' || true"
+
+
+class SkippedOutput(BaseModel):
+    """An ``~/output/`` file that was not kept, and why."""
+
+    name: str
+    size: int
+    reason: str
+
+
+class Manifest(BaseModel):
+    """``runs/<id>/manifest.json``: what a run's output became."""
+
+    run_id: str
+    artifacts: list[Artifact]
+    skipped: list[SkippedOutput] = Field(default_factory=list)
 
 
 def manifest_key(run_id: str) -> str:
@@ -50,12 +65,12 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
     for record in listing.stdout.split(b"\0"):
         if not record:
             continue
-        size, _, name = record.decode("utf-8", errors="replace").partition(" ")
-        entries.append((name, int(size)))
+        size_text, _, name = record.decode("utf-8", errors="replace").partition(" ")
+        entries.append((name, int(size_text)))
     entries.sort()
 
     artifacts: list[Artifact] = []
-    skipped: list[dict[str, Any]] = []
+    skipped: list[SkippedOutput] = []
     total = 0
     for name, size in entries:
         reason = None
@@ -66,7 +81,7 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
         elif total + size > settings.max_artifacts_total_bytes:
             reason = f"the run's artifacts would exceed {settings.max_artifacts_total_bytes} bytes"
         if reason:
-            skipped.append({"name": name, "size": size, "reason": reason})
+            skipped.append(SkippedOutput(name=name, size=size, reason=reason))
             continue
         data = sandbox.read_file(f"output/{name}")
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -82,20 +97,18 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
                 s3_key=key,
             )
         )
-    manifest = {
-        "run_id": run.run_id,
-        "artifacts": [artifact.model_dump() for artifact in artifacts],
-        "skipped": skipped,
-    }
-    deps.objects.put(manifest_key(run.run_id), json.dumps(manifest, indent=2).encode(), content_type="application/json")
+    manifest = Manifest(run_id=run.run_id, artifacts=artifacts, skipped=skipped)
+    deps.objects.put(
+        manifest_key(run.run_id), manifest.model_dump_json(indent=2).encode(), content_type="application/json"
+    )
     if skipped:
-        logger.warning("some output files were not kept", extra={"skipped": skipped})
+        logger.warning("some output files were not kept", extra={"skipped": [entry.model_dump() for entry in skipped]})
     return artifacts
 
 
 def _stored_manifest(run: Run, deps: Dependencies) -> list[Artifact]:
     try:
-        manifest = json.loads(deps.objects.get(manifest_key(run.run_id)))
+        stored = deps.objects.get(manifest_key(run.run_id))
     except FileNotFoundError:
         return []
-    return [Artifact.model_validate(entry) for entry in manifest["artifacts"]]
+    return Manifest.model_validate_json(stored).artifacts

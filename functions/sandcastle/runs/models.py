@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from sandcastle.names import FileName, TenantName
+
+ModelBackend = Literal["openai", "playbook"]
+"""What answers a run's turns: the OpenAI-compatible model, or the request's scripted playbook."""
 
 
 def utcnow() -> datetime:
@@ -172,21 +175,30 @@ class RunError(BaseModel):
     message: str
 
 
-class RunOutcome(BaseModel):
+_StatusT = TypeVar("_StatusT", bound=str)
+_ArtifactT = TypeVar("_ArtifactT", bound=Artifact)
+
+
+class OutcomeFields(BaseModel, Generic[_StatusT, _ArtifactT]):
+    """The fields of an outcome, over its status and artifact types: ``RunOutcome`` is a run's, the
+    outbox's ``result.json`` widens the status (``REJECTED``) and the artifacts (their outbox keys)."""
+
+    status: _StatusT
+    stop_reason: StopReason | None = None
+    result: str | None = None
+    """The model's last answer (at most ``RESULT_LIMIT_BYTES``; the whole answer is in the transcript)."""
+    error: RunError | None = None
+    usage: Usage = Field(default_factory=Usage)
+    artifacts: list[_ArtifactT] = Field(default_factory=list)
+
+
+class RunOutcome(OutcomeFields[RunStatus, Artifact]):
     """How a run ended: written once, as its END event and onto its run item, in one transaction.
 
     Everything that reports a finished run renders this model: the END event, the run's fields in
     ``GET /runs/{id}``, the ``Run Finished`` event's detail, the outbox's ``result.json`` and the
     CLI's summary.
     """
-
-    status: RunStatus
-    stop_reason: StopReason | None = None
-    result: str | None = None
-    """The model's last answer (at most ``RESULT_LIMIT_BYTES``; the whole answer is in the transcript)."""
-    error: RunError | None = None
-    usage: Usage = Field(default_factory=Usage)
-    artifacts: list[Artifact] = Field(default_factory=list)
 
     @field_validator("artifacts", mode="before")
     @classmethod
@@ -208,7 +220,7 @@ class Run(BaseModel):
     source: str
     status: RunStatus
     instructions: str
-    model_backend: Literal["openai", "playbook"]
+    model_backend: ModelBackend
     model: str | None = None
     playbook: list[PlaybookCall] | None = None
     budgets: ResolvedBudgets

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Literal, NotRequired, TypedDict
 
 from aws_lambda_powertools import Logger
 
@@ -30,6 +30,18 @@ from sandcastle.wiring import Dependencies
 logger = Logger(child=True)
 
 
+class ReapAction(TypedDict):
+    """One thing a pass did, as the report lists it."""
+
+    action: Literal["killed", "timed_out", "artifacts_not_kept"]
+    run_id: str | None
+    sandbox_id: NotRequired[str | None]
+    reason: NotRequired[str]
+    """Why a sandbox was killed."""
+    error: NotRequired[str]
+    """Why a timed-out run's output files could not be kept."""
+
+
 @dataclass
 class ReapReport:
     """What one pass saw and did."""
@@ -41,7 +53,7 @@ class ReapReport:
     """Runs past their deadline this pass ended TIMED_OUT."""
     left_alone: int = 0
     errors: int = 0
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[ReapAction] = field(default_factory=list)
 
 
 def reap(deps: Dependencies, *, now: datetime | None = None) -> ReapReport:

@@ -62,6 +62,7 @@ class ScheduleExpression:
             return
         from croniter import croniter
 
+        assert self.cron is not None
         iterator = croniter(self.cron, after.astimezone(zone))
         for _ in range(_MAX_YEAR_SCAN):
             when = iterator.get_next(datetime)

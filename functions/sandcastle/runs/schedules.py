@@ -145,6 +145,7 @@ def fire_schedule(fire: ScheduleFire, deps: Dependencies) -> FireOutcome:
         except ScheduleClaimLost:
             continue  # another fire changed the latest run: look again
     else:
+        assert schedule is not None  # every attempt that found no schedule returned "gone"
         reason = "other fires kept changing the schedule; giving up on this one"
         _skip(schedule, scheduled_time, reason, deps)
         return FireOutcome(status="skipped", reason=reason)

@@ -15,7 +15,16 @@ from sandcastle.errors import (
 )
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.input_files import check_tenant_key
-from sandcastle.runs.models import Run, RunError, RunOrigin, RunRequest, RunStatus, StoredInputFile, utcnow
+from sandcastle.runs.models import (
+    ModelBackend,
+    Run,
+    RunError,
+    RunOrigin,
+    RunRequest,
+    RunStatus,
+    StoredInputFile,
+    utcnow,
+)
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.wiring import Dependencies
 
@@ -42,6 +51,7 @@ def submit_run(
     """
     settings = deps.settings
     budgets = resolve_budgets(request.budgets, settings)
+    backend: ModelBackend
     if request.playbook:
         backend = "playbook"
     elif settings.openai_configured:
@@ -54,7 +64,7 @@ def submit_run(
     run_id = run_id or new_run_id()
     inline = _check_files(request, run_id, deps)
 
-    stored_files = []
+    stored_files: list[StoredInputFile] = []
     for index, file in enumerate(request.files):
         key = deps.objects.input_key(run_id, file.name)
         if file.name in inline:
@@ -79,9 +89,9 @@ def submit_run(
         origin=origin,
     )
     deps.store.check_fits(run)  # before the inline files are stored: a refused run leaves none behind
-    for file in stored_files:
-        if file.name in inline:
-            deps.objects.put(file.s3_key, inline[file.name])
+    for stored in stored_files:
+        if stored.name in inline:
+            deps.objects.put(stored.s3_key, inline[stored.name])
     if not deps.store.create_run(run, active_limit=active_limit):
         return deps.store.get_run(run_id)
     _start_execution(run, deps)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from aws_lambda_powertools import Logger
 
@@ -19,7 +19,15 @@ from sandcastle.wiring import Dependencies
 logger = Logger(child=True)
 
 
-def run_tool(task: ToolTask, deps: Dependencies) -> dict[str, object]:
+class ToolCallDone(TypedDict):
+    """What RunTool answers the state machine (nothing of the result itself: that is in the transcript)."""
+
+    tool_call_id: str
+    skipped: NotRequired[str]
+    """Why the call was not executed: the run had already ended."""
+
+
+def run_tool(task: ToolTask, deps: Dependencies) -> ToolCallDone:
     """Execute one tool call of turn ``task.step`` and append its result.
 
     A call with invalid JSON, arguments that fail validation or an unknown tool is never

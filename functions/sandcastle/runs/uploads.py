@@ -22,21 +22,21 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import unquote, unquote_plus
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, Field, ValidationError, computed_field
+from pydantic import BaseModel, ValidationError, computed_field
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound, UploadRejected
 from sandcastle.names import file_name_problem, tenant_problem
 from sandcastle.runs.models import (
     Artifact,
     InputFile,
+    OutcomeFields,
     Run,
     RunError,
     RunOrigin,
-    RunOutcome,
     RunStatus,
     TaskDefinition,
 )
@@ -54,7 +54,7 @@ AD_HOC_TASK = "_"
 INSTRUCTIONS_METADATA = "instructions"
 """The user metadata (``x-amz-meta-instructions``) an ad-hoc upload's instructions ride on."""
 RESULT_FILE = "result.json"
-REJECTED = "REJECTED"
+REJECTED: Final = "REJECTED"
 
 _TASK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNKNOWN = "_unknown"
@@ -184,19 +184,17 @@ class OutboxArtifact(Artifact):
     """The copy's key in the inbox bucket (``outbox/.../<name>``)."""
 
 
-class OutboxResult(RunOutcome):
+class OutboxResult(OutcomeFields[RunStatus | Literal["REJECTED"], OutboxArtifact]):
     """``result.json``: the run's outcome, with the upload it answers; a rejected upload's has status ``REJECTED``."""
 
-    status: RunStatus | Literal["REJECTED"]  # type: ignore[assignment]
     run_id: str
     tenant: str
     task: str | None
     source: OutboxSource
-    artifacts: list[OutboxArtifact] = Field(default_factory=list)  # type: ignore[assignment]
     created_at: datetime | None = None
     ended_at: datetime | None = None
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy does not take a decorated property (pydantic's docs)
     @property
     def answer(self) -> str | None:
         """``result`` under the name ``result.json`` gave it before it rendered the run's outcome."""
