@@ -108,6 +108,7 @@ class FakeRuntime:
 
     def events(self, run_id: str, after: str | None = None) -> list[Event]:
         self.reads += 1
+        assert self.reads < 10, "followed past the end"
         return [_event("EVT#1")] if after is None else []
 
 
