@@ -7,7 +7,6 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -104,21 +103,10 @@ class SandcastleClient:
         return self.request("GET", f"/runs?{urlencode(query)}")[1]
 
     def events(self, run_id: str, *, after: str | None = None, wait_s: float = 0) -> dict[str, Any]:
+        """One page of the transcript after the cursor ``after`` (long-polled up to ``wait_s``); the CLI's
+        ``sandcastle.cli.transport.follow`` is the loop over these pages."""
         query = {"wait": wait_s, **({"after": after} if after else {})}
         return self.request("GET", f"/runs/{run_id}/events?{urlencode(query)}", timeout_s=wait_s + 30)[1]
-
-    def follow(self, run_id: str, *, wait_s: float = 20) -> Iterator[dict[str, Any]]:
-        """Yield the run's events as they land (long-polling), until the run has ended."""
-        after: str | None = None
-        while True:
-            page = self.events(run_id, after=after, wait_s=wait_s)
-            yield from page["events"]
-            after = page.get("cursor") or after
-            if (
-                page["status"] in ("SUCCEEDED", "FAILED", "TIMED_OUT", "BUDGET_EXCEEDED", "CANCELLED")
-                and not page["events"]
-            ):
-                return
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.request("POST", f"/runs/{run_id}/cancel")[1]

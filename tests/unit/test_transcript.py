@@ -8,7 +8,7 @@ import json
 
 import boto3
 
-from sandcastle.cli import EventPrinter
+from sandcastle.cli.printer import EventPrinter
 from sandcastle.runs.lifecycle import finish_run, prepare_run
 from sandcastle.runs.models import Artifact, RunOutcome, RunRequest, RunStatus, StepState, StopReason, ToolTask
 from sandcastle.runs.submit import submit_run

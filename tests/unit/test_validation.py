@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sandcastle.cli import _describe
+from sandcastle.cli.run import describe
 from sandcastle.errors import ToolInputError
 from sandcastle.runs.models import RunRequest, ToolCall
 from sandcastle.tools import parse_tool_call
@@ -42,4 +42,4 @@ def test_the_cli_names_a_nested_field_as_the_api_does() -> None:
     with pytest.raises(ValidationError) as error:
         RunRequest.model_validate({"instructions": "x", "files": [{"content_base64": "eA=="}]})
 
-    assert _describe(error.value) == "files[0].name: Field required"
+    assert describe(error.value) == "files[0].name: Field required"

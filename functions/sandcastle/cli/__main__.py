@@ -1,0 +1,7 @@
+"""``python -m sandcastle.cli``."""
+
+import sys
+
+from sandcastle.cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""How a run reads on a terminal: its header, one line per step, tool and result, and the summary."""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+from sandcastle.runs.models import Run, RunOutcome
+from sandcastle.runs.transcript import (
+    AssistantEvent,
+    EndEvent,
+    ErrorEvent,
+    Event,
+    SystemEvent,
+    ToolResultData,
+    ToolResultEvent,
+    UserEvent,
+)
+
+
+class EventPrinter:
+    """Renders transcript events for a terminal: one line per step, tool and result."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def header(self, run: Run) -> None:
+        model = run.model or run.model_backend
+        self._line(
+            f"run {run.run_id} · model {model} · budgets {run.budgets.max_steps} steps, "
+            f"{run.budgets.max_tool_calls} tool calls, {run.budgets.timeout_s} s"
+        )
+
+    def event(self, event: Event) -> None:
+        if isinstance(event, SystemEvent):
+            self._line(f"sandbox ready · tools: {', '.join(event.data.tools)}")
+        elif isinstance(event, UserEvent):
+            self._line(f"▶ {event.data.text}")
+        elif isinstance(event, AssistantEvent):
+            reply = event.data
+            if reply.text and reply.tool_calls:  # a final answer is shown once, at the end
+                self._line(f"[step {event.step}] 🤖 {reply.text}")
+            for call in reply.tool_calls:
+                self._line(f"[step {event.step}] → {call.name} {_brief_arguments(call.arguments)}")
+        elif isinstance(event, ToolResultEvent):
+            self._result(event.step, event.data)
+        elif isinstance(event, ErrorEvent):
+            self._line(f"✗ {event.data.type}: {event.data.message}")
+        elif isinstance(event, EndEvent):
+            self.summary(event.data)
+
+    def _result(self, step: int, result: ToolResultData) -> None:
+        name = result.tool or "?"
+        if result.error:
+            self._line(f"[step {step}]   ✗ {name}: {result.error}")
+            return
+        output = result.output or {}
+        exit_code = result.exit_code()
+        if "exit_code" in output:
+            status = "timed out" if output.get("timed_out") else f"exit {exit_code}"
+            mark = "✓" if exit_code == 0 else "✗"
+            self._line(f"[step {step}]   {mark} {name}: {status} in {result.duration_ms} ms")
+            for stream in ("stdout", "stderr"):
+                for line in result.stream_text(stream).rstrip().splitlines()[:20]:
+                    self._line(f"      {line}")
+        else:
+            self._line(
+                f"[step {step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
+                f" in {result.duration_ms} ms"
+            )
+
+    def summary(self, outcome: RunOutcome) -> None:
+        """How the run ended: status, error, answer and usage."""
+        usage = outcome.usage
+        self._line("")
+        self._line(
+            f"status: {outcome.status.value}" + (f" ({outcome.stop_reason.value})" if outcome.stop_reason else "")
+        )
+        if outcome.error:
+            self._line(f"error: {outcome.error.type}: {outcome.error.message}")
+        if outcome.result:
+            self._line("answer:")
+            for line in outcome.result.splitlines():
+                self._line(f"  {line}")
+        self._line(
+            f"usage: {usage.steps} steps, {usage.tool_calls} tool calls ({usage.tool_ms} ms in tools), "
+            f"{usage.input_tokens} input + {usage.output_tokens} output tokens"
+        )
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def print_artifacts(run: Run, where: str) -> None:
+    if not run.artifacts:
+        return
+    print(f"artifacts ({len(run.artifacts)}) in {where}", flush=True)
+    for artifact in run.artifacts:
+        print(f"  {artifact.name}  {artifact.size} bytes  sha256 {artifact.sha256[:12]}…", flush=True)
+
+
+def _brief_arguments(arguments: str, limit: int = 100) -> str:
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError:
+        return f"(invalid JSON) {arguments[:limit]}"
+    if isinstance(parsed, dict):
+        if "command" in parsed:
+            text = str(parsed["command"])
+        elif "path" in parsed:
+            text = str(parsed["path"])
+        else:
+            text = json.dumps(parsed)
+    else:
+        text = json.dumps(parsed)
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
