@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sandcastle.runs.models import KeptValue
+from sandcastle.runs.records import KeptValue
 from sandcastle.runs.transcript import AssistantData
 
 #: What an event's ``data`` may take of its item (DynamoDB's limit is 400 KB, keys and attributes included).

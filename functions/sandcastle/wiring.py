@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
     from sandcastle.agent.base import Model
-    from sandcastle.runs.models import Run
+    from sandcastle.runs.records import Run
     from sandcastle.sandbox.base import SandboxProvider
     from sandcastle.store.downloads import DownloadLinks
     from sandcastle.store.event_bus import EventBus

@@ -31,7 +31,7 @@ from tests.benchmarks import Spread, section, table
 
 if TYPE_CHECKING:
     from sandcastle.local.runtime import LocalRuntime
-    from sandcastle.runs.models import PlaybookCall
+    from sandcastle.runs.requests import PlaybookCall
 
 LONG_STEPS = 20
 SHORT_STEPS = 1
@@ -134,7 +134,7 @@ class _Clock:
 
 def report(quick: bool = False) -> str:
     """Measure the run loop and render the report's sections."""
-    from sandcastle.runs.models import PlaybookCall
+    from sandcastle.runs.requests import PlaybookCall
 
     repetitions = 2 if quick else 5
     trivial = PlaybookCall(tool="run_command", arguments={"command": "true"})
@@ -211,7 +211,8 @@ def _fill_table(runtime: LocalRuntime, items: int) -> None:
 
 def _measure(runtime: LocalRuntime, clock: _Clock, playbook: list[PlaybookCall]) -> RunFigures:
     """Submit a playbook run, wait for its execution to end, and collect what it cost."""
-    from sandcastle.runs.models import RunRequest, RunStatus
+    from sandcastle.runs.records import RunStatus
+    from sandcastle.runs.requests import RunRequest
 
     request = RunRequest(instructions="bench", playbook=playbook, budgets={"max_steps": 50})
     runtime.stats.reset()

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any
 
 from sandcastle.agent.base import ModelTurn
-from sandcastle.runs.models import ToolCall, Usage
+from sandcastle.runs.records import ToolCall, Usage
 from sandcastle.runs.transcript import Transcript
 
 

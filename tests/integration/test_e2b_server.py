@@ -16,7 +16,8 @@ from e2b import exceptions as e2b_errors
 from sandcastle.e2b_server import SandboxServer
 from sandcastle.errors import SandboxError
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import RunRequest, RunStatus
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import RunRequest
 from sandcastle.sandbox.base import SandboxSpec
 from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
 from tests.fakes.openai_server import FakeOpenAIServer

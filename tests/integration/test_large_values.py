@@ -10,7 +10,8 @@ import json
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import RunRequest, RunStatus
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
 

@@ -16,8 +16,10 @@ import pytest
 from sandcastle.local.permissions import Policy
 from sandcastle.local.runtime import LocalRuntime
 from sandcastle.runs.cancel import cancel_run, end_stopped_execution
-from sandcastle.runs.models import ExecutionStatusChange, PlaybookCall, RunRequest, RunStatus
+from sandcastle.runs.payloads import ExecutionStatusChange
 from sandcastle.runs.reaper import reap, run_deadline
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import PlaybookCall, RunRequest
 from sandcastle.store.executions import execution_arn
 
 pytestmark = pytest.mark.bwrap

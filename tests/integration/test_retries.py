@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import RunRequest, RunStatus
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies
 from tests.fakes.openai_server import FakeOpenAIServer

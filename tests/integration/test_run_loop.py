@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import Run, RunRequest, RunStatus, StopReason
+from sandcastle.runs.records import Run, RunStatus, StopReason
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
 

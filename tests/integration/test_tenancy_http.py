@@ -188,7 +188,7 @@ def test_in_process_an_upload_goes_to_s3_by_a_presigned_put_and_the_run_reads_it
     import requests
 
     from sandcastle.local.gateway import proxy_event
-    from sandcastle.runs.models import RunRequest
+    from sandcastle.runs.requests import RunRequest
 
     data = b"x" * (2 * 1024 * 1024)
     event = proxy_event(

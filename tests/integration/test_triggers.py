@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from sandcastle.local.runtime import LocalRuntime
-from sandcastle.runs.models import RunStatus, ScheduleFire, ScheduleRequest, TaskDefinition
+from sandcastle.runs.payloads import ScheduleFire
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import ScheduleRequest, TaskDefinition
 from sandcastle.runs.schedules import create_schedule, fire_schedule
 from sandcastle.runs.tasks import put_task
 from sandcastle.runs.uploads import upload_run_id

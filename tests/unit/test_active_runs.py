@@ -12,8 +12,10 @@ from sandcastle.errors import ExecutionError, TooManyActiveRuns
 from sandcastle.runs.admission import admit_run
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
-from sandcastle.runs.models import FailInput, RunRequest, RunStatus, StepState, StopReason
+from sandcastle.runs.payloads import FailInput, StepState
 from sandcastle.runs.reaper import reap
+from sandcastle.runs.records import RunStatus, StopReason
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.wiring import Dependencies

@@ -20,7 +20,7 @@ from sandcastle.handlers import authorizer as authorizer_handler
 from sandcastle.handlers import on_execution_end as on_execution_end_handler
 from sandcastle.local.gateway import proxy_event
 from sandcastle.local.runtime import LocalLambdaContext
-from sandcastle.runs.models import Artifact, RunStatus, utcnow
+from sandcastle.runs.records import Artifact, RunStatus, utcnow
 from sandcastle.runs.transcript import AssistantData, AssistantEvent, EventKind
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.store.keys import ApiKeyStore

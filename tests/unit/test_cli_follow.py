@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sandcastle.cli.transport import EventPage, HttpTransport, LocalTransport, follow
-from sandcastle.runs.models import RunStatus
+from sandcastle.runs.records import RunStatus
 from sandcastle.runs.transcript import Event, UserData, user_event
 
 

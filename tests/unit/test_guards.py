@@ -20,22 +20,9 @@ import pytest
 from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import ConditionFailed, InvalidRunRequest, ModelReplyInvalid, RunEnded, SandcastleError
 from sandcastle.runs.lifecycle import end_run, fail_run, finish_run, prepare_run
-from sandcastle.runs.models import (
-    FailInput,
-    PlaybookCall,
-    RunRequest,
-    RunStatus,
-    Schedule,
-    ScheduleFire,
-    ScheduleRequest,
-    StepState,
-    StopReason,
-    TaskDefinition,
-    ToolCall,
-    ToolTask,
-    Usage,
-    utcnow,
-)
+from sandcastle.runs.payloads import FailInput, ScheduleFire, StepState, ToolTask
+from sandcastle.runs.records import RunStatus, Schedule, StopReason, ToolCall, Usage, utcnow
+from sandcastle.runs.requests import PlaybookCall, RunRequest, ScheduleRequest, TaskDefinition
 from sandcastle.runs.schedules import FireOutcome, create_schedule, fire_schedule, schedule_run_id
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import delete_task, put_task

@@ -10,7 +10,7 @@ import pytest
 
 import sandcastle.handlers
 from sandcastle import wiring
-from sandcastle.runs.models import PlaybookCall, RunRequest
+from sandcastle.runs.requests import PlaybookCall, RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies, get_dependencies, using
 from tests.unit.test_api import _context

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import sandcastle.handlers.{handler}
 from sandcastle.config import Settings
-from sandcastle.runs.models import Run
+from sandcastle.runs.records import Run
 from sandcastle.wiring import Dependencies
 
 deps = Dependencies(Settings(sandbox_backend="local", openai_base_url="http://127.0.0.1:9/v1"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from sandcastle.large_values import RESULT_LIMIT_BYTES, fit_reply
 from sandcastle.runs.lifecycle import finish_run, prepare_run
-from sandcastle.runs.models import RunRequest, RunStatus, StepState, ToolCall
+from sandcastle.runs.payloads import StepState
+from sandcastle.runs.records import RunStatus, ToolCall
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.transcript import AssistantData, EventKind
 from sandcastle.runs.turns import agent_step

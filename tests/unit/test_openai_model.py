@@ -28,7 +28,7 @@ from sandcastle.errors import (
     ModelUnavailable,
 )
 from sandcastle.redaction import REDACTED, Redactor
-from sandcastle.runs.models import RunError, RunOutcome, RunStatus, ToolCall
+from sandcastle.runs.records import RunError, RunOutcome, RunStatus, ToolCall
 from sandcastle.runs.transcript import (
     AssistantData,
     SystemData,

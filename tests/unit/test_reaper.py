@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from sandcastle.runs.models import PlaybookCall, RunRequest, RunStatus
 from sandcastle.runs.reaper import reap
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import PlaybookCall, RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.sandbox.base import SandboxSpec
 from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider

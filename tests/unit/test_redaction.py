@@ -12,7 +12,8 @@ from sandcastle.config import Settings
 from sandcastle.local.template import Template
 from sandcastle.redaction import REDACTED, Redactor
 from sandcastle.runs.lifecycle import fail_run
-from sandcastle.runs.models import FailInput, PlaybookCall, RunRequest
+from sandcastle.runs.payloads import FailInput
+from sandcastle.runs.requests import PlaybookCall, RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel

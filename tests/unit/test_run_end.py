@@ -6,7 +6,9 @@ import hashlib
 import json
 
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
-from sandcastle.runs.models import FailInput, RunRequest, RunStatus, StepState
+from sandcastle.runs.payloads import FailInput, StepState
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.turns import agent_step
 from sandcastle.wiring import Dependencies

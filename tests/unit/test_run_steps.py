@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest, ModelReplyInvalid, ModelRequestRejected, SandboxGone
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
-from sandcastle.runs.models import FailInput, RunRequest, RunStatus, StepState, StopReason, ToolTask
+from sandcastle.runs.payloads import FailInput, StepState, ToolTask
+from sandcastle.runs.records import RunStatus, StopReason
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tool_calls import run_tool
 from sandcastle.runs.transcript import EventKind

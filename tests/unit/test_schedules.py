@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from sandcastle.errors import InvalidExpression, InvalidRunRequest, ScheduleNotFound
-from sandcastle.runs.models import PlaybookCall, RunStatus, Schedule, ScheduleFire, ScheduleRequest, TaskDefinition
+from sandcastle.runs.payloads import ScheduleFire
+from sandcastle.runs.records import RunStatus, Schedule
+from sandcastle.runs.requests import PlaybookCall, ScheduleRequest, TaskDefinition
 from sandcastle.runs.schedule_expressions import parse_expression
 from sandcastle.runs.schedules import create_schedule, delete_schedule, fire_schedule, list_schedules, schedule_run_id
 from sandcastle.runs.tasks import delete_task, put_task

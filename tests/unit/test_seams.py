@@ -14,7 +14,9 @@ from sandcastle.errors import SandboxGone
 from sandcastle.runs.cancel import cancel_run
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.lifecycle import fail_run, finish_run, prepare_run
-from sandcastle.runs.models import FailInput, PlaybookCall, RunRequest, RunStatus, StepState
+from sandcastle.runs.payloads import FailInput, StepState
+from sandcastle.runs.records import RunStatus
+from sandcastle.runs.requests import PlaybookCall, RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies
 from tests.fakes.sandbox import FakeSandboxProvider
@@ -44,6 +46,24 @@ def test_no_module_of_the_domain_imports_the_aws_sdk() -> None:
         path.name: sorted(name for name in _imports(path) if name.split(".")[0] in VENDOR_SDKS) for path in modules
     }
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_run_data_is_three_modules_that_import_one_way() -> None:
+    # Given the run's data: what a caller sends, what is stored, what the state machine carries
+    folder = Path(sandcastle.runs.__file__).parent
+    data = ("requests", "records", "payloads")
+
+    def runs_imports(module: str) -> set[str]:
+        return {name for name in _imports(folder / f"{module}.py") if name.startswith("sandcastle.runs")}
+
+    # Then requests import none of the rest, records only the requests they keep, payloads only records
+    assert {module: runs_imports(module) for module in data} == {
+        "requests": set(),
+        "records": {"sandcastle.runs.requests"},
+        "payloads": {"sandcastle.runs.records"},
+    }
+    # And the module they were split from is gone, not kept as a re-export
+    assert not (folder / "models.py").exists()
 
 
 class GoneSandboxes(FakeSandboxProvider):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sandcastle.errors import InvalidRunRequest, TaskNotFound
-from sandcastle.runs.models import Budgets, PlaybookCall, TaskDefinition
+from sandcastle.runs.requests import Budgets, PlaybookCall, TaskDefinition
 from sandcastle.runs.tasks import delete_task, get_task, list_tasks, put_task, run_request
 from sandcastle.wiring import Dependencies
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest
 from sandcastle.runs.input_files import UploadRequest, create_upload
-from sandcastle.runs.models import RunRequest
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.store.downloads import DownloadLinks, LinkSigner, LocalUploadLinks, content_disposition
 from sandcastle.store.keys import ApiKeyStore

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandcastle.errors import ToolInputError
-from sandcastle.runs.models import ToolCall
+from sandcastle.runs.records import ToolCall
 from sandcastle.sandbox.base import CommandResult, SandboxSpec
 from sandcastle.tools import TOOLS, ToolContext, parse_tool_call, tool_schemas
 from tests.fakes.sandbox import FakeSandbox

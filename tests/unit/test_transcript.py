@@ -10,7 +10,9 @@ import boto3
 
 from sandcastle.cli.printer import EventPrinter
 from sandcastle.runs.lifecycle import finish_run, prepare_run
-from sandcastle.runs.models import Artifact, RunOutcome, RunRequest, RunStatus, StepState, StopReason, ToolTask
+from sandcastle.runs.payloads import StepState, ToolTask
+from sandcastle.runs.records import Artifact, RunOutcome, RunStatus, StopReason
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tool_calls import run_tool
 from sandcastle.runs.transcript import (

@@ -10,7 +10,8 @@ import boto3
 import pytest
 
 from sandcastle.local.template import Template
-from sandcastle.runs.models import Artifact, PlaybookCall, RunStatus, TaskDefinition
+from sandcastle.runs.records import Artifact, RunStatus
+from sandcastle.runs.requests import PlaybookCall, TaskDefinition
 from sandcastle.runs.tasks import put_task
 from sandcastle.runs.uploads import InboxObject, created_objects, start_upload_run, upload_run_id, write_outbox
 from sandcastle.store.dynamo import RunUpdate
@@ -219,7 +220,7 @@ def test_a_finished_upload_run_writes_its_artifacts_and_result(inbox_deps: Depen
 
 
 def test_runs_not_started_by_an_upload_write_no_outbox(inbox_deps: Dependencies) -> None:
-    from sandcastle.runs.models import RunRequest
+    from sandcastle.runs.requests import RunRequest
     from sandcastle.runs.submit import submit_run
 
     run = submit_run(RunRequest(instructions="x", playbook=PLAYBOOK, source="api"), inbox_deps)

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from sandcastle.cli.run import describe
 from sandcastle.errors import ToolInputError
-from sandcastle.runs.models import RunRequest, ToolCall
+from sandcastle.runs.records import ToolCall
+from sandcastle.runs.requests import RunRequest
 from sandcastle.tools import parse_tool_call
 from sandcastle.validation import describe_issues, field_path
 

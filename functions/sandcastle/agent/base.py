@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sandcastle.runs.models import ToolCall, Usage
+from sandcastle.runs.records import ToolCall, Usage
 from sandcastle.runs.transcript import Transcript
 
 

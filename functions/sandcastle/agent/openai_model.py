@@ -33,7 +33,7 @@ from sandcastle.errors import (
     ModelRequestRejected,
     ModelUnavailable,
 )
-from sandcastle.runs.models import ToolCall, Usage
+from sandcastle.runs.records import ToolCall, Usage
 from sandcastle.runs.transcript import (
     AssistantEvent,
     SystemEvent,

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from sandcastle.agent.base import ModelTurn
-from sandcastle.runs.models import PlaybookCall, ToolCall
+from sandcastle.runs.records import ToolCall
+from sandcastle.runs.requests import PlaybookCall
 from sandcastle.runs.transcript import ToolResultData, Transcript
 
 

@@ -47,8 +47,8 @@ from sandcastle.errors import (
 )
 from sandcastle.runs.admission import admit_run
 from sandcastle.runs.cancel import cancel_run
-from sandcastle.runs.models import Run, RunStatus
 from sandcastle.runs.queries import MAX_WAIT_S, artifact_links, get_tenant_run, list_tenant_runs, read_events
+from sandcastle.runs.records import Run, RunStatus
 from sandcastle.validation import describe_issues, field_path
 from sandcastle.wiring import get_dependencies
 

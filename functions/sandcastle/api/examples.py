@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from sandcastle.api.models import ArtifactList, ArtifactView, RunList, RunSubmission, RunSummary
 from sandcastle.runs.input_files import UploadRequest, UploadTicket
-from sandcastle.runs.models import Run, Schedule, ScheduleRequest, Task, TaskDefinition
+from sandcastle.runs.records import Run, Schedule, Task
+from sandcastle.runs.requests import ScheduleRequest, TaskDefinition
 
 _CREATED = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
 _ENDED = datetime(2026, 12, 1, 9, 0, 42, tzinfo=UTC)

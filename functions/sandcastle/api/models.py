@@ -7,15 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from sandcastle.runs.models import (
-    Artifact,
-    Run,
-    RunError,
-    RunRequest,
-    RunStatus,
-    StopReason,
-    Usage,
-)
+from sandcastle.runs.records import Artifact, Run, RunError, RunStatus, StopReason, Usage
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import Event
 
 #: Fields of ``RunRequest`` the API sets itself: the tenant from the API key, the source "api".

@@ -18,7 +18,8 @@ from sandcastle.api import examples as ex
 from sandcastle.api.errors import error_response
 from sandcastle.api.responses import error_contents, json_content, ok, principal
 from sandcastle.errors import ScheduleNotFound, TaskNotFound
-from sandcastle.runs.models import Schedule, ScheduleRequest, Task, TaskDefinition
+from sandcastle.runs.records import Schedule, Task
+from sandcastle.runs.requests import ScheduleRequest, TaskDefinition
 from sandcastle.runs.schedules import create_schedule, delete_schedule, get_schedule, list_schedules
 from sandcastle.runs.tasks import delete_task, get_task, list_tasks, put_task
 from sandcastle.wiring import get_dependencies

@@ -32,7 +32,7 @@ def _upload_command(args: argparse.Namespace) -> int:
     from sandcastle.local.inbox import outbox_path, receipt_path
     from sandcastle.local.runtime import default_home
     from sandcastle.names import file_name_problem, tenant_problem
-    from sandcastle.runs.models import TaskName
+    from sandcastle.runs.requests import TaskName
     from sandcastle.runs.uploads import AD_HOC_TASK
 
     home = default_home().resolve()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from sandcastle.runs.models import Run, RunOutcome
+from sandcastle.runs.records import Run, RunOutcome
 from sandcastle.runs.transcript import (
     AssistantEvent,
     EndEvent,

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest
-from sandcastle.runs.models import Run, RunRequest, RunStatus
+from sandcastle.runs.records import Run, RunStatus
+from sandcastle.runs.requests import RunRequest
 from sandcastle.validation import describe_issues
 
 if TYPE_CHECKING:

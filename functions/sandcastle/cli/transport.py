@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from sandcastle.errors import InvalidRunRequest
-from sandcastle.runs.models import Run, RunRequest, RunStatus
+from sandcastle.runs.records import Run, RunStatus
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import Event, EventKind, parse_event
 
 if TYPE_CHECKING:

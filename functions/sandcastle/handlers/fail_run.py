@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
 from sandcastle.runs.lifecycle import fail_run
-from sandcastle.runs.models import FailInput
+from sandcastle.runs.payloads import FailInput
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 
 

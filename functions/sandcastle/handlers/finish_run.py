@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
 from sandcastle.runs.lifecycle import finish_run
-from sandcastle.runs.models import StepState
+from sandcastle.runs.payloads import StepState
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 
 

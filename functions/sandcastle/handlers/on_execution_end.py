@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
 from sandcastle.runs.cancel import end_stopped_execution
-from sandcastle.runs.models import ExecutionStatusChange
+from sandcastle.runs.payloads import ExecutionStatusChange
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 
 

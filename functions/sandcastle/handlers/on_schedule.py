@@ -5,7 +5,7 @@ from collections.abc import Callable
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
-from sandcastle.runs.models import ScheduleFire
+from sandcastle.runs.payloads import ScheduleFire
 from sandcastle.runs.schedules import fire_schedule
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 

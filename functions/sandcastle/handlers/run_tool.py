@@ -5,7 +5,7 @@ from collections.abc import Callable
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
-from sandcastle.runs.models import ToolTask
+from sandcastle.runs.payloads import ToolTask
 from sandcastle.runs.tool_calls import ToolCallDone, run_tool
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 

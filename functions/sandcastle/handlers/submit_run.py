@@ -5,7 +5,7 @@ from collections.abc import Callable
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.handlers._observability import MetricUnit, logger, metrics, tracer
-from sandcastle.runs.models import RunRequest
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 

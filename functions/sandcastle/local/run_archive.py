@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-from sandcastle.runs.models import Run
+from sandcastle.runs.records import Run
 from sandcastle.wiring import Dependencies
 
 

@@ -46,7 +46,8 @@ from unittest import mock
 from sandcastle.errors import LambdaInvocationError
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
-from sandcastle.runs.models import Run, RunRequest
+from sandcastle.runs.records import Run
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import Event
 from sandcastle.wiring import Dependencies, get_dependencies, reset_dependencies
 

@@ -18,7 +18,8 @@ from sandcastle.errors import (
     PayloadTooLarge,
     TooManyActiveRuns,
 )
-from sandcastle.runs.models import Run, RunRequest
+from sandcastle.runs.records import Run
+from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies
 

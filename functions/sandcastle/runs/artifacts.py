@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, Field
 
 from sandcastle.errors import SandboxGone
-from sandcastle.runs.models import Artifact, Run
+from sandcastle.runs.records import Artifact, Run
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.wiring import Dependencies
 

@@ -6,7 +6,8 @@ from datetime import datetime
 
 from sandcastle.config import Settings
 from sandcastle.errors import InvalidRunRequest
-from sandcastle.runs.models import Budgets, ResolvedBudgets, Run, StopReason
+from sandcastle.runs.records import ResolvedBudgets, Run, StopReason
+from sandcastle.runs.requests import Budgets
 
 
 def resolve_budgets(requested: Budgets, settings: Settings) -> ResolvedBudgets:

@@ -16,8 +16,9 @@ from aws_lambda_powertools import Logger
 from sandcastle.errors import RunNotFound
 from sandcastle.runs.cleanup import kill_sandbox
 from sandcastle.runs.lifecycle import end_run
-from sandcastle.runs.models import ExecutionStatusChange, Run, RunError, RunStatus, utcnow
+from sandcastle.runs.payloads import ExecutionStatusChange
 from sandcastle.runs.queries import get_tenant_run
+from sandcastle.runs.records import Run, RunError, RunStatus, utcnow
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)

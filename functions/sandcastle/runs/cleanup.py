@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandboxGone
 from sandcastle.runs.artifacts import export_artifacts
-from sandcastle.runs.models import Artifact, Run
+from sandcastle.runs.records import Artifact, Run
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)

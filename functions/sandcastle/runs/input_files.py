@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from sandcastle.errors import InvalidRunRequest
 from sandcastle.names import FileName
-from sandcastle.runs.models import utcnow
+from sandcastle.runs.records import utcnow
 from sandcastle.store.tenant_files import SESSION_TTL_S, tenant_prefix
 from sandcastle.wiring import Dependencies
 

@@ -15,18 +15,8 @@ from sandcastle.errors import ConditionFailed, RunEnded
 from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
 from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
-from sandcastle.runs.models import (
-    STOP_STATUS,
-    Artifact,
-    FailInput,
-    Run,
-    RunError,
-    RunOutcome,
-    RunStatus,
-    StepState,
-    StopReason,
-    utcnow,
-)
+from sandcastle.runs.payloads import FailInput, StepState
+from sandcastle.runs.records import STOP_STATUS, Artifact, Run, RunError, RunOutcome, RunStatus, StopReason, utcnow
 from sandcastle.runs.transcript import (
     SystemData,
     Transcript,

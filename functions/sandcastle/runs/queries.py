@@ -14,7 +14,7 @@ import time
 from pydantic import BaseModel
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound
-from sandcastle.runs.models import Artifact, Run, RunStatus
+from sandcastle.runs.records import Artifact, Run, RunStatus
 from sandcastle.runs.transcript import Event
 from sandcastle.wiring import Dependencies
 

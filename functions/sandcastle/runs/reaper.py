@@ -23,7 +23,7 @@ from aws_lambda_powertools import Logger
 from sandcastle.errors import RunNotFound, SandboxError, SandcastleError
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.lifecycle import end_run
-from sandcastle.runs.models import Run, RunError, RunStatus, StopReason, utcnow
+from sandcastle.runs.records import Run, RunError, RunStatus, StopReason, utcnow
 from sandcastle.sandbox.listing import SandboxInfo, SandboxLister
 from sandcastle.wiring import Dependencies
 

@@ -26,7 +26,9 @@ from sandcastle.errors import (
     ScheduleNotFound,
 )
 from sandcastle.runs.budget import resolve_budgets
-from sandcastle.runs.models import RunOrigin, Schedule, ScheduleFire, ScheduleRequest, ScheduleSkip, utcnow
+from sandcastle.runs.payloads import ScheduleFire
+from sandcastle.runs.records import RunOrigin, Schedule, ScheduleSkip, utcnow
+from sandcastle.runs.requests import ScheduleRequest
 from sandcastle.runs.schedule_expressions import check_timezone, parse_expression
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request

@@ -15,16 +15,8 @@ from sandcastle.errors import (
 )
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.input_files import check_tenant_key
-from sandcastle.runs.models import (
-    ModelBackend,
-    Run,
-    RunError,
-    RunOrigin,
-    RunRequest,
-    RunStatus,
-    StoredInputFile,
-    utcnow,
-)
+from sandcastle.runs.records import ModelBackend, Run, RunError, RunOrigin, RunStatus, StoredInputFile, utcnow
+from sandcastle.runs.requests import RunRequest
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.wiring import Dependencies
 

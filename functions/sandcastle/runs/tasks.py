@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sandcastle.errors import InvalidRunRequest, TaskNotFound
 from sandcastle.runs.budget import resolve_budgets
-from sandcastle.runs.models import InputFile, RunRequest, Task, TaskDefinition, utcnow
+from sandcastle.runs.records import Task, utcnow
+from sandcastle.runs.requests import InputFile, RunRequest, TaskDefinition
 from sandcastle.wiring import Dependencies
 
 _RUN_FIELDS = set(TaskDefinition.model_fields) - {"max_input_bytes", "allow_empty_input"}

@@ -10,7 +10,8 @@ from aws_lambda_powertools import Logger
 from sandcastle.errors import ConditionFailed, SandcastleError, ToolInputError
 from sandcastle.large_values import event_saver, read_saved
 from sandcastle.runs.budget import seconds_left
-from sandcastle.runs.models import Run, ToolCall, ToolTask, Usage, utcnow
+from sandcastle.runs.payloads import ToolTask
+from sandcastle.runs.records import Run, ToolCall, Usage, utcnow
 from sandcastle.runs.transcript import AssistantEvent, ToolResultData, assistant_key, tool_result_event, tool_result_key
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call

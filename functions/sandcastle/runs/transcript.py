@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from sandcastle.runs.models import KeptValue, RunError, RunOutcome, ToolCall, Usage, utcnow
+from sandcastle.runs.records import KeptValue, RunError, RunOutcome, ToolCall, Usage, utcnow
 
 _LAST_STEP = 999_999
 

@@ -8,7 +8,8 @@ from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import ModelReplyInvalid, RunEnded
 from sandcastle.large_values import event_saver, fit_reply
 from sandcastle.runs.budget import budget_stop, seconds_left
-from sandcastle.runs.models import RunStatus, StepState, StopReason, Usage, utcnow
+from sandcastle.runs.payloads import StepState
+from sandcastle.runs.records import RunStatus, StopReason, Usage, utcnow
 from sandcastle.runs.transcript import AssistantData, AssistantEvent, Transcript, assistant_event, assistant_key
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import tool_schemas

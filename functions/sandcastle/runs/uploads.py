@@ -30,16 +30,8 @@ from pydantic import BaseModel, ValidationError, computed_field
 
 from sandcastle.errors import InvalidRunRequest, RunNotFound, UploadRejected
 from sandcastle.names import file_name_problem, tenant_problem
-from sandcastle.runs.models import (
-    Artifact,
-    InputFile,
-    OutcomeFields,
-    Run,
-    RunError,
-    RunOrigin,
-    RunStatus,
-    TaskDefinition,
-)
+from sandcastle.runs.records import Artifact, OutcomeFields, Run, RunError, RunOrigin, RunStatus
+from sandcastle.runs.requests import InputFile, TaskDefinition
 from sandcastle.runs.submit import submit_run
 from sandcastle.runs.tasks import run_request
 from sandcastle.validation import describe_issues

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from pydantic_core import to_jsonable_python
 
 from sandcastle.errors import ActiveRunLimitReached, ConditionFailed, RunNotFound
-from sandcastle.runs.models import TERMINAL_STATUSES, Run, RunStatus, Usage
+from sandcastle.runs.records import TERMINAL_STATUSES, Run, RunStatus, Usage
 from sandcastle.runs.transcript import Event, dump_data, parse_event
 from sandcastle.store.item_size import check_request_fits
 

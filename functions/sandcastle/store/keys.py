@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from sandcastle.names import check_tenant
-from sandcastle.runs.models import utcnow
+from sandcastle.runs.records import utcnow
 
 KEY_PREFIX = "sc_"
 _META = "META"

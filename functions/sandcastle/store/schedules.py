@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sandcastle.errors import ScheduleClaimLost
-from sandcastle.runs.models import Schedule, ScheduleSkip
+from sandcastle.runs.records import Schedule, ScheduleSkip
 from sandcastle.store.item_size import check_request_fits
 
 _PK = "SCHEDULES"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sandcastle.runs.models import Task
+from sandcastle.runs.records import Task
 from sandcastle.store.item_size import check_request_fits
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandcastle.errors import ToolInputError
-from sandcastle.runs.models import ToolCall
+from sandcastle.runs.records import ToolCall
 from sandcastle.tools.base import Tool, ToolArgs, ToolContext
 from sandcastle.tools.commands import RunCommand
 from sandcastle.tools.files import ReadFile, WriteFile

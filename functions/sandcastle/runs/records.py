@@ -1,15 +1,16 @@
-"""The run's data: what a user asks for, what is stored, what the state machine carries."""
+"""What is stored about a run and its triggers: the run item, its outcome, usage, artifacts, transcript
+pieces, saved tasks and schedules. Made by the service, never taken from a caller as is."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sandcastle.names import FileName, TenantName
+from sandcastle.runs.requests import PlaybookCall, SandboxOptions, ScheduleRequest, TaskDefinition
 
 ModelBackend = Literal["openai", "playbook"]
 """What answers a run's turns: the OpenAI-compatible model, or the request's scripted playbook."""
@@ -56,70 +57,12 @@ STOP_STATUS = {
 }
 
 
-class _Strict(BaseModel):
+class ResolvedBudgets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class Budgets(_Strict):
-    """Per-run limits. Unset fields take the configured defaults; each has a hard ceiling."""
-
-    max_steps: int | None = Field(default=None, ge=1)
-    """Model turns at most."""
-    max_tool_calls: int | None = Field(default=None, ge=1)
-    """Tool invocations at most, over the whole run."""
-    timeout_s: int | None = Field(default=None, ge=10)
-    """Wall-clock seconds from the start of the run; the sandbox's own timeout follows it."""
-
-
-class ResolvedBudgets(_Strict):
     max_steps: int
     max_tool_calls: int
     timeout_s: int
-
-
-class PlaybookCall(_Strict):
-    """One scripted tool call of a playbook run."""
-
-    tool: Annotated[str, StringConstraints(min_length=1)]
-    arguments: dict[str, Any] = Field(default_factory=dict)
-
-
-class InputFile(_Strict):
-    """A file placed at ``~/input/<name>`` in the sandbox: inline (base64) or an S3 object."""
-
-    name: FileName
-    """Kept exactly (``;``, ``"``, ``#``, ``%``, ``\\``, spaces, Unicode); refused: ``/``, control characters,
-    a leading ``.``, over 255 bytes (``sandcastle.names``)."""
-    content_base64: str | None = None
-    s3_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
-    """A key under ``uploads/<your tenant>/`` (``POST /uploads`` gives one); copied to the run at submission."""
-
-
-class SandboxOptions(_Strict):
-    """What a run asks of its sandbox."""
-
-    template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")] | None = None
-    """E2B template (name or id); the configured default when unset."""
-    allow_internet_access: bool = False
-    """Outbound internet from the sandbox (E2B only; the local sandbox never has a network)."""
-    env: dict[str, str] = Field(default_factory=dict)
-    """Environment variables for every command; names must be on the configured allow-list."""
-
-
-class RunRequest(_Strict):
-    """What a user asks for."""
-
-    instructions: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100_000)]
-    """The task, in words."""
-    tenant: TenantName = "default"
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    """The model name for an OpenAI-compatible endpoint; the configured default when unset."""
-    playbook: list[PlaybookCall] | None = Field(default=None, min_length=1, max_length=500)
-    """Scripted tool calls, executed in order instead of asking a model."""
-    budgets: Budgets = Field(default_factory=Budgets)
-    files: list[InputFile] = Field(default_factory=list, max_length=100)
-    sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
-    source: Literal["api", "s3", "schedule", "cli"] = "cli"
 
 
 class StoredInputFile(BaseModel):
@@ -270,68 +213,6 @@ class ToolCall(BaseModel):
     ``truncated`` and ``full_output``, where the whole arguments are (``large_values.fit_reply``)."""
 
 
-# --- what the state machine carries: ids and routing facts only ---
-
-
-class StepState(BaseModel):
-    """The state between the run loop's states."""
-
-    run_id: str
-    step: int = 0
-    """The last model turn completed (0 before the first)."""
-    next: Literal["tools", "finish"] | None = None
-    tool_call_ids: list[str] = Field(default_factory=list)
-    stop_reason: StopReason | None = None
-    tool_concurrency: int = 1
-    """MaxConcurrency of the RunTools map (from the TOOL_CONCURRENCY setting)."""
-
-
-class ToolTask(BaseModel):
-    """One item of the RunTools map."""
-
-    run_id: str
-    step: int
-    tool_call_id: str
-
-
-class StateError(BaseModel):
-    """What a ``Catch`` puts at ``$.error``."""
-
-    Error: str
-    Cause: str | None = None
-
-
-class FailInput(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    run_id: str
-    step: int = 0
-    error: StateError
-
-
-# --- what an execution's end looks like (EventBridge "Step Functions Execution Status Change") ---
-
-
-class ExecutionStatusChange(BaseModel):
-    """The ``detail`` of an EventBridge "Step Functions Execution Status Change" event."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    executionArn: str  # noqa: N815 - the event's own field names
-    stateMachineArn: str  # noqa: N815
-    name: str
-    """The execution's name: the run id."""
-    status: Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"]
-    error: str | None = None
-    cause: str | None = None
-
-
-# --- triggers: saved tasks, schedules, what started a run ---
-
-TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-"""A saved task's name: letters, digits, ``_``, ``.``, ``-``; it starts with a letter or digit (so ``_`` is free)."""
-
-
 class RunOrigin(BaseModel):
     """What started a run: an object in the inbox bucket, or a schedule's fire."""
 
@@ -345,20 +226,6 @@ class RunOrigin(BaseModel):
     schedule_id: str | None = None
     scheduled_time: str | None = None
     """The fire time EventBridge Scheduler passed (``<aws.scheduler.scheduled-time>``), ISO 8601."""
-
-
-class TaskDefinition(_Strict):
-    """A saved run template: what ``PUT /tasks/{name}`` takes and a schedule may carry inline."""
-
-    instructions: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100_000)]
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    playbook: list[PlaybookCall] | None = Field(default=None, min_length=1, max_length=500)
-    budgets: Budgets = Field(default_factory=Budgets)
-    sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
-    max_input_bytes: int | None = Field(default=None, ge=1)
-    """Uploads larger than this are refused (a ``result.json`` with the error); the configured cap when unset."""
-    allow_empty_input: bool = False
-    """Whether an empty uploaded file may start a run; by default it is refused."""
 
 
 class Task(TaskDefinition):
@@ -381,23 +248,6 @@ class ScheduleSkip(BaseModel):
     reason: str
 
 
-class ScheduleRequest(_Strict):
-    """The body of ``POST /schedules``: when, and what to run (a saved task, or a run template inline)."""
-
-    expression: Annotated[str, StringConstraints(strip_whitespace=True, min_length=6, max_length=256)]
-    """``cron(min hour day-of-month month day-of-week year)``, ``rate(5 minutes)`` or ``at(2026-12-01T09:00:00)``,
-    as EventBridge Scheduler reads them."""
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
-    """An IANA time zone (``Europe/Berlin``) the expression is read in."""
-    task: TaskName | None = None
-    """A saved task's name; give this or ``run``."""
-    run: TaskDefinition | None = None
-    """A run template inline; give this or ``task``."""
-    overlap: Literal["skip", "allow"] = "skip"
-    """``skip``: no new run while the previous one is still going (the skip is recorded); ``allow``: start anyway."""
-    description: Annotated[str, StringConstraints(max_length=512)] | None = None
-
-
 class Schedule(ScheduleRequest):
     """A stored schedule (item ``SCHEDULES`` / ``<tenant>#<id>``); EventBridge Scheduler fires it by its id."""
 
@@ -410,17 +260,6 @@ class Schedule(ScheduleRequest):
     last_scheduled_time: str | None = None
     skips: list[ScheduleSkip] = Field(default_factory=list)
     """The latest fires that started no run (newest last, a few kept)."""
-
-
-class ScheduleFire(BaseModel):
-    """What EventBridge Scheduler sends ``OnScheduleFunction``: the schedule and the time it fired for."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    schedule_id: str
-    tenant: str
-    scheduled_time: str
-    """``<aws.scheduler.scheduled-time>``: the same for a retried delivery of one fire."""
 
 
 Run.model_rebuild()
