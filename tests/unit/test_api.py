@@ -551,29 +551,23 @@ def test_an_execution_end_for_an_unknown_run_is_ignored(api: Call, deps: Depende
 
 
 @pytest.fixture
-def keys(deps: Dependencies, monkeypatch: pytest.MonkeyPatch) -> ApiKeyStore:
-    monkeypatch.setattr(authorizer_handler, "_keys", None)
-    monkeypatch.setenv("TABLE_NAME", deps.settings.table_name)
-    from sandcastle.config import get_settings
-
-    get_settings.cache_clear()
-    yield ApiKeyStore(deps.settings.table_name)
-    get_settings.cache_clear()
+def keys(deps: Dependencies) -> ApiKeyStore:
+    return ApiKeyStore(deps.settings.table_name)
 
 
-def _authorize(authorization: str | None) -> dict:
+def _authorize(store: ApiKeyStore, authorization: str | None) -> dict:
     event = {
         "type": "REQUEST",
         "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abc123/v1/GET/runs",
         "headers": {"Authorization": authorization} if authorization is not None else {},
     }
-    return authorizer_handler.handler(event, _context("ApiAuthorizer"))
+    return authorizer_handler.make_handler(lambda: store)(event, _context("ApiAuthorizer"))
 
 
 def test_the_authorizer_turns_a_key_into_its_tenant(keys: ApiKeyStore) -> None:
     created = keys.create("acme")
 
-    answer = _authorize(f"Bearer {created.key}")
+    answer = _authorize(keys, f"Bearer {created.key}")
 
     assert created.key.startswith("sc_") and len(created.key) > 40
     assert answer["context"] == {"tenant": "acme", "key_id": created.key_id}
@@ -596,7 +590,7 @@ def test_a_missing_or_wrong_key_is_unauthorized(keys: ApiKeyStore, authorization
     keys.create("acme")
 
     with pytest.raises(Exception, match="^Unauthorized$"):
-        _authorize(authorization)
+        _authorize(keys, authorization)
 
 
 def test_a_revoked_key_is_unauthorized(keys: ApiKeyStore) -> None:
@@ -604,7 +598,7 @@ def test_a_revoked_key_is_unauthorized(keys: ApiKeyStore) -> None:
     assert keys.revoke(created.key_id).revoked is True
 
     with pytest.raises(Exception, match="^Unauthorized$"):
-        _authorize(f"Bearer {created.key}")
+        _authorize(keys, f"Bearer {created.key}")
     assert keys.revoke("key_unknown") is None
 
 

@@ -18,7 +18,7 @@ from tests.unit.test_api import _context
 HANDLERS = sorted(
     info.name
     for info in pkgutil.iter_modules(sandcastle.handlers.__path__)
-    if not info.name.startswith("_") and info.name != "authorizer"  # the authorizer needs only the table's name
+    if not info.name.startswith("_") and info.name != "authorizer"  # the authorizer takes its key store: below
 )
 
 
@@ -53,3 +53,19 @@ def test_using_answers_its_bundle_only_inside_the_block(deps: Dependencies, monk
         assert get_dependencies() is deps
 
     assert get_dependencies() is wiring._container
+
+
+def test_the_authorizer_looks_keys_up_in_the_store_it_is_given(deps: Dependencies) -> None:
+    from sandcastle.handlers import authorizer
+    from sandcastle.store.keys import ApiKeyStore
+
+    store = ApiKeyStore(deps.settings.table_name)
+    created = store.create("acme")
+    event = {"type": "REQUEST", "methodArn": "arn:aws:execute-api:us-east-1:1:a/v1/GET/runs"}
+
+    answer = authorizer.make_handler(lambda: store)(
+        {**event, "headers": {"Authorization": f"Bearer {created.key}"}}, _context("ApiAuthorizer")
+    )
+
+    assert answer["context"] == {"tenant": "acme", "key_id": created.key_id}
+    assert "_keys" not in vars(authorizer)  # no module-level store for tests to patch
