@@ -28,7 +28,7 @@ TODAYS_OUTPUTS: list[tuple[str, dict[str, Any], type]] = [
     (
         "run_command",
         {
-            "exit_code": 124,
+            "exit_code": None,
             "stdout": {
                 "text": "head\n… [10 bytes omitted] …\ntail",
                 "bytes": 30,

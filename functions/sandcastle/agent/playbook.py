@@ -45,6 +45,6 @@ class PlaybookModel:
             return f"{summary} The last one failed: {last.error}"
         command = last.command()
         stdout = command.stdout.text.strip() if command else ""
-        if command and command.exit_code != 0:
+        if command and command.exit_code not in (None, 0):
             summary += f" The last command exited with {command.exit_code}."
         return f"{summary}\n\n{stdout}" if stdout else summary

@@ -8,9 +8,9 @@ so ``ToolOutput`` (their union) tells them apart by shape alone.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 
 class _Output(BaseModel):
@@ -32,12 +32,19 @@ class KeptStream(_Output):
 class CommandOutput(_Output):
     """``run_command``: the exit code and the kept streams; ``timed_out`` when it was killed."""
 
-    exit_code: int
+    exit_code: int | None
+    """None when the command was killed (``timed_out``): stored as ``null``, as it always was."""
     stdout: KeptStream
     stderr: KeptStream
     duration_ms: int
     timed_out: bool | None = None
     timeout_s: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _exit_code_always(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """``exit_code`` is written even when None (``exclude_none`` leaves out only the unset flags)."""
+        data = handler(self)
+        return {"exit_code": self.exit_code, **data} if isinstance(data, dict) else data
 
 
 class WriteFileOutput(_Output):
