@@ -164,3 +164,11 @@ def test_no_module_outside_the_transcript_and_the_tools_reads_a_tool_output_by_k
     }
     # Then none reads an ``output`` by key: tool outputs are models, read by attribute
     assert found == {}
+
+
+@pytest.mark.parametrize("mode", ["validation", "serialization"])
+def test_the_schema_of_a_command_s_output_names_its_fields(mode: str) -> None:
+    schema = ToolResultData.model_json_schema(mode=mode)  # type: ignore[arg-type]
+    command = schema["$defs"]["CommandOutput"]
+    assert set(command["required"]) == {"exit_code", "stdout", "stderr", "duration_ms"}
+    assert command["additionalProperties"] is False

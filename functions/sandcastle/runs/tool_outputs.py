@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, SerializerFunctionWrapHandler, model_serializer
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 
 class _Output(BaseModel):
@@ -45,6 +47,11 @@ class CommandOutput(_Output):
         """``exit_code`` is written even when None (``exclude_none`` leaves out only the unset flags)."""
         data = handler(self)
         return {"exit_code": self.exit_code, **data} if isinstance(data, dict) else data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The fields' schema in both modes: the serializer above returns these same fields, not "any"."""
+        return handler({key: value for key, value in schema.items() if key != "serialization"})
 
 
 class WriteFileOutput(_Output):
