@@ -56,7 +56,7 @@ def test_every_handler_invoked_twice_writes_once(
     )
     assert result["tool_call_id"] == turn["tool_call_ids"][0]
     tool_result = runtime.events(run_id)[-1].data
-    assert tool_result.stream_text("stdout") == "hello\n"  # appended once, not twice
+    assert tool_result.command().stdout.text == "hello\n"  # appended once, not twice
 
     final = twice("AgentStepFunction", turn)
     assert final["next"] == "finish" and len(fake_openai.requests) == 2

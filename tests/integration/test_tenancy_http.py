@@ -216,7 +216,7 @@ def test_in_process_an_upload_goes_to_s3_by_a_presigned_put_and_the_run_reads_it
     events = list(runtime.follow(run.run_id, timeout_s=120))
 
     [result] = [e for e in events if e.kind == "tool_result"]
-    assert result.data.stream_text("stdout") == f"{len(data)} /home/user/input/{NAME}\n"
+    assert result.data.command().stdout.text == f"{len(data)} /home/user/input/{NAME}\n"
 
 
 def test_even_a_signed_local_link_reaches_only_its_run_or_its_tenants_prefix(http: Http, runtime: LocalRuntime) -> None:  # noqa: F811

@@ -46,7 +46,8 @@ def sandbox(tmp_path: Path) -> Iterator[LocalSandbox]:
 
 def call(sandbox: LocalSandbox, tool: str, **arguments: Any) -> dict[str, Any]:
     found = TOOLS[tool]
-    return found.execute(sandbox, found.args_model.model_validate(arguments), CONTEXT)
+    """The tool's output as its event stores it (the JSON shape the model reads)."""
+    return found.execute(sandbox, found.args_model.model_validate(arguments), CONTEXT).model_dump(exclude_none=True)
 
 
 def shell(sandbox: LocalSandbox, command: str) -> str:

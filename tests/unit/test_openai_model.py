@@ -29,6 +29,7 @@ from sandcastle.errors import (
 )
 from sandcastle.redaction import REDACTED, Redactor
 from sandcastle.runs.records import RunError, RunOutcome, RunStatus, ToolCall
+from sandcastle.runs.tool_outputs import CommandOutput, KeptStream
 from sandcastle.runs.transcript import (
     AssistantData,
     SystemData,
@@ -102,7 +103,19 @@ def test_the_transcript_becomes_chat_completions_messages_and_only_the_model_s_e
             *TRANSCRIPT,
             assistant_event("r1", 1, AssistantData(text="Looking.", tool_calls=[call])),
             tool_result_event(
-                "r1", 1, 0, ToolResultData(tool_call_id="c1", tool="run_command", output={"exit_code": 0})
+                "r1",
+                1,
+                0,
+                ToolResultData(
+                    tool_call_id="c1",
+                    tool="run_command",
+                    output=CommandOutput(
+                        exit_code=0,
+                        stdout=KeptStream(text="a\n", bytes=2),
+                        stderr=KeptStream(text="", bytes=0),
+                        duration_ms=5,
+                    ),
+                ),
             ),
             assistant_event("r1", 2, AssistantData(tool_calls=[call.model_copy(update={"id": "c2"})])),
             tool_result_event("r1", 2, 0, ToolResultData(tool_call_id="c2", tool="run_command", error="bad JSON")),
@@ -121,7 +134,12 @@ def test_the_transcript_becomes_chat_completions_messages_and_only_the_model_s_e
             "content": "Looking.",
             "tool_calls": [{"id": "c1", "type": "function", "function": function}],
         },
-        {"role": "tool", "tool_call_id": "c1", "content": '{"exit_code": 0}'},
+        {
+            "role": "tool",
+            "tool_call_id": "c1",
+            "content": '{"exit_code": 0, "stdout": {"text": "a\\n", "bytes": 2}, "stderr": {"text": "", "bytes": 0}, '
+            '"duration_ms": 5}',
+        },
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c2", "type": "function", "function": function}]},
         {"role": "tool", "tool_call_id": "c2", "content": '{"error": "bad JSON"}'},
     ]

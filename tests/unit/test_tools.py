@@ -10,6 +10,7 @@ import pytest
 
 from sandcastle.errors import ToolInputError
 from sandcastle.runs.records import ToolCall
+from sandcastle.runs.tool_outputs import ReadTextOutput
 from sandcastle.sandbox.base import CommandResult, SandboxSpec
 from sandcastle.tools import TOOLS, ToolContext, parse_tool_call, tool_schemas
 from tests.fakes.sandbox import FakeSandbox
@@ -32,8 +33,9 @@ def sandbox() -> FakeSandbox:
 
 
 def call(sandbox: FakeSandbox, tool: str, **arguments: Any) -> dict[str, Any]:
+    """The tool's output as its event stores it (the JSON shape the model reads)."""
     found = TOOLS[tool]
-    return found.execute(sandbox, found.args_model.model_validate(arguments), CONTEXT)
+    return found.execute(sandbox, found.args_model.model_validate(arguments), CONTEXT).model_dump(exclude_none=True)
 
 
 def patch(sandbox: FakeSandbox, text: str) -> dict[str, Any]:
@@ -425,4 +427,4 @@ def test_read_file_content_passes_through_the_context_redaction(sandbox: FakeSan
 
     output = TOOLS["read_file"].execute(sandbox, TOOLS["read_file"].args_model(path="env.txt"), context)
 
-    assert output["content"] == "TOKEN=[REDACTED]\n"
+    assert isinstance(output, ReadTextOutput) and output.content == "TOKEN=[REDACTED]\n"

@@ -62,7 +62,12 @@ TODAYS_ITEMS = [
         {
             "tool_call_id": "c1",
             "tool": "run_command",
-            "output": {"exit_code": 0, "stdout": {"text": "2 x\n", "bytes": 4}},
+            "output": {
+                "exit_code": 0,
+                "stdout": {"text": "2 x\n", "bytes": 4},
+                "stderr": {"text": "", "bytes": 0},
+                "duration_ms": 11,
+            },
             "duration_ms": 12,
         },
     ),
@@ -133,7 +138,9 @@ def test_event_items_written_in_the_earlier_format_read_back_typed(deps: Depende
     assert first is not None and first.tool_calls[0].arguments == '{"command": "wc -l input/*"}'
     assert (first.usage.input_tokens, first.usage.output_tokens) == (11, 5)
     (result,) = transcript.results(1)
-    assert result.exit_code() == 0 and result.stream_text("stdout") == "2 x\n" and result.duration_ms == 12
+    command = result.command()
+    assert command is not None and command.exit_code == 0 and command.stdout.text == "2 x\n"
+    assert result.duration_ms == 12
     assert transcript.last_answer() == "2 rows."
     outcome = transcript.outcome()
     assert outcome is not None and outcome.status is RunStatus.FAILED and outcome.usage.steps == 2

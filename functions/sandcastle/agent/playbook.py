@@ -44,8 +44,8 @@ class PlaybookModel:
         last = results[-1]
         if last.error:
             return f"{summary} The last one failed: {last.error}"
-        stdout = last.stream_text("stdout").strip()
-        exit_code = last.exit_code()
-        if exit_code not in (None, 0):
-            summary += f" The last command exited with {exit_code}."
+        command = last.command()
+        stdout = command.stdout.text.strip() if command else ""
+        if command and command.exit_code not in (None, 0):
+            summary += f" The last command exited with {command.exit_code}."
         return f"{summary}\n\n{stdout}" if stdout else summary

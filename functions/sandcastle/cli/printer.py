@@ -6,6 +6,13 @@ import json
 from typing import TextIO
 
 from sandcastle.runs.records import Run, RunOutcome
+from sandcastle.runs.tool_outputs import (
+    CommandOutput,
+    ListFilesOutput,
+    ReadBinaryOutput,
+    ReadTextOutput,
+    WriteFileOutput,
+)
 from sandcastle.runs.transcript import (
     AssistantEvent,
     EndEvent,
@@ -54,20 +61,19 @@ class EventPrinter:
         if result.error:
             self._line(f"[step {step}]   ✗ {name}: {result.error}")
             return
-        output = result.output or {}
-        exit_code = result.exit_code()
-        if "exit_code" in output:
-            status = "timed out" if output.get("timed_out") else f"exit {exit_code}"
-            mark = "✓" if exit_code == 0 else "✗"
+        output = result.output
+        if isinstance(output, CommandOutput):
+            status = "timed out" if output.timed_out else f"exit {output.exit_code}"
+            mark = "✓" if output.exit_code == 0 else "✗"
             self._line(f"[step {step}]   {mark} {name}: {status} in {result.duration_ms} ms")
-            for stream in ("stdout", "stderr"):
-                for line in result.stream_text(stream).rstrip().splitlines()[:20]:
+            for stream in (output.stdout, output.stderr):
+                for line in stream.text.rstrip().splitlines()[:20]:
                     self._line(f"      {line}")
         else:
-            self._line(
-                f"[step {step}]   ✓ {name}: {output.get('bytes', '')} bytes {output.get('path', '')}"
-                f" in {result.duration_ms} ms"
-            )
+            sized = isinstance(output, WriteFileOutput | ReadTextOutput | ReadBinaryOutput)
+            size = output.bytes if sized else ""
+            path = output.path if sized or isinstance(output, ListFilesOutput) else ""
+            self._line(f"[step {step}]   ✓ {name}: {size} bytes {path} in {result.duration_ms} ms")
 
     def summary(self, outcome: RunOutcome) -> None:
         """How the run ended: status, error, answer and usage."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
 from aws_lambda_powertools import Logger
 
@@ -12,6 +12,7 @@ from sandcastle.large_values import event_saver, read_saved
 from sandcastle.runs.budget import seconds_left
 from sandcastle.runs.payloads import ToolTask
 from sandcastle.runs.records import Run, ToolCall, Usage, utcnow
+from sandcastle.runs.tool_outputs import ToolOutput
 from sandcastle.runs.transcript import AssistantEvent, ToolResultData, assistant_key, tool_result_event, tool_result_key
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call
@@ -51,7 +52,7 @@ def run_tool(task: ToolTask, deps: Dependencies) -> ToolCallDone:
         return {"tool_call_id": call.id}
 
     started = time.monotonic()
-    output: dict[str, Any] | None = None
+    output: ToolOutput | None = None
     error: str | None = None
     try:
         tool, args = parse_tool_call(_whole(call, deps))

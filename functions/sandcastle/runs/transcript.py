@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from sandcastle.runs.records import KeptValue, RunError, RunOutcome, ToolCall, Usage, utcnow
+from sandcastle.runs.tool_outputs import CommandOutput, ToolOutput
 
 _LAST_STEP = 999_999
 
@@ -76,11 +77,11 @@ class AssistantData(BaseModel):
 
 
 class ToolResultData(BaseModel):
-    """What one tool call returned (``output``, the tool's own JSON object) or the error the model reads."""
+    """What one tool call returned (``output``, the tool's own model: ``tool_outputs``) or the error the model reads."""
 
     tool_call_id: str
     tool: str | None = None
-    output: dict[str, Any] | None = None
+    output: ToolOutput | None = None
     error: str | None = None
     duration_ms: int = 0
 
@@ -88,17 +89,11 @@ class ToolResultData(BaseModel):
         """What the model reads of the result: the error, or the (already truncated) output, as JSON."""
         if self.error:
             return json.dumps({"error": self.error}, ensure_ascii=False)
-        return json.dumps(self.output or {}, ensure_ascii=False)
+        return json.dumps(self.output.model_dump(exclude_none=True) if self.output else {}, ensure_ascii=False)
 
-    def exit_code(self) -> int | None:
-        """A command's exit code (None for other tools, or when it did not run)."""
-        code = (self.output or {}).get("exit_code")
-        return code if isinstance(code, int) else None
-
-    def stream_text(self, name: str) -> str:
-        """A command's ``stdout`` or ``stderr`` as kept (empty when the tool has none)."""
-        stream = (self.output or {}).get(name)
-        return str(stream.get("text", "")) if isinstance(stream, dict) else ""
+    def command(self) -> CommandOutput | None:
+        """A command's output (None for other tools, or when it did not run)."""
+        return self.output if isinstance(self.output, CommandOutput) else None
 
 
 # --- events: the payload with where it stands ---

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from sandcastle.large_values import clip_text, keep_value
+from sandcastle.runs.tool_outputs import KeptStream, ToolOutput
 from sandcastle.sandbox.base import Sandbox
 
 __all__ = ["Tool", "ToolArgs", "ToolContext", "clip_text"]
@@ -34,10 +35,10 @@ class ToolContext:
     save_output: Callable[[str, bytes], str] | None = None
     """Stores a whole output that the event only keeps part of; returns where it lives."""
 
-    def keep_output(self, name: str, data: bytes) -> dict[str, Any]:
+    def keep_output(self, name: str, data: bytes) -> KeptStream:
         """The transcript's form of an output: redacted, then kept by the one rule for large values
         (``large_values.keep_value``: clipped; when clipped or not UTF-8, saved whole with a pointer)."""
-        return keep_value(name, self.redact(data), self.output_limit_bytes, self.save_output)
+        return KeptStream.model_validate(keep_value(name, self.redact(data), self.output_limit_bytes, self.save_output))
 
 
 class Tool(Protocol):
@@ -45,6 +46,6 @@ class Tool(Protocol):
     description: ClassVar[str]
     args_model: ClassVar[type[ToolArgs]]
 
-    def execute(self, sandbox: Sandbox, args: Any, context: ToolContext) -> dict[str, Any]:
+    def execute(self, sandbox: Sandbox, args: Any, context: ToolContext) -> ToolOutput:
         """Execute in ``sandbox``; return the output recorded in the transcript."""
         ...

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, field_validator
 
+from sandcastle.runs.tool_outputs import CommandOutput
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 
@@ -49,17 +50,15 @@ class RunCommand:
     )
     args_model: ClassVar[type[ToolArgs]] = RunCommandArgs
 
-    def execute(self, sandbox: Sandbox, args: RunCommandArgs, context: ToolContext) -> dict[str, Any]:
+    def execute(self, sandbox: Sandbox, args: RunCommandArgs, context: ToolContext) -> CommandOutput:
         timeout = min(args.timeout_s or context.default_timeout_s, context.timeout_ceiling_s)
         timeout = max(1.0, min(float(timeout), context.remaining_run_s))
         result = sandbox.run(args.command, timeout_s=timeout, cwd=args.cwd, env=args.env)
-        output: dict[str, Any] = {
-            "exit_code": result.exit_code,
-            "stdout": context.keep_output("stdout", result.stdout),
-            "stderr": context.keep_output("stderr", result.stderr),
-            "duration_ms": result.duration_ms,
-        }
-        if result.timed_out:
-            output["timed_out"] = True
-            output["timeout_s"] = timeout
-        return output
+        return CommandOutput(
+            exit_code=result.exit_code,
+            stdout=context.keep_output("stdout", result.stdout),
+            stderr=context.keep_output("stderr", result.stderr),
+            duration_ms=result.duration_ms,
+            timed_out=True if result.timed_out else None,
+            timeout_s=timeout if result.timed_out else None,
+        )

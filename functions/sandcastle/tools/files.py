@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field
 
 from sandcastle.errors import DiskQuotaExceeded, ToolInputError
+from sandcastle.runs.tool_outputs import ReadBinaryOutput, ReadTextOutput, WriteFileOutput
 from sandcastle.sandbox.base import SANDBOX_HOME, Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 
@@ -63,13 +64,13 @@ class WriteFile:
     )
     args_model: ClassVar[type[ToolArgs]] = WriteFileArgs
 
-    def execute(self, sandbox: Sandbox, args: WriteFileArgs, context: ToolContext) -> dict[str, Any]:
+    def execute(self, sandbox: Sandbox, args: WriteFileArgs, context: ToolContext) -> WriteFileOutput:
         data = args.content.encode("utf-8")
         try:
             sandbox.write_file(args.path, data)
         except PATH_ERRORS as error:
             raise ToolInputError(str(error)) from error
-        return {"path": args.path, "bytes": len(data)}
+        return WriteFileOutput(path=args.path, bytes=len(data))
 
 
 class ReadFile:
@@ -81,7 +82,7 @@ class ReadFile:
     )
     args_model: ClassVar[type[ToolArgs]] = ReadFileArgs
 
-    def execute(self, sandbox: Sandbox, args: ReadFileArgs, context: ToolContext) -> dict[str, Any]:
+    def execute(self, sandbox: Sandbox, args: ReadFileArgs, context: ToolContext) -> ReadTextOutput | ReadBinaryOutput:
         try:
             data = sandbox.read_file(args.path)
         except FileNotFoundError as error:
@@ -95,12 +96,16 @@ class ReadFile:
         start, end = _character_bounds(data, args.offset, min(args.offset + limit, size))
         text = _decode_text(context.redact(data[start:end]))
         if text is None:
-            return {"path": args.path, "bytes": size, "binary": True}
-        output: dict[str, Any] = {"path": args.path, "bytes": size, "offset": start, "content": text}
-        if end < size:
-            output["truncated"] = True
-            output["next_offset"] = end
-        return output
+            return ReadBinaryOutput(path=args.path, bytes=size, binary=True)
+        more = end < size
+        return ReadTextOutput(
+            path=args.path,
+            bytes=size,
+            offset=start,
+            content=text,
+            truncated=True if more else None,
+            next_offset=end if more else None,
+        )
 
 
 def _character_bounds(data: bytes, start: int, end: int) -> tuple[int, int]:

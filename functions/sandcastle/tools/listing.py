@@ -8,11 +8,12 @@ can list a subdirectory for the rest.
 from __future__ import annotations
 
 import shlex
-from typing import Any, ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from sandcastle.errors import ToolInputError
+from sandcastle.runs.tool_outputs import ListEntry, ListFilesOutput
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 from sandcastle.tools.files import home_path
@@ -22,7 +23,7 @@ MAX_DEPTH = 10
 _LISTING_TIMEOUT_S = 60.0
 _EXIT_MISSING = 3
 _EXIT_NOT_A_DIRECTORY = 4
-_TYPES = {"f": "file", "d": "dir", "l": "link"}
+_TYPES: dict[str, Literal["file", "dir", "link"]] = {"f": "file", "d": "dir", "l": "link"}
 
 
 class ListFilesArgs(ToolArgs):
@@ -41,7 +42,7 @@ class ListFiles:
     )
     args_model: ClassVar[type[ToolArgs]] = ListFilesArgs
 
-    def execute(self, sandbox: Sandbox, args: ListFilesArgs, context: ToolContext) -> dict[str, Any]:
+    def execute(self, sandbox: Sandbox, args: ListFilesArgs, context: ToolContext) -> ListFilesOutput:
         directory = home_path(args.path)
         timeout = max(1.0, min(_LISTING_TIMEOUT_S, context.remaining_run_s))
         result = sandbox.run(_find_command(directory, args.depth, MAX_ENTRIES), timeout_s=timeout)
@@ -57,11 +58,13 @@ class ListFiles:
             stderr = result.stderr.decode("utf-8", errors="replace").strip()
             raise ToolInputError(f"path: listing {args.path} failed (exit {result.exit_code}): {stderr[:500]}")
         total, entries = parse_find_output(result.stdout)
-        output: dict[str, Any] = {"path": directory, "entries": entries}
-        if total > len(entries):
-            output["truncated"] = True
-            output["omitted"] = total - len(entries)
-        return output
+        omitted = total - len(entries)
+        return ListFilesOutput(
+            path=directory,
+            entries=entries,
+            truncated=True if omitted > 0 else None,
+            omitted=omitted if omitted > 0 else None,
+        )
 
 
 def _find_command(directory: str, depth: int, limit: int) -> str:
@@ -82,24 +85,24 @@ def _find_command(directory: str, depth: int, limit: int) -> str:
     )
 
 
-def parse_find_output(stdout: bytes) -> tuple[int, list[dict[str, Any]]]:
+def parse_find_output(stdout: bytes) -> tuple[int, list[ListEntry]]:
     """The total entry count and the entries printed by ``_find_command``, sorted in tree order."""
     records = stdout.split(b"\0")
     while records and records[-1] == b"":
         records.pop()
     total = int(records.pop()) if records and records[-1].strip().isdigit() else len(records)
-    entries: list[dict[str, Any]] = []
+    entries: list[ListEntry] = []
     for record in records:
         fields = record.split(b"\t", 3)
         if len(fields) != 4:
             continue
         _, kind, size, path = fields
         entries.append(
-            {
-                "path": path.decode("utf-8", errors="replace"),
-                "type": _TYPES.get(kind.decode("ascii", errors="replace"), "other"),
-                "size": int(size),
-            }
+            ListEntry(
+                path=path.decode("utf-8", errors="replace"),
+                type=_TYPES.get(kind.decode("ascii", errors="replace"), "other"),
+                size=int(size),
+            )
         )
-    entries.sort(key=lambda entry: entry["path"].split("/"))
+    entries.sort(key=lambda entry: entry.path.split("/"))
     return max(total, len(entries)), entries

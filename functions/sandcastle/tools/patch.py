@@ -10,11 +10,12 @@ from __future__ import annotations
 import shlex
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from sandcastle.errors import ToolInputError
+from sandcastle.runs.tool_outputs import PatchedFile, PatchOutput
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.tools.base import ToolArgs, ToolContext
 from sandcastle.tools.files import PATH_ERRORS, home_path, relative_to_home
@@ -62,10 +63,10 @@ class ApplyPatch:
     )
     args_model: ClassVar[type[ToolArgs]] = ApplyPatchArgs
 
-    def execute(self, sandbox: Sandbox, args: ApplyPatchArgs, context: ToolContext) -> dict[str, Any]:
+    def execute(self, sandbox: Sandbox, args: ApplyPatchArgs, context: ToolContext) -> PatchOutput:
         changes = plan_patch(sandbox, parse_unified_diff(args.patch))
         _write_all(sandbox, changes, timeout_s=max(1.0, min(_DELETE_TIMEOUT_S, context.remaining_run_s)))
-        return {"files": [{"path": c.display, "action": c.action, "hunks": c.hunks} for c in changes]}
+        return PatchOutput(files=[PatchedFile(path=c.display, action=c.action, hunks=c.hunks) for c in changes])
 
 
 def plan_patch(sandbox: Sandbox, files: list[FilePatch]) -> list[_Change]:
