@@ -99,8 +99,10 @@ class ListFilesOutput(_Output):
 
 class PatchedFile(_Output):
     path: str
-    action: Literal["modified", "created", "deleted"]
+    action: Literal["modified", "created", "deleted", "moved"]
     hunks: int
+    moved_from: str | None = None
+    """``moved``: the path the file had before (``*** Move to:``)."""
 
 
 class PatchOutput(_Output):

@@ -1,8 +1,10 @@
-"""``apply_patch``: a unified diff applied to files of the sandbox, all of it or none of it.
+"""``apply_patch``: a patch applied to files of the sandbox, all of it or none of it.
 
-Parsing the diff and applying its hunks is ``unified_diff`` (pure: the patch is data, nothing in
-it executes); this module is the tool: it reads the files a patch names, plans every change before
-writing any, and writes them all, restoring those already written when one write fails.
+Two formats, told apart by the patch's text: the ``*** Begin Patch`` format OpenAI's models are
+trained on (``v4a_diff``) and unified diffs (``unified_diff``); both parse and apply hunks purely
+(the patch is data, nothing in it executes). This module is the tool: it reads the files a patch
+names, plans every change of every file before writing any, and writes them all, restoring those
+already written when one write fails.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sandcastle.tools.unified_diff import (
     parse_unified_diff,
     target_names,
 )
+from sandcastle.tools.v4a_diff import V4AFile, apply_v4a_hunks, is_v4a, parse_v4a
 
 _DELETE_TIMEOUT_S = 30.0
 
@@ -35,9 +38,14 @@ class ApplyPatchArgs(ToolArgs):
     patch: str = Field(
         min_length=1,
         description=(
-            "A unified diff (as from `diff -u` or `git diff`) of one or more files: '--- a/path' and "
-            "'+++ b/path' headers, then '@@ -start,count +start,count @@' hunks with a few lines of context. "
-            "New files come from /dev/null, deleted files go to /dev/null."
+            "The patch, in either of two formats. (1) The apply_patch format: '*** Begin Patch', then per file "
+            "'*** Add File: path' (every line of the new file prefixed '+'), '*** Delete File: path', or "
+            "'*** Update File: path' (optionally followed by '*** Move to: new/path') with hunks: an '@@' line "
+            "(optionally '@@ text of a line above the change', e.g. a def or class line, to place it), then about "
+            "3 lines of context prefixed ' ', removed lines '-', added lines '+'; '*** End of File' after a hunk "
+            "that ends at the end of the file; finally '*** End Patch'. (2) A unified diff (as from `diff -u` or "
+            "`git diff`): '--- a/path' and '+++ b/path' headers, then '@@ -start,count +start,count @@' hunks; "
+            "new files come from /dev/null, deleted files go to /dev/null. Paths are relative to the home directory."
         ),
     )
 
@@ -47,26 +55,41 @@ class _Change:
     path: str
     """Absolute path in the sandbox."""
     display: str
-    action: Literal["modified", "created", "deleted"]
+    action: Literal["modified", "created", "deleted", "moved"]
     hunks: int
     before: bytes | None
     after: bytes | None
+    moved_from: str | None = None
+    reported: bool = True
+    """False for the old path of a move: the output names the move once, at its new path."""
 
 
 class ApplyPatch:
     name: ClassVar[str] = "apply_patch"
     description: ClassVar[str] = (
-        "Apply a unified diff to files in your sandbox: edit, create or delete one or more text files at once. "
-        "Context lines must match the files exactly; hunks may sit at other line numbers than stated. "
-        "All or nothing: if any hunk does not apply, no file changes and the error names the hunk. "
-        "Returns each file's path, action (modified, created or deleted) and number of hunks."
+        "Apply a patch to files in your sandbox: edit, create, delete or move one or more text files at once. "
+        "Takes the '*** Begin Patch' / '*** Update File:' / '*** Add File:' / '*** Delete File:' / "
+        "'*** Move to:' / '@@' format, or a unified diff. Hunks are placed by their context lines (which "
+        "should match the file; whitespace differences are tolerated in the '*** Begin Patch' format). "
+        "All or nothing: if any hunk of any file does not apply, no file changes and the error names the "
+        "file, the hunk and the context not found. Returns each file's path, action (modified, created, "
+        "deleted or moved) and number of hunks."
     )
     args_model: ClassVar[type[ToolArgs]] = ApplyPatchArgs
 
     def execute(self, sandbox: Sandbox, args: ApplyPatchArgs, context: ToolContext) -> PatchOutput:
-        changes = plan_patch(sandbox, parse_unified_diff(args.patch))
+        if is_v4a(args.patch):
+            changes = plan_v4a_patch(sandbox, parse_v4a(args.patch))
+        else:
+            changes = plan_patch(sandbox, parse_unified_diff(args.patch))
         _write_all(sandbox, changes, timeout_s=max(1.0, min(_DELETE_TIMEOUT_S, context.remaining_run_s)))
-        return PatchOutput(files=[PatchedFile(path=c.display, action=c.action, hunks=c.hunks) for c in changes])
+        return PatchOutput(
+            files=[
+                PatchedFile(path=c.display, action=c.action, hunks=c.hunks, moved_from=c.moved_from)
+                for c in changes
+                if c.reported
+            ]
+        )
 
 
 def plan_patch(sandbox: Sandbox, files: list[FilePatch]) -> list[_Change]:
@@ -95,6 +118,48 @@ def plan_patch(sandbox: Sandbox, files: list[FilePatch]) -> list[_Change]:
         )
         state[path] = None if deletes else after
         changes.append(_Change(path, display, action, len(file.hunks), before, state[path]))
+    return _merge_repeats(changes)
+
+
+def plan_v4a_patch(sandbox: Sandbox, files: list[V4AFile]) -> list[_Change]:
+    """What every file of a ``*** Begin Patch`` patch becomes, before anything is written; ``ToolInputError``
+    (naming the file and the hunk) when a section does not apply."""
+    state: dict[str, bytes | None] = {}
+    changes: list[_Change] = []
+    for file in files:
+        path = home_path(file.path, field=f"{ERROR_PREFIX} file")
+        display = relative_to_home(path)
+        before = _current(sandbox, path, state)
+        if file.action == "add":
+            if before is not None:
+                raise ToolInputError(
+                    f"{ERROR_PREFIX} *** Add File: {display} already exists; change it with '*** Update File:'"
+                )
+            state[path] = file.content.encode("utf-8", "surrogateescape")
+            changes.append(_Change(path, display, "created", 1, None, state[path]))
+            continue
+        if before is None:
+            section = "*** Delete File" if file.action == "delete" else "*** Update File"
+            raise ToolInputError(f"{ERROR_PREFIX} {section}: {display} does not exist")
+        if file.action == "delete":
+            state[path] = None
+            changes.append(_Change(path, display, "deleted", 0, before, None))
+            continue
+        after = apply_v4a_hunks(before, file.hunks, display)
+        target = home_path(file.move_to, field=f"{ERROR_PREFIX} *** Move to") if file.move_to else path
+        if target == path:
+            state[path] = after
+            changes.append(_Change(path, display, "modified", len(file.hunks), before, after))
+            continue
+        target_display = relative_to_home(target)
+        if _current(sandbox, target, state) is not None:
+            raise ToolInputError(
+                f"{ERROR_PREFIX} *** Update File: {display}: *** Move to: {target_display} already exists; "
+                "delete it first or move elsewhere"
+            )
+        state[path], state[target] = None, after
+        changes.append(_Change(path, display, "deleted", 0, before, None, reported=False))
+        changes.append(_Change(target, target_display, "moved", len(file.hunks), None, after, moved_from=display))
     return _merge_repeats(changes)
 
 
@@ -136,7 +201,12 @@ def _merge_repeats(changes: list[_Change]) -> list[_Change]:
             continue
         first.hunks += change.hunks
         first.after = change.after
-        if change.after is None:
+        first.reported = first.reported or change.reported
+        if change.action == "moved" and first.before is None:
+            first.action, first.moved_from = "moved", change.moved_from
+        elif first.action == "moved" and change.after is not None:
+            pass  # a moved file edited again: still the move
+        elif change.after is None:
             first.action = "deleted"
         elif first.before is None:
             first.action = "created"
