@@ -127,6 +127,23 @@ class Settings(BaseSettings):
     )
     """Environment variable names a run may set in its sandbox (JSON list); any other is refused."""
 
+    # --- repositories (``repository`` of a run) ---
+    repository_default_depth: int = Field(default=50, ge=1)
+    """Commits of history cloned when a run's ``repository.depth`` is unset."""
+    repository_max_depth: int = Field(default=1000, ge=1)
+    """The most ``repository.depth`` a run may ask for (more is refused)."""
+    repository_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    """The largest repository a run may clone (its fetched objects, and again its checked-out tree)."""
+    repository_max_changes_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """The largest ``changes.patch`` exported (and working tree read back from the sandbox) per run."""
+    repository_secret_prefix: str = "sandcastle/git/"
+    """Secrets a run may name in ``credentials_secret`` are ``<prefix><tenant>/…`` (the functions' grant is
+    ``secret:<prefix>*``)."""
+    repository_allow_local: bool = False
+    """Local runtime only: also accept a path, or ``git://``/``http://`` on loopback, as a repository URL."""
+    git_timeout_s: int = Field(default=120, ge=1)
+    """Seconds one ``git`` command (clone, push) may take."""
+
     # --- artifacts and events ---
     max_artifacts: int = 200
     """Files copied from ``~/output/`` at most; the rest are listed as skipped."""

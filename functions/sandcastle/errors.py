@@ -64,6 +64,11 @@ class ValueTooLarge(InvalidRunRequest):
     """A request's field is too large to store (DynamoDB's 400 KB item): the API answers 413 naming it."""
 
 
+class RepositoryUnavailable(SandcastleError):
+    """A run's repository could not be cloned, read back or pushed: an unreachable URL, an unknown ref, a
+    repository over the size limit, a refused credential. The message says which and what to change."""
+
+
 class RunNotFound(SandcastleError):
     """No run with that id (or not visible to the caller's tenant)."""
 

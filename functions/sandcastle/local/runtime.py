@@ -369,6 +369,7 @@ class LocalRuntime:
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_DISABLED": "true",
                 "POWERTOOLS_LOG_LEVEL": self._log_level,
+                "REPOSITORY_ALLOW_LOCAL": "true",  # a path, or git:// and http:// on loopback
             }
         )
         if "SANDBOX_BACKEND" not in self._saved_environ_or_empty:

@@ -1,4 +1,5 @@
-"""Artifacts: what a run leaves under ``~/output/`` is copied to S3, with a manifest, when it ends."""
+"""Artifacts: what a run leaves under ``~/output/`` is copied to S3, with a manifest, when it ends; a run on a
+repository adds its change (``changes.patch``, ``changes.json``: ``runs/repository.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from sandcastle.errors import SandboxGone
 from sandcastle.runs.records import Artifact, Run
+from sandcastle.runs.repository import PATCH_NAME, SUMMARY_NAME, export_changes
 from sandcastle.sandbox.base import Sandbox
 from sandcastle.wiring import Dependencies
 
@@ -72,9 +74,12 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
     artifacts: list[Artifact] = []
     skipped: list[SkippedOutput] = []
     total = 0
+    reserved = {PATCH_NAME, SUMMARY_NAME} if run.repository is not None else set()
     for name, size in entries:
         reason = None
-        if len(artifacts) >= settings.max_artifacts:
+        if name in reserved:
+            reason = "the name of the repository's change, which the run exports itself"
+        elif len(artifacts) >= settings.max_artifacts:
             reason = f"more than {settings.max_artifacts} files"
         elif size > settings.max_artifact_bytes:
             reason = f"larger than {settings.max_artifact_bytes} bytes"
@@ -85,18 +90,9 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
             continue
         data = sandbox.read_file(f"output/{name}")
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        key = artifact_key(run.run_id, name)
-        deps.objects.put(key, data, content_type=content_type)
         total += len(data)
-        artifacts.append(
-            Artifact(
-                name=name,
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                content_type=content_type,
-                s3_key=key,
-            )
-        )
+        artifacts.append(store_artifact(run.run_id, name, data, content_type, deps))
+    artifacts += export_changes(run, sandbox, deps)
     manifest = Manifest(run_id=run.run_id, artifacts=artifacts, skipped=skipped)
     deps.objects.put(
         manifest_key(run.run_id), manifest.model_dump_json(indent=2).encode(), content_type="application/json"
@@ -104,6 +100,15 @@ def _copy_outputs(run: Run, sandbox: Sandbox, deps: Dependencies) -> list[Artifa
     if skipped:
         logger.warning("some output files were not kept", extra={"skipped": [entry.model_dump() for entry in skipped]})
     return artifacts
+
+
+def store_artifact(run_id: str, name: str, data: bytes, content_type: str, deps: Dependencies) -> Artifact:
+    """Put one artifact at its key; what the manifest lists of it."""
+    key = artifact_key(run_id, name)
+    deps.objects.put(key, data, content_type=content_type)
+    return Artifact(
+        name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest(), content_type=content_type, s3_key=key
+    )
 
 
 def _stored_manifest(run: Run, deps: Dependencies) -> list[Artifact]:

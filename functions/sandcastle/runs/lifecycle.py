@@ -16,7 +16,18 @@ from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
 from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.payloads import FailInput, StepState
-from sandcastle.runs.records import STOP_STATUS, Artifact, Run, RunError, RunOutcome, RunStatus, StopReason, utcnow
+from sandcastle.runs.records import (
+    STOP_STATUS,
+    Artifact,
+    Delivery,
+    Run,
+    RunError,
+    RunOutcome,
+    RunStatus,
+    StopReason,
+    utcnow,
+)
+from sandcastle.runs.repository import deliver, prepare_repository, repository_prompt
 from sandcastle.runs.transcript import (
     SystemData,
     Transcript,
@@ -51,11 +62,17 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
     for file in run.files:
         sandbox.write_file(f"input/{file.name}", deps.objects.get(file.s3_key))
     sandbox.run("mkdir -p ~/output", timeout_s=30)
+    run = prepare_repository(run, sandbox, deps)
 
     deps.store.append_event(
         system_event(
             run_id,
-            SystemData(text=SYSTEM_PROMPT, tools=sorted(TOOLS), model_backend=run.model_backend, model=run.model),
+            SystemData(
+                text=SYSTEM_PROMPT + repository_prompt(run),
+                tools=sorted(TOOLS),
+                model_backend=run.model_backend,
+                model=run.model,
+            ),
         )
     )
     now = utcnow()
@@ -86,8 +103,9 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
     status = STOP_STATUS[reason]
     answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
     artifacts = export_artifacts(run, deps)
+    delivery = deliver(run, deps, push=status is RunStatus.SUCCEEDED)
     kill_sandbox(run.sandbox_id, deps)
-    end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts)
+    end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts, delivery=delivery)
     logger.info("run finished", extra={"status": status.value, "stop_reason": reason.value})
     return {"run_id": run.run_id, "status": status.value}
 
@@ -125,6 +143,7 @@ def end_run(
     result: str | None = None,
     error: RunError | None = None,
     artifacts: list[Artifact] | None = None,
+    delivery: Delivery | None = None,
 ) -> Run:
     """Bring the run to its terminal ``status`` once: the END event, the run's fields and the release of
     its tenant's active-run slot in one transaction that requires the run not to have ended yet; then
@@ -137,7 +156,13 @@ def end_run(
     if result is not None and len(result.encode()) > RESULT_LIMIT_BYTES:  # the whole answer is in the transcript
         result = clip_text(result.encode(), RESULT_LIMIT_BYTES)["text"]
     outcome = RunOutcome(
-        status=status, stop_reason=stop_reason, result=result, error=error, usage=fresh.usage, artifacts=artifacts or []
+        status=status,
+        stop_reason=stop_reason,
+        result=result,
+        error=error,
+        usage=fresh.usage,
+        artifacts=artifacts or [],
+        delivery=delivery,
     )
     fields: dict[str, object] = {"status": status, "ended_at": now}
     if stop_reason:
@@ -148,6 +173,8 @@ def end_run(
         fields["error"] = error
     if artifacts:
         fields["artifacts"] = artifacts
+    if delivery:
+        fields["delivery"] = delivery
     try:
         deps.store.append_event(
             end_event(run.run_id, fresh.step, outcome),

@@ -10,7 +10,14 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sandcastle.runs.requests import PlaybookCall, SandboxOptions, ScheduleRequest, TaskDefinition
+from sandcastle.runs.requests import (
+    PlaybookCall,
+    PushOptions,
+    RepositoryOptions,
+    SandboxOptions,
+    ScheduleRequest,
+    TaskDefinition,
+)
 
 ModelBackend = Literal["openai", "playbook"]
 """What answers a run's turns: the OpenAI-compatible model, or the request's scripted playbook."""
@@ -118,6 +125,20 @@ class RunError(BaseModel):
     message: str
 
 
+class Delivery(BaseModel):
+    """What a run on a repository handed back: its change against the base commit, and where it was pushed."""
+
+    base_commit: str
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    pushed_branch: str | None = None
+    pushed_sha: str | None = None
+    """The commit pushed to ``pushed_branch`` (one commit on the base holding the whole change)."""
+    push_error: str | None = None
+    """Why the push asked for did not happen (the change is still in ``changes.patch``)."""
+
+
 _StatusT = TypeVar("_StatusT", bound=str)
 _ArtifactT = TypeVar("_ArtifactT", bound=Artifact)
 
@@ -133,6 +154,8 @@ class OutcomeFields(BaseModel, Generic[_StatusT, _ArtifactT]):
     error: RunError | None = None
     usage: Usage = Field(default_factory=Usage)
     artifacts: list[_ArtifactT] = Field(default_factory=list)
+    delivery: Delivery | None = None
+    """A run on a repository: its change (``changes.patch``) and the push, when one was asked for."""
 
 
 class RunOutcome(OutcomeFields[RunStatus, Artifact]):
@@ -169,6 +192,13 @@ class Run(BaseModel):
     budgets: ResolvedBudgets
     files: list[StoredInputFile] = Field(default_factory=list)
     sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
+    repository: RepositoryOptions | None = None
+    push: PushOptions | None = None
+    base_commit: str | None = None
+    """The commit ``~/repo`` was checked out at (recorded by PrepareRun)."""
+    base_branch: str | None = None
+    """The branch ``repository.ref`` named (or the remote's default branch); never pushed to."""
+    delivery: Delivery | None = None
     sandbox_id: str | None = None
     step: int = 0
     usage: Usage = Field(default_factory=Usage)

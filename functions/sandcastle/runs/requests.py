@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from sandcastle.names import FileName, TenantName
 
@@ -54,6 +54,46 @@ class SandboxOptions(_Strict):
     """Environment variables for every command; names must be on the configured allow-list."""
 
 
+def _git_ref_name(value: str) -> str:
+    if ".." in value or "//" in value or "@{" in value or value.endswith(("/", ".", ".lock")):
+        raise ValueError("is not a valid git ref name (no '..', '//', '@{', nor a trailing '/', '.' or '.lock')")
+    return value
+
+
+GitRef = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_+@][A-Za-z0-9._/@+-]{0,199}$"),
+    AfterValidator(_git_ref_name),
+]
+"""A branch, tag or commit as ``git`` names them (no leading ``-``, no ``..``, no spaces or shell characters)."""
+
+
+class RepositoryOptions(_Strict):
+    """A git repository the run works on: cloned outside the sandbox, checked out at ``ref`` in ``~/repo``."""
+
+    url: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
+    """``https://…`` or ``ssh://…`` / ``git@host:path`` (locally also a path, or ``git://``/``http://`` on loopback).
+    No credential in the URL: name a secret in ``credentials_secret``."""
+    ref: GitRef = "HEAD"
+    """The branch, tag or commit to check out; the remote's default branch when unset."""
+    depth: int | None = Field(default=None, ge=1)
+    """Commits of history to fetch (the configured default when unset, at most the configured ceiling)."""
+    credentials_secret: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$")] | None = None
+    """A Secrets Manager secret under ``<prefix><your tenant>/`` holding the token (or ``{"username", "password"}``),
+    read outside the sandbox for the clone and the push; never given to the sandbox."""
+
+
+class PushOptions(_Strict):
+    """Push the run's change, as one commit on the base, to a new branch of the repository when it succeeds."""
+
+    branch: GitRef
+    """The branch to push to; never the base branch, and never forced (an existing branch must fast-forward)."""
+    commit_message: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)] | None = (
+        None
+    )
+    """The commit's message; the run's instructions (first line) when unset."""
+
+
 class RunRequest(_Strict):
     """What a user asks for."""
 
@@ -67,6 +107,10 @@ class RunRequest(_Strict):
     budgets: Budgets = Field(default_factory=Budgets)
     files: list[InputFile] = Field(default_factory=list, max_length=100)
     sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
+    repository: RepositoryOptions | None = None
+    """A git repository checked out in ``~/repo``; the change is returned as ``changes.patch``."""
+    push: PushOptions | None = None
+    """With ``repository``: push the change to this branch when the run succeeds."""
     source: Literal["api", "s3", "schedule", "cli"] = "cli"
 
 
@@ -82,6 +126,8 @@ class TaskDefinition(_Strict):
     playbook: list[PlaybookCall] | None = Field(default=None, min_length=1, max_length=500)
     budgets: Budgets = Field(default_factory=Budgets)
     sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
+    repository: RepositoryOptions | None = None
+    push: PushOptions | None = None
     max_input_bytes: int | None = Field(default=None, ge=1)
     """Uploads larger than this are refused (a ``result.json`` with the error); the configured cap when unset."""
     allow_empty_input: bool = False

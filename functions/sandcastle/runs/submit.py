@@ -16,6 +16,7 @@ from sandcastle.errors import (
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.input_files import check_tenant_key
 from sandcastle.runs.records import ModelBackend, Run, RunError, RunOrigin, RunStatus, StoredInputFile, utcnow
+from sandcastle.runs.repository import check_repository
 from sandcastle.runs.requests import RunRequest
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.wiring import Dependencies
@@ -53,6 +54,7 @@ def submit_run(
             "no model is configured: set OPENAI_API_KEY or OPENAI_BASE_URL, or give a playbook", field="model"
         )
     _check_sandbox_options(request, deps)
+    check_repository(request.repository, request.push, request.tenant, deps)
     run_id = run_id or new_run_id()
     inline = _check_files(request, run_id, deps)
 
@@ -77,6 +79,8 @@ def submit_run(
         budgets=budgets,
         files=stored_files,
         sandbox=request.sandbox,
+        repository=request.repository,
+        push=request.push,
         created_at=utcnow(),
         origin=origin,
     )

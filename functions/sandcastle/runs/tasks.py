@@ -5,6 +5,7 @@ from __future__ import annotations
 from sandcastle.errors import InvalidRunRequest, TaskNotFound
 from sandcastle.runs.budget import resolve_budgets
 from sandcastle.runs.records import Task, utcnow
+from sandcastle.runs.repository import check_repository
 from sandcastle.runs.requests import InputFile, RunRequest, TaskDefinition
 from sandcastle.wiring import Dependencies
 
@@ -16,6 +17,7 @@ def put_task(tenant: str, name: str, definition: TaskDefinition, deps: Dependenc
     """Save (or replace) the tenant's task ``name``; its budgets are checked against the ceilings now."""
     resolve_budgets(definition.budgets, deps.settings)  # InvalidRunRequest naming the budget
     _check_sandbox_env(definition, deps)
+    check_repository(definition.repository, definition.push, tenant, deps)
     now = utcnow()
     existing = deps.tasks.get(tenant, name)
     task = Task(
