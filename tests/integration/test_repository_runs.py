@@ -35,7 +35,8 @@ PROJECT = {
     ),
     "old_notes.txt": b"to be removed\n",
     "docs/guide.md": (
-        b"# Guide\n\nInstall the package, then import it.\n\n## Mean\n\nCall mean(numbers).\n\n## More\n\nSee the tests.\n"
+        b"# Guide\n\nInstall the package, then import it.\n\n"
+        b"## Mean\n\nCall mean(numbers).\n\n## More\n\nSee the tests.\n"
     ),
     "logo.bin": LOGO,
 }
