@@ -1,0 +1,137 @@
+"""A run's ``repository`` and ``push``: what is refused before anything is stored, and the saved task's check."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sandcastle.config import Settings
+from sandcastle.errors import InvalidRunRequest
+from sandcastle.runs.repository import check_repository, repository_prompt
+from sandcastle.runs.requests import PushOptions, RepositoryOptions, RunRequest, TaskDefinition
+from sandcastle.runs.submit import submit_run
+from sandcastle.runs.tasks import put_task
+from sandcastle.wiring import Dependencies
+
+CLOUD = Dependencies(Settings(repository_max_depth=100))
+LOCAL = Dependencies(Settings(repository_allow_local=True))
+
+
+def _check(url: str, deps: Dependencies = CLOUD, **fields: object) -> None:
+    check_repository(RepositoryOptions.model_validate({"url": url, **fields}), None, "acme", deps)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://github.com/acme/app.git", "ssh://git@github.com/acme/app.git", "git@github.com:acme/app.git"]
+)
+def test_https_and_ssh_urls_are_taken(url: str) -> None:
+    _check(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://me:ghp_token@github.com/acme/app.git", "holds a credential; put it in a secret"),
+        ("http://github.com/acme/app.git", "is not an https:// or ssh://"),
+        ("git://127.0.0.1/app.git", "is not an https:// or ssh://"),
+        ("/srv/git/app.git", "is a local path"),
+        ("file:///srv/git/app.git", "is not an https:// or ssh://"),
+        ("ext::sh -c touch% /tmp/pwned", "is not a repository URL"),
+        ("--upload-pack=touch /tmp/x", "is not a repository URL"),
+        ("https:///no-host", "is not an https:// or ssh://"),
+    ],
+)
+def test_other_urls_are_refused_naming_the_field(url: str, message: str) -> None:
+    with pytest.raises(InvalidRunRequest) as error:
+        _check(url)
+
+    assert error.value.field == "repository.url" and message in str(error.value)
+
+
+def test_locally_a_path_and_loopback_git_or_http_are_taken_but_no_other_host() -> None:
+    for url in ("/srv/git/app.git", "git://127.0.0.1:9418/app.git", "http://localhost:8080/app.git"):
+        _check(url, LOCAL)
+    with pytest.raises(InvalidRunRequest, match="or, locally, a path or a git:// or http:// URL on loopback"):
+        _check("git://example.com/app.git", LOCAL)
+
+
+def test_depth_has_a_ceiling() -> None:
+    _check("https://h/a.git", depth=100)
+    with pytest.raises(InvalidRunRequest, match="at most 100") as error:
+        _check("https://h/a.git", depth=101)
+    assert error.value.field == "repository.depth"
+
+
+@pytest.mark.parametrize(
+    "secret", ["sandcastle/git/beta/token", "sandcastle/git/acme", "other/acme/x", "sandcastle/git/acme/../beta/t"]
+)
+def test_a_credential_secret_must_be_the_tenants_own(secret: str) -> None:
+    _check("https://h/a.git", credentials_secret="sandcastle/git/acme/github")
+    with pytest.raises(InvalidRunRequest, match="is not one of your secrets: name one under sandcastle/git/acme/"):
+        _check("https://h/a.git", credentials_secret=secret)
+
+
+def test_push_needs_a_repository_and_never_targets_the_base_branch() -> None:
+    with pytest.raises(InvalidRunRequest, match="push needs a repository") as error:
+        check_repository(None, PushOptions(branch="fix"), "acme", CLOUD)
+    assert error.value.field == "push"
+    repository = RepositoryOptions(url="https://h/a.git", ref="main")
+    check_repository(repository, PushOptions(branch="fix/main"), "acme", CLOUD)
+    for branch in ("main", "refs/heads/main"):
+        with pytest.raises(InvalidRunRequest, match="is the base branch; push the change to a new branch") as error:
+            check_repository(repository, PushOptions(branch=branch), "acme", CLOUD)
+        assert error.value.field == "push.branch"
+
+
+@pytest.mark.parametrize("ref", ["-x", "main..evil", "a//b", "topic/", "x.lock", "a b", "$(id)", "@{-1}"])
+def test_refs_git_would_misread_are_refused(ref: str) -> None:
+    with pytest.raises(ValidationError):
+        RepositoryOptions(url="https://h/a.git", ref=ref)
+    with pytest.raises(ValidationError):
+        PushOptions(branch=ref)
+
+
+def test_a_bad_repository_is_refused_when_a_run_is_submitted_or_a_task_saved(deps: Dependencies) -> None:
+    request = RunRequest.model_validate(
+        {
+            "instructions": "x",
+            "playbook": [{"tool": "run_command", "arguments": {"command": "ls"}}],
+            "repository": {"url": "https://me:pw@h/a.git"},
+        }
+    )
+    with pytest.raises(InvalidRunRequest, match="holds a credential"):
+        submit_run(request, deps)
+    assert deps.store.list_runs_by_tenant("default", limit=10)[0] == []
+    definition = TaskDefinition(instructions="x", repository=RepositoryOptions(url="/etc"))
+    with pytest.raises(InvalidRunRequest, match="is a local path"):
+        put_task("acme", "repo-task", definition, deps)
+
+
+def test_the_prompt_says_where_the_repository_is_and_where_the_change_goes() -> None:
+    from datetime import UTC, datetime
+
+    from sandcastle.runs.records import ResolvedBudgets, Run, RunStatus
+
+    run = Run(
+        run_id="r",
+        tenant="acme",
+        source="api",
+        status=RunStatus.QUEUED,
+        instructions="x",
+        model_backend="playbook",
+        budgets=ResolvedBudgets(max_steps=1, max_tool_calls=1, timeout_s=60),
+        created_at=datetime.now(UTC),
+        repository=RepositoryOptions(url="https://h/a.git"),
+        push=PushOptions(branch="fix/it"),
+        base_commit="0123456789abcdef" * 2 + "01234567",
+        base_branch="main",
+    )
+
+    assert repository_prompt(run) == (
+        "\n\nThe git repository https://h/a.git is checked out in ~/repo at branch main (commit 0123456789ab). "
+        "Work there: read it, change it (apply_patch suits edits), and run its tests. When you finish, every change "
+        "in ~/repo against that commit — new, deleted, renamed and binary files included — is handed back as a "
+        "patch (changes.patch, with changes.json), and pushed as one commit to the branch 'fix/it' if the run "
+        "succeeds. You need not commit; you cannot push (no network, no credentials)."
+    )
+    assert repository_prompt(run.model_copy(update={"repository": None})) == ""
