@@ -76,6 +76,7 @@ PLAYBOOK: list[dict[str, Any]] = [
         "tool": "run_command",
         "arguments": {"command": "cd ~/repo && git add calc.py && git commit -qm 'Handle empty lists'"},
     },
+    {"tool": "run_command", "arguments": {"command": "echo forged > ~/output/changes.patch"}},
 ]
 
 
@@ -179,7 +180,8 @@ def test_a_run_clones_edits_tests_and_hands_back_a_patch_that_applies_to_the_bas
     assert (summary["files_changed"], summary["insertions"], summary["deletions"]) == (6, 7, 2)
     assert [c["subject"] for c in summary["commits"]] == ["Handle empty lists"]
     assert run.delivery is not None and run.delivery.files_changed == 6 and run.delivery.pushed_branch is None
-    assert {a.name for a in run.artifacts} == {"changes.patch", "changes.json"}
+    # the run's own change, not a file of ~/output that takes its name
+    assert [a.name for a in run.artifacts] == ["changes.patch", "changes.json"]
 
 
 def test_a_run_with_push_leaves_one_commit_on_the_branch_and_never_forces(
@@ -215,6 +217,30 @@ def test_a_run_with_push_leaves_one_commit_on_the_branch_and_never_forces(
     assert refused.delivery is not None and refused.delivery.pushed_sha is None
     assert "pushing to 'taken'" in (refused.delivery.push_error or "")
     assert git("rev-parse", "refs/heads/taken", cwd=origin).strip() == theirs
+
+    # the base branch (here the remote's default, the ref being HEAD) is refused at the push too
+    onto_base = _run(runtime, repository={"url": f"{daemon}/origin.git"}, push={"branch": "main"})
+    assert onto_base.delivery is not None and "'main' is the base branch" in (onto_base.delivery.push_error or "")
+    assert git("rev-parse", "main", cwd=origin).strip() == base
+
+
+def test_a_run_stopped_by_its_budget_hands_back_its_change_but_pushes_nothing(
+    runtime: LocalRuntime, daemon: str, remotes: Path, tmp_path: Path
+) -> None:
+    run = _run(
+        runtime,
+        repository={"url": f"{daemon}/origin.git"},
+        push={"branch": "fix/unfinished"},
+        budgets={"max_tool_calls": 2},
+    )
+
+    assert run.status is RunStatus.BUDGET_EXCEEDED
+    check = tmp_path / "check"
+    git("clone", "-q", str(remotes / "origin.git"), str(check))
+    git("apply", "-", cwd=check, input=_artifact(runtime, run, "changes.patch"))
+    assert (check / "CHANGELOG.md").exists() and not (check / "old_notes.txt").exists()
+    assert run.delivery is not None and run.delivery.files_changed == 5 and run.delivery.pushed_sha is None
+    assert "fix/unfinished" not in git("branch", "--list", cwd=remotes / "origin.git")
 
 
 def test_the_credential_of_an_http_remote_stays_out_of_the_sandbox_transcript_and_logs(
