@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from sandcastle.config import Settings
 from sandcastle.errors import InvalidRunRequest
+from sandcastle.local.permissions import PermissionGuard
+from sandcastle.local.runtime import DEFAULT_TEMPLATE
+from sandcastle.local.template import ACCOUNT_ID, Template
 from sandcastle.runs.repository import check_repository, repository_prompt
 from sandcastle.runs.requests import PushOptions, RepositoryOptions, RunRequest, TaskDefinition
 from sandcastle.runs.submit import submit_run
@@ -135,3 +140,23 @@ def test_the_prompt_says_where_the_repository_is_and_where_the_change_goes() -> 
         "succeeds. You need not commit; you cannot push (no network, no credentials)."
     )
     assert repository_prompt(run.model_copy(update={"repository": None})) == ""
+
+
+def test_only_prepare_and_finish_may_read_repository_credentials_and_only_under_the_prefix(aws: Template) -> None:
+    guard = PermissionGuard.from_template(Template.load(DEFAULT_TEMPLATE, region=aws.region), ACCOUNT_ID)
+    client = boto3.client("secretsmanager", region_name=aws.region)
+    for name in ("sandcastle/git/acme/github", "sandcastle/model-api-key"):
+        client.create_secret(Name=name, SecretString="value")
+    guard.start()
+    try:
+        for function in ("PrepareRunFunction", "FinishRunFunction"):
+            with guard.acting_as(function):
+                assert client.get_secret_value(SecretId="sandcastle/git/acme/github")["SecretString"] == "value"
+                with pytest.raises(ClientError) as elsewhere:
+                    client.get_secret_value(SecretId="sandcastle/model-api-key")
+            assert elsewhere.value.response["Error"]["Code"] == "AccessDeniedException"
+        with guard.acting_as("RunToolFunction"), pytest.raises(ClientError) as tool_runner:
+            client.get_secret_value(SecretId="sandcastle/git/acme/github")
+        assert tool_runner.value.response["Error"]["Code"] == "AccessDeniedException"
+    finally:
+        guard.stop()
