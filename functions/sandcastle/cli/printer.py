@@ -88,6 +88,15 @@ class EventPrinter:
             self._line("answer:")
             for line in outcome.result.splitlines():
                 self._line(f"  {line}")
+        delivery = outcome.delivery
+        if delivery:
+            self._line(
+                f"change: {delivery.files_changed} files, +{delivery.insertions} -{delivery.deletions} "
+                f"against {delivery.base_commit[:12]}"
+                + (f"; pushed {delivery.pushed_sha[:12]} to {delivery.pushed_branch}" if delivery.pushed_sha else "")
+            )
+            if delivery.push_error:
+                self._line(f"not pushed: {delivery.push_error}")
         self._line(
             f"usage: {usage.steps} steps, {usage.tool_calls} tool calls ({usage.tool_ms} ms in tools), "
             f"{usage.input_tokens} input + {usage.output_tokens} output tokens"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -38,6 +40,13 @@ def add_run_command(commands: Any) -> None:
         metavar="FILE",
         help="a JSON list of tool calls ({tool, arguments}) to execute instead of asking a model",
     )
+    run.add_argument(
+        "--repo",
+        metavar="URL[@REF]",
+        help="a git repository to check out in ~/repo (at REF: a branch, tag or commit); the change comes back "
+        "as the artifacts changes.patch and changes.json",
+    )
+    run.add_argument("--push", metavar="BRANCH", help="with --repo: push the change as one commit to BRANCH")
     run.add_argument("--model", help="model name for the OpenAI-compatible endpoint")
     run.add_argument("--max-steps", type=int, help="model turns at most")
     run.add_argument("--max-tool-calls", type=int, help="tool calls at most")
@@ -135,6 +144,8 @@ def _build_request(args: argparse.Namespace) -> RunRequest:
         )
         if value is not None
     }
+    if args.push and not args.repo:
+        raise InvalidRunRequest("needs --repo: the repository to push from", field="--push")
     return RunRequest.model_validate(
         {
             "instructions": args.instructions,
@@ -143,8 +154,32 @@ def _build_request(args: argparse.Namespace) -> RunRequest:
             "model": args.model,
             "budgets": budgets,
             "source": "cli",
+            **({"repository": repository_option(args.repo)} if args.repo else {}),
+            **({"push": {"branch": args.push}} if args.push else {}),
         }
     )
+
+
+def repository_option(text: str) -> dict[str, str]:
+    """``--repo URL[@REF]`` as a request's ``repository``: a trailing ``@REF`` is split off when what is left is
+    still a whole URL (``git@host:path`` and ``https://user@host/…`` keep their ``@``); a directory becomes its
+    absolute path."""
+    url, ref = text, None
+    head, at, tail = text.rpartition("@")
+    if at and tail and ":" not in tail and _whole_url(head):
+        url, ref = head, tail
+    if "://" not in url and not _SCP_LIKE.match(url) and Path(url).is_dir():
+        url = str(Path(url).resolve())
+    return {"url": url, **({"ref": ref} if ref else {})}
+
+
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
+
+
+def _whole_url(text: str) -> bool:
+    if "://" in text:
+        return bool(urlsplit(text).path.strip("/"))
+    return bool(_SCP_LIKE.match(text)) or "/" in text or Path(text).is_dir()
 
 
 def describe(error: Exception) -> str:
