@@ -19,6 +19,7 @@ from sandcastle.runs.artifacts import artifact_key
 from sandcastle.runs.records import Run, RunStatus
 from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import EventKind
+from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.git_servers import authenticated_git_http, free_port, git, git_daemon, make_origin
 
 pytestmark = pytest.mark.bwrap
@@ -305,3 +306,35 @@ def test_an_unreachable_url_an_unknown_ref_or_an_oversized_repository_fails_the_
     assert run.error.type == "RepositoryUnavailable"
     assert message in run.error.message, run.error.message
     assert run.usage.tool_calls == 0
+
+
+def test_a_failed_model_run_still_hands_back_its_change_and_the_model_was_told_where_the_repository_is(
+    tmp_path: Path, daemon: str, remotes: Path, fake_openai: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("MODEL_MAX_RETRIES", "0")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("E2B_API_KEY", raising=False)
+    fake_openai.reply_tool_calls([("apply_patch", {"patch": FIX})])
+    fake_openai.reply_error(400, "This model's maximum context length is 8192 tokens.")
+
+    with LocalRuntime(home=tmp_path / "home") as runtime:
+        submitted = runtime.submit(
+            RunRequest.model_validate(
+                {
+                    "instructions": "Make mean() of an empty list 0.0.",
+                    "repository": {"url": f"{daemon}/origin.git"},
+                    "push": {"branch": "fix/failed"},
+                }
+            )
+        )
+        run = runtime.wait(submitted.run_id, timeout_s=180)
+        patch = _artifact(runtime, run, "changes.patch")
+
+    assert run.status is RunStatus.FAILED and run.error is not None and run.error.type == "ModelRequestRejected"
+    assert "is checked out in ~/repo at branch main" in fake_openai.requests[0]["messages"][0]["content"]
+    check = tmp_path / "check"
+    git("clone", "-q", str(remotes / "origin.git"), str(check))
+    git("apply", "-", cwd=check, input=patch)
+    assert (check / "CHANGELOG.md").read_bytes() == b"- mean() of an empty list is 0.0\n"
+    assert "fix/failed" not in git("branch", "--list", cwd=remotes / "origin.git")
