@@ -160,3 +160,18 @@ def test_only_prepare_and_finish_may_read_repository_credentials_and_only_under_
         assert tool_runner.value.response["Error"]["Code"] == "AccessDeniedException"
     finally:
         guard.stop()
+
+
+def test_a_saved_tasks_repository_and_push_go_into_its_runs(deps: Dependencies) -> None:
+    from sandcastle.runs.tasks import run_request
+
+    definition = TaskDefinition(
+        instructions="Upgrade the dependencies",
+        repository=RepositoryOptions(url="https://h/a.git", ref="main", credentials_secret="sandcastle/git/acme/h"),
+        push=PushOptions(branch="deps/weekly"),
+    )
+    saved = put_task("acme", "deps", definition, deps)
+
+    request = run_request(saved, tenant="acme", source="schedule")
+
+    assert request.repository == definition.repository and request.push == definition.push
