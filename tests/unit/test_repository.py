@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -12,6 +18,7 @@ from sandcastle.errors import InvalidRunRequest
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.runtime import DEFAULT_TEMPLATE
 from sandcastle.local.template import ACCOUNT_ID, Template
+from sandcastle.runs.records import ResolvedBudgets, Run, RunStatus
 from sandcastle.runs.repository import check_repository, repository_prompt
 from sandcastle.runs.requests import PushOptions, RepositoryOptions, RunRequest, TaskDefinition
 from sandcastle.runs.submit import submit_run
@@ -113,10 +120,6 @@ def test_a_bad_repository_is_refused_when_a_run_is_submitted_or_a_task_saved(dep
 
 
 def test_the_prompt_says_where_the_repository_is_and_where_the_change_goes() -> None:
-    from datetime import UTC, datetime
-
-    from sandcastle.runs.records import ResolvedBudgets, Run, RunStatus
-
     run = Run(
         run_id="r",
         tenant="acme",
@@ -175,3 +178,52 @@ def test_a_saved_tasks_repository_and_push_go_into_its_runs(deps: Dependencies) 
     request = run_request(saved, tenant="acme", source="schedule")
 
     assert request.repository == definition.repository and request.push == definition.push
+
+
+def test_the_tree_read_back_is_diffed_outside_and_cannot_write_outside_the_export(
+    deps: Dependencies, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandcastle.runs.repository import RepositoryUnavailable, _diff_against_base, bundle_key
+    from tests.integration.git_servers import git, make_origin
+
+    origin = make_origin(tmp_path / "remotes", {"a.txt": b"a\n"})
+    git("bundle", "create", str(tmp_path / "base.bundle"), "main", cwd=origin)
+    run = _repository_run().model_copy(update={"base_commit": git("rev-parse", "main", cwd=origin).strip()})
+    deps.objects.put(bundle_key(run.run_id), (tmp_path / "base.bundle").read_bytes())
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "exports"))
+    (tmp_path / "exports").mkdir()
+    tempfile.tempdir = None  # re-read TMPDIR
+
+    def tree(*names: str) -> bytes:
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for name in names:
+                member = tarfile.TarInfo(name)
+                member.size = 2
+                tar.addfile(member, io.BytesIO(b"b\n"))
+        return archive.getvalue()
+
+    try:
+        patch, files = _diff_against_base(run, tree("a.txt"), deps)  # with the cloud's settings: no local transports
+        with pytest.raises(RepositoryUnavailable, match="holds a file that cannot be exported"):
+            _diff_against_base(run, tree("a.txt", "../../escaped.txt"), deps)
+    finally:
+        tempfile.tempdir = None
+
+    assert b"-a\n+b\n" in patch and [(f.path, f.status, f.insertions) for f in files] == [("a.txt", "modified", 1)]
+
+    assert not (tmp_path / "escaped.txt").exists() and list(tmp_path.rglob("escaped.txt")) == []
+
+
+def _repository_run() -> Run:
+    return Run(
+        run_id="run-repo",
+        tenant="acme",
+        source="api",
+        status=RunStatus.RUNNING,
+        instructions="x",
+        model_backend="playbook",
+        budgets=ResolvedBudgets(max_steps=1, max_tool_calls=1, timeout_s=60),
+        created_at=datetime.now(UTC),
+        repository=RepositoryOptions(url="https://h/a.git"),
+    )

@@ -65,6 +65,8 @@ _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _SECRET_MAX_AGE_S = 300
 _AGENT = ("Sandcastle", "agent@sandcastle.local")
 _TRANSFER_NAME = ".sandcastle-transfer.tar"
+_OWN_FILES = {"GIT_ALLOW_PROTOCOL": "file"}
+"""For git reading the function's own temporary files (the bundle, the bare copy): only the file transport."""
 
 
 # --- the request ---
@@ -537,7 +539,7 @@ def _base_repository(run: Run, git: _Git, root: Path, deps: Dependencies) -> Pat
         raise RepositoryUnavailable("the run's base bundle is missing; it was never checked out") from None
     bare = root / "base.git"
     git.run("init", "-q", "--bare", str(bare))
-    git.run("fetch", "-q", str(bundle), "+refs/heads/*:refs/heads/*", cwd=bare)
+    git.run("fetch", "-q", str(bundle), "+refs/heads/*:refs/heads/*", cwd=bare, extra_env=_OWN_FILES)
     return bare
 
 
@@ -649,7 +651,7 @@ def _push(run: Run, push: PushOptions, deps: Dependencies) -> str:
         try:
             bare = _base_repository(run, git, root, deps)
             work = root / "work"
-            git.run("clone", "-q", "--no-checkout", str(bare), str(work))
+            git.run("clone", "-q", "--no-checkout", str(bare), str(work), extra_env=_OWN_FILES)
             git.run("checkout", "-q", "--detach", run.base_commit, cwd=work)
             git.run("apply", "--index", "--binary", "-", cwd=work, stdin=patch)
             dated = {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
