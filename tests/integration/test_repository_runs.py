@@ -17,6 +17,7 @@ import pytest
 from sandcastle.local.runtime import LocalRuntime
 from sandcastle.runs.artifacts import artifact_key
 from sandcastle.runs.records import Run, RunStatus
+from sandcastle.runs.repository import deliver
 from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import EventKind
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -203,6 +204,9 @@ def test_a_run_with_push_leaves_one_commit_on_the_branch_and_never_forces(
     assert run.delivery.pushed_branch == "fix/empty-mean" and run.delivery.pushed_sha == pushed
     assert git("log", "--format=%P %s", f"{base}..{pushed}", cwd=origin) == f"{base} Make mean([]) 0.0\n"
     assert git("rev-parse", "main", cwd=origin).strip() == base  # the base branch is untouched
+    # a retried FinishRun pushes the same commit again: nothing changes, nothing fails
+    again = deliver(runtime.get_run(run.run_id), runtime.deps, push=True)
+    assert again is not None and (again.pushed_sha, again.push_error) == (pushed, None)
     check = tmp_path / "check"
     git("clone", "-q", "-b", "fix/empty-mean", str(origin), str(check))
     assert _files(check) == _expected_tree(check)
@@ -283,6 +287,30 @@ def test_the_credential_of_an_http_remote_stays_out_of_the_sandbox_transcript_an
         assert needle not in recorded and needle not in logs
 
 
+@pytest.mark.parametrize("ref", ["v1", "commit"])
+def test_a_tag_or_a_commit_is_checked_out_detached_from_any_branch(
+    runtime: LocalRuntime, daemon: str, remotes: Path, ref: str
+) -> None:
+    origin = remotes / "origin.git"
+    first = git("rev-parse", "main", cwd=origin).strip()
+    seed = remotes / "seed"
+    git("commit", "-q", "--allow-empty", "-m", "second", cwd=seed)
+    git("push", "-q", str(origin), "HEAD:main", cwd=seed)
+    playbook = [
+        {"tool": "run_command", "arguments": {"command": "cd ~/repo && git log --format=%H%n%s && git status -s"}}
+    ]
+
+    run = _run(
+        runtime, playbook=playbook, repository={"url": f"{daemon}/origin.git", "ref": first if ref == "commit" else ref}
+    )
+
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert (run.base_commit, run.base_branch) == (first, None)
+    assert _outputs(runtime, run.run_id)[0]["stdout"]["text"] == f"{first}\nfirst\n"  # that commit, a clean tree
+    assert run.delivery is not None and run.delivery.files_changed == 0
+    assert [a.name for a in run.artifacts] == ["changes.json"]  # no change, no patch
+
+
 @pytest.mark.parametrize(
     ("repository", "message"),
     [
@@ -290,6 +318,7 @@ def test_the_credential_of_an_http_remote_stays_out_of_the_sandbox_transcript_an
         ({"url": "{daemon}/missing.git"}, "cannot be read"),
         ({"url": "{daemon}/origin.git", "ref": "no-such-branch"}, "'no-such-branch' is not a branch, tag or commit"),
         ({"url": "{daemon}/big.git"}, "over the size limit of 2097152 bytes (REPOSITORY_MAX_BYTES)"),
+        ({"url": "{daemon}/origin.git", "ref": "abc1234"}, "if it is a commit, give all 40 hex digits"),
     ],
 )
 def test_an_unreachable_url_an_unknown_ref_or_an_oversized_repository_fails_the_run_clearly(

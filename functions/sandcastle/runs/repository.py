@@ -327,6 +327,11 @@ def _resolve_ref(git: _Git, repository: RepositoryOptions, deps: Dependencies) -
         if candidate in refs:
             return (candidate.removeprefix("refs/heads/") if is_branch else None), candidate
     if _SHA.match(ref):
+        if len(ref) < 40:
+            raise RepositoryUnavailable(
+                f"repository.ref {ref!r} is not a branch or tag of {repository.url}; if it is a commit, give all "
+                "40 hex digits (a remote is asked for commits by their full id)"
+            )
         return None, ref
     branches = sorted(name.removeprefix("refs/heads/") for name in refs if name.startswith("refs/heads/"))
     known = f" (its branches: {', '.join(branches[:10])})" if branches else ""
