@@ -227,3 +227,27 @@ def _repository_run() -> Run:
         created_at=datetime.now(UTC),
         repository=RepositoryOptions(url="https://h/a.git"),
     )
+
+
+def test_a_working_tree_over_the_changes_limit_gives_no_patch_and_says_why(deps: Dependencies) -> None:
+    from sandcastle.runs.repository import ChangeSummary, export_changes
+    from sandcastle.sandbox.base import CommandResult, SandboxSpec
+    from tests.fakes.sandbox import FakeSandbox
+
+    limited = Dependencies(
+        deps.settings.model_copy(update={"repository_max_changes_bytes": 1000}),
+        store=deps.store,
+        objects=deps.objects,
+    )
+    sandbox = FakeSandbox(sandbox_id="s", spec=SandboxSpec(run_id="r", tenant="acme", timeout_s=60))
+    sandbox.answer = lambda command: CommandResult(
+        exit_code=0, stdout=b"5000\n" if "stat -c" in command else b"", stderr=b"", duration_ms=1
+    )
+    run = _repository_run().model_copy(update={"base_commit": "a" * 40})
+
+    artifacts = export_changes(run, sandbox, limited)
+
+    assert [a.name for a in artifacts] == ["changes.json"]
+    summary = ChangeSummary.model_validate_json(limited.objects.get(artifacts[0].s3_key))
+    assert summary.error == "~/repo is 5000 bytes, over the limit of 1000 (REPOSITORY_MAX_CHANGES_BYTES); no patch"
+    assert sandbox.commands[-1].startswith("rm -f")  # the transfer file is removed either way
