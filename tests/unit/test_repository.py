@@ -60,6 +60,14 @@ def test_other_urls_are_refused_naming_the_field(url: str, message: str) -> None
     assert error.value.field == "repository.url" and message in str(error.value)
 
 
+def test_a_credential_in_the_url_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(InvalidRunRequest) as error:
+        _check("https://me:ghp_0123456789abcdef@github.com/acme/app.git")
+
+    assert "ghp_0123456789abcdef" not in str(error.value)
+    assert "'https://me:***@github.com/acme/app.git' holds a credential" in str(error.value)
+
+
 def test_locally_a_path_and_loopback_git_or_http_are_taken_but_no_other_host() -> None:
     for url in ("/srv/git/app.git", "git://127.0.0.1:9418/app.git", "http://localhost:8080/app.git"):
         _check(url, LOCAL)

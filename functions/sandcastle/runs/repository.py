@@ -118,7 +118,11 @@ def _check_url(url: str, *, allow_local: bool) -> None:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if parts.password:
-        raise refuse("holds a credential; put it in a secret and name it in repository.credentials_secret")
+        masked = url.replace(f":{parts.password}@", ":***@", 1)
+        raise InvalidRunRequest(
+            f"{masked!r} holds a credential; put it in a secret and name it in repository.credentials_secret",
+            field="repository.url",
+        )
     if scheme in ("https", "ssh") and parts.hostname:
         return
     if allow_local and scheme in ("git", "http") and parts.hostname in _LOOPBACK:
@@ -159,7 +163,12 @@ class _Git:
             "GIT_COMMITTER_NAME": _AGENT[0],
             "GIT_COMMITTER_EMAIL": _AGENT[1],
         }
-        settings = [("core.hooksPath", os.devnull), ("submodule.recurse", "false"), ("protocol.version", "2")]
+        settings = [
+            ("core.hooksPath", os.devnull),
+            ("submodule.recurse", "false"),
+            ("protocol.version", "2"),
+            ("http.followRedirects", "false"),  # the credential header goes to the URL's host, no other
+        ]
         if self.header:
             settings.append(("http.extraHeader", self.header))
         env["GIT_CONFIG_COUNT"] = str(len(settings))
