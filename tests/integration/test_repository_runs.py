@@ -367,3 +367,24 @@ def test_a_failed_model_run_still_hands_back_its_change_and_the_model_was_told_w
     git("apply", "-", cwd=check, input=patch)
     assert (check / "CHANGELOG.md").read_bytes() == b"- mean() of an empty list is 0.0\n"
     assert "fix/failed" not in git("branch", "--list", cwd=remotes / "origin.git")
+
+
+def test_submodules_stay_unfetched_and_are_not_part_of_the_change(
+    runtime: LocalRuntime, daemon: str, remotes: Path, tmp_path: Path
+) -> None:
+    make_origin(remotes / "lib-seed", {"lib.py": b"X = 1\n"}, name="../lib.git")
+    seed = remotes / "seed"
+    git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(remotes / "lib.git"), "vendor/lib", cwd=seed)
+    git("commit", "-q", "-m", "vendor lib", cwd=seed)
+    git("push", "-q", str(remotes / "origin.git"), "HEAD:main", cwd=seed)
+    playbook = [
+        {"tool": "run_command", "arguments": {"command": "cd ~/repo && ls -A vendor/lib | wc -l && git status -s"}},
+        {"tool": "write_file", "arguments": {"path": "repo/NEW.md", "content": "new\n"}},
+    ]
+
+    run = _run(runtime, playbook=playbook, repository={"url": f"{daemon}/origin.git"})
+
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert _outputs(runtime, run.run_id)[0]["stdout"]["text"] == "0\n"  # an empty directory, a clean tree
+    summary = json.loads(_artifact(runtime, run, "changes.json"))
+    assert [(f["path"], f["status"]) for f in summary["files"]] == [("NEW.md", "added")]
