@@ -115,6 +115,12 @@ def test_the_body_may_not_choose_its_tenant_or_source(api: Call) -> None:
             {"instructions": "x", "playbook": PLAYBOOK, "files": [{"name": "a", "s3_key": "runs/none"}]},
             "files[0].s3_key",
         ),
+        ({"instructions": "x", "playbook": PLAYBOOK, "repository": {"url": "file:///etc"}}, "repository.url"),
+        (
+            {"instructions": "x", "playbook": PLAYBOOK, "repository": {"url": "https://h/a.git", "ref": "main"}}
+            | {"push": {"branch": "main"}},
+            "push.branch",
+        ),
     ],
 )
 def test_an_invalid_request_is_a_422_naming_the_field_and_stores_nothing(
