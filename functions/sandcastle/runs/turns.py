@@ -21,7 +21,7 @@ from sandcastle.wiring import Dependencies
 logger = Logger(child=True)
 
 MIN_MODEL_TIMEOUT_S = 5.0
-TOOL_CALL_MARGIN_S = 30.0
+TOOL_CALL_MARGIN_S = 60.0
 """What an inline tool call may need beyond its command's time limit: connecting, saving outputs, recording."""
 
 
