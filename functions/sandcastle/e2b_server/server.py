@@ -31,6 +31,7 @@ from sandcastle.e2b_server.api import LifecycleApi
 from sandcastle.e2b_server.filesystem import FilesystemService, HttpAnswer
 from sandcastle.e2b_server.processes import ProcessService
 from sandcastle.e2b_server.registry import SandboxRecord, SandboxRegistry
+from sandcastle.e2b_server.templates import TemplateStore
 from sandcastle.errors import SandboxNotFound
 from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
 
@@ -49,7 +50,8 @@ class SandboxServer:
 
     ``port=0`` picks a free port. ``api_key`` (when set) must be sent by clients as ``X-API-KEY``;
     unset, any key is accepted. ``provider`` replaces the default ``LocalSandboxProvider(root)``
-    (e.g. to set limits or the sandbox uid).
+    (e.g. to set limits or the sandbox uid). Templates and snapshots live in ``templates_root``
+    (default: ``templates`` next to ``root``), where ``sandcastle templates build`` puts them.
     """
 
     def __init__(
@@ -62,9 +64,13 @@ class SandboxServer:
         provider: LocalSandboxProvider | None = None,
         max_sandboxes: int = 100,
         reap_interval_s: float = 0.25,
+        templates_root: Path | None = None,
     ) -> None:
         self.registry = SandboxRegistry(
-            provider or LocalSandboxProvider(root), max_sandboxes=max_sandboxes, reap_interval_s=reap_interval_s
+            provider or LocalSandboxProvider(root),
+            max_sandboxes=max_sandboxes,
+            reap_interval_s=reap_interval_s,
+            templates=TemplateStore(templates_root or Path(root).parent / "templates"),
         )
         self._host = host
         self._port = port
@@ -128,7 +134,9 @@ class _Router:
     def __init__(self, registry: SandboxRegistry, api: LifecycleApi) -> None:
         self._registry = registry
         self._api = api
-        self._process_app = ProcessWSGIApplication(ProcessService(self._sandbox_for_rpc))
+        processes = ProcessService(self._sandbox_for_rpc)
+        registry.start_command = processes.start_in_background
+        self._process_app = ProcessWSGIApplication(processes)
         self._filesystem_app = FilesystemWSGIApplication(FilesystemService(self._sandbox_for_rpc))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -169,12 +177,9 @@ class _Router:
             if method == "GET":
                 return filesystem.download(record, query)
             if method == "POST":
-                return filesystem.upload(record, query, environ.get("CONTENT_TYPE", ""), _read_body(environ))
+                return filesystem.upload(record, query, _request_headers(environ), _read_body(environ))
             return filesystem._json_error(405, f"{method} is not allowed on {path}")
-        headers = {
-            key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
-        }
-        return self._api.handle(method, path, query, headers, _read_body(environ))
+        return self._api.handle(method, path, query, _request_headers(environ), _read_body(environ))
 
     def _sandbox_for_rpc(self, headers: Any) -> SandboxRecord:
         try:
@@ -188,7 +193,7 @@ class _Router:
         """The sandbox an envd request names, once its access token checks out (no client reaches another's sandbox)."""
         if not sandbox_id:
             raise SandboxNotFound("no E2b-Sandbox-Id header: the sandbox was not found")
-        record = self._registry.get(sandbox_id)
+        record = self._registry.get_running(sandbox_id)
         if not hmac.compare_digest(access_token or "", record.access_token):
             raise PermissionError(f"wrong or missing X-Access-Token for sandbox {sandbox_id}")
         return record
@@ -204,6 +209,14 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
         logger.debug("sandbox server: " + format, *args)
+
+
+def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's headers, names lowercased (``Content-Type`` included)."""
+    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    if environ.get("CONTENT_TYPE"):
+        headers["content-type"] = environ["CONTENT_TYPE"]
+    return headers
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
