@@ -171,7 +171,7 @@ class SandboxRegistry:
                 tenant=metadata.get("tenant", ""),
                 timeout_s=timeout_s,
                 metadata=dict(metadata),
-                template=template_id,
+                template=None,  # the server fills the workspace from its own templates (below)
                 envs=dict(envs),
             )
             sandbox = self.provider.create(spec)
@@ -234,10 +234,12 @@ class SandboxRegistry:
         with record.lock:
             resumed = record.state == PAUSED
             if resumed:
+                record.timeout_s = timeout_s or record.timeout_s
+                record.end_at = datetime.now(UTC) + timedelta(seconds=record.timeout_s)  # before it runs again
                 self.freezer.thaw(record.process_roots_unlocked())
                 record.state = RUNNING
         if resumed:
-            self.set_timeout(sandbox_id, timeout_s or record.timeout_s)
+            self.set_timeout(sandbox_id, record.timeout_s)
         elif timeout_s is not None and datetime.now(UTC) + timedelta(seconds=timeout_s) > record.end_at:
             self.set_timeout(sandbox_id, timeout_s)
         return record, resumed
@@ -247,7 +249,10 @@ class SandboxRegistry:
 
         A paused sandbox does not time out; ``connect`` resumes it.
         """
-        record = self.get(sandbox_id)
+        with self._lock:
+            record = self._records.get(sandbox_id)
+        if record is None:
+            raise SandboxNotFound(f"sandbox {sandbox_id} was not found")
         with record.lock:
             if record.state == PAUSED:
                 raise SandboxConflict(f"sandbox {sandbox_id} is already paused")

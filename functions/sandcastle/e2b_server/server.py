@@ -12,13 +12,17 @@ SDK's generated ``ProcessWSGIApplication`` / ``FilesystemWSGIApplication``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from connectrpc.code import Code
@@ -167,7 +171,10 @@ class _Router:
         query = environ.get("QUERY_STRING", "")
         if path in ("/files", "/health"):
             try:
-                record = self._sandbox_for(environ.get("HTTP_E2B_SANDBOX_ID"), environ.get("HTTP_X_ACCESS_TOKEN"))
+                if path == "/files" and "signature" in parse_qs(query) and not environ.get("HTTP_X_ACCESS_TOKEN"):
+                    record = self._sandbox_for_signed_url(environ.get("HTTP_E2B_SANDBOX_ID"), method, query)
+                else:
+                    record = self._sandbox_for(environ.get("HTTP_E2B_SANDBOX_ID"), environ.get("HTTP_X_ACCESS_TOKEN"))
             except SandboxNotFound as error:
                 return filesystem._json_error(502, str(error))
             except PermissionError as error:
@@ -180,6 +187,37 @@ class _Router:
                 return filesystem.upload(record, query, _request_headers(environ), _read_body(environ))
             return filesystem._json_error(405, f"{method} is not allowed on {path}")
         return self._api.handle(method, path, query, _request_headers(environ), _read_body(environ))
+
+    def _sandbox_for_signed_url(self, sandbox_id: str | None, method: str, query: str) -> SandboxRecord:
+        """The sandbox whose access token signed this ``/files`` URL (``Sandbox.download_url``/``upload_url``).
+
+        A signed URL names no sandbox (it is meant for a plain browser or ``curl``), so the signature
+        is checked against each running sandbox's token: ``v1_`` + base64(sha256(
+        ``path:operation:user:token[:expiration]``)), the SDK's ``get_signature``. ``PermissionError``
+        (401) when none matches or it has expired.
+        """
+        parameters = parse_qs(query)
+        signature = parameters["signature"][0]
+        expiration = parameters.get("signature_expiration", [None])[0]
+        if expiration is not None:
+            try:
+                expires_at = int(expiration)
+            except ValueError:
+                raise PermissionError("signature_expiration must be a Unix time in seconds") from None
+            if expires_at < time.time():
+                raise PermissionError("signature is already expired")
+        parts = [
+            parameters.get("path", [""])[0],
+            "read" if method == "GET" else "write",
+            parameters.get("username", [""])[0],
+        ]
+        candidates = [self._registry.get_running(sandbox_id)] if sandbox_id else self._registry.list(states={"running"})
+        for record in candidates:
+            raw = ":".join([*parts, record.access_token, *([expiration] if expiration is not None else [])])
+            expected = "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode()
+            if hmac.compare_digest(signature, expected):
+                return record
+        raise PermissionError("invalid signature: the URL was not signed by a running sandbox's access token")
 
     def _sandbox_for_rpc(self, headers: Any) -> SandboxRecord:
         try:

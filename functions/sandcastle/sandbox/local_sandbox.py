@@ -127,6 +127,11 @@ class LocalSandboxProvider:
         """
         if spec.allow_internet_access:
             raise SandboxError("the local sandbox backend has no network; use sandbox_backend=e2b for internet access")
+        if spec.template not in (None, "base"):
+            raise SandboxError(
+                f"the local sandbox backend has no templates (asked for {spec.template!r}); use sandbox_backend=e2b "
+                "with `sandcastle sandbox-server`, whose templates `sandcastle templates build` makes"
+            )
         tools = _find_tools()
         if spec.idempotency_key:
             existing = self._sandbox_for_key(spec.idempotency_key)
