@@ -32,6 +32,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
@@ -47,8 +48,14 @@ from sandcastle.sandbox.local_sandbox import SandboxProcess
 _READ_CHUNK_BYTES = 64 * 1024
 _DEFAULT_KEEPALIVE_S = 50.0
 _SIGNAL_EXIT_STATUS = "signal: killed"
+_KILL_WAIT_S = 5.0
 _SETSID = "setsid"
 """util-linux ``setsid``: ``--wait --ctty`` makes the PTY the session's controlling terminal."""
+
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envd-spawner")
+"""Every sandbox process is started from this one long-lived thread. bwrap's ``--die-with-parent``
+is ``PR_SET_PDEATHSIG``, which fires when the *thread* that forked it ends: started from a request's
+thread, a background process would be killed as soon as its HTTP connection closed."""
 
 Event = tuple[str, Any]
 """``("stdout"|"stderr"|"pty", bytes)``, ``("end", EndEvent)`` or ``("gone", None)`` (sandbox killed)."""
@@ -78,6 +85,8 @@ class RunningProcess:
         self._lock = threading.Lock()
         self._input_lock = threading.Lock()
         self._end: Event | None = None
+        self.ended = threading.Event()
+        """Set once the process has ended and left the sandbox's process table."""
         self.deadline_exceeded = False
         self.killed = False
         self.sandbox_gone = False
@@ -223,6 +232,7 @@ class RunningProcess:
             subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             subscriber.put(end)
+        self.ended.set()
 
 
 class ProcessService:
@@ -291,6 +301,7 @@ class ProcessService:
         if request.signal not in (pb.Signal.SIGKILL, pb.Signal.SIGTERM):
             raise ConnectError(Code.INVALID_ARGUMENT, f"unsupported signal {request.signal}; send SIGKILL or SIGTERM")
         process.kill()
+        process.ended.wait(timeout=_KILL_WAIT_S)  # once answered, the process is gone from ``list``
         return pb.SendSignalResponse()
 
     def update(self, request: pb.UpdateRequest, ctx: Any) -> pb.UpdateResponse:
@@ -349,13 +360,14 @@ def _launch(
         terminal, slave = _open_pty(size.cols or 80, size.rows or 24)
         program = [_setsid(), "--wait", "--ctty", *program]
     try:
-        spawned = record.sandbox.spawn(
+        spawned = _SPAWNER.submit(
+            record.sandbox.spawn,
             program,
             cwd=config.cwd if config.has_field("cwd") and config.cwd else None,
             env=dict(config.envs or {}),
             stdin=stdin and terminal is None,
             terminal=slave,
-        )
+        ).result()
     except SandboxGone as error:
         if terminal is not None:
             os.close(terminal)

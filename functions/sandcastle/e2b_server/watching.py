@@ -12,9 +12,9 @@ No watch reaches outside the workspace: every directory is opened through the wo
 walk (``O_NOFOLLOW`` at each step) and watched through ``/proc/self/fd/<fd>``, the inode itself,
 never a host path a swapped-in symlink could redirect.
 
-Events are read when asked for: ``GetWatcherEvents`` drains the queue at that moment (writes made
-through this server are queued by the kernel before their HTTP answer leaves), and ``WatchDir``
-streams them as they come.
+A thread per watch takes events in as they come (so a directory created later gets its own watch
+within moments), and every read drains the kernel's queue first: a write made through this server
+is queued before its HTTP answer leaves, so ``GetWatcherEvents`` right after it sees it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ _KINDS = (
     (inotify_flags.MOVED_FROM, pb.EventType.RENAME),
     (inotify_flags.ATTRIB, pb.EventType.CHMOD),
 )
+_PUMP_INTERVAL_S = 0.5
 MAX_PENDING_EVENTS = 10_000
 """Events kept for a non-streaming watcher between two reads; older ones are dropped past it."""
 
@@ -79,28 +80,32 @@ class DirectoryWatcher:
         self._lock = threading.Lock()
         self._pending: list[pb.FilesystemEvent] = []
         self._closed = False
+        self._has_events = threading.Condition(self._lock)
         try:
-            self._watch("", report=False)
+            with self._lock:
+                self._watch("", report=False)
         except BaseException:
             self.close()
             raise
+        threading.Thread(target=self._pump, daemon=True, name=f"watch-{self.watcher_id[:8]}").start()
 
     def fileno(self) -> int:
         """The inotify fd (readable when events are queued)."""
         return self._inotify.fileno()
 
-    def read(self, timeout_s: float | None = 0) -> list[pb.FilesystemEvent]:
-        """The events queued since the last read, waiting up to ``timeout_s`` for the first (0: none)."""
+    def read(self, timeout_s: float = 0) -> list[pb.FilesystemEvent]:
+        """The events since the last read, waiting up to ``timeout_s`` for one when there are none.
+
+        What the kernel has queued is taken in first, so a change made before this call is in it.
+        """
         with self._lock:
             if self._closed:
                 return []
-            if timeout_s:
-                ready, _, _ = select.select([self._inotify], [], [], timeout_s)
-                if not ready:
-                    events, self._pending = self._pending, []
-                    return events
-            for event in self._inotify.read(timeout=0):
-                self._translate(event)
+            self._drain()
+            if not self._pending and timeout_s > 0:
+                self._has_events.wait(timeout_s)
+                if not self._closed:
+                    self._drain()
             events, self._pending = self._pending, []
             return events
 
@@ -109,6 +114,27 @@ class DirectoryWatcher:
             if not self._closed:
                 self._closed = True
                 self._inotify.close()
+                self._has_events.notify_all()
+
+    def _pump(self) -> None:
+        """Take events in as they come, so directories created later are watched within moments."""
+        while True:
+            try:
+                ready, _, _ = select.select([self._inotify], [], [], _PUMP_INTERVAL_S)
+            except (OSError, ValueError):  # closed
+                return
+            with self._lock:
+                if self._closed:
+                    return
+                if ready:
+                    self._drain()
+                    if self._pending:
+                        self._has_events.notify_all()
+
+    def _drain(self) -> None:
+        """Translate every queued inotify event (caller holds the lock)."""
+        for event in self._inotify.read(timeout=0):
+            self._translate(event)
 
     def _watch(self, relative: str, *, report: bool) -> None:
         """Watch the directory ``relative`` (and below, when recursive); report what is in it as created."""
