@@ -12,6 +12,7 @@ import io
 import os
 import re
 import tarfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -321,6 +322,9 @@ def test_a_paused_sandbox_outlives_its_timeout_and_a_timeout_of_zero_ends_one_no
     with pytest.raises(e2b_errors.SandboxNotFoundException):
         Sandbox.get_info(ended.sandbox_id, **connection)
     assert Sandbox.get_info(auto.sandbox_id, **connection).state == SandboxState.PAUSED
+    time.sleep(1.2)  # the paused sandbox's own timeout (1 s) is long past
+    Sandbox.connect(paused.sandbox_id, **connection)
+    assert Sandbox.get_info(paused.sandbox_id, **connection).state == SandboxState.RUNNING  # it got a new one
 
 
 @pytest.mark.anyio
@@ -505,3 +509,143 @@ def test_routes_the_server_does_not_implement_answer_501_naming_them(sbx: Sandbo
 
     assert answer.status_code == 501
     assert "POST /sandboxes/" in answer.json()["message"] and "not implemented" in answer.json()["message"]
+
+
+# --- every refusal names what was wrong ---
+
+
+def test_bad_lifecycle_queries_are_refused_with_a_message(sbx: Sandbox, server: SandboxServer) -> None:
+    headers = {"X-API-Key": API_KEY}
+
+    def message(path: str, **params: str) -> tuple[int, str]:
+        answer = httpx.get(f"{server.url}{path}", params=params, headers=headers)
+        return answer.status_code, answer.json()["message"]
+
+    assert message("/v2/sandboxes", order="sideways") == (
+        400,
+        "invalid request: order must be asc or desc, got 'sideways'",
+    )
+    assert message("/v2/sandboxes", startedAfter="yesterday")[1].endswith(
+        "startedAfter must be an ISO 8601 date-time, got 'yesterday'"
+    )
+    assert message("/v2/sandboxes", limit="0")[1].endswith("limit must be 1 or more, got 0")
+    assert message(f"/sandboxes/{sbx.sandbox_id}/metrics", start="-5")[1].endswith("start must not be negative, got -5")
+    assert message(f"/sandboxes/{sbx.sandbox_id}/metrics", end="soon")[1].endswith(
+        "end must be a Unix time in seconds, got 'soon'"
+    )
+    with pytest.raises(e2b_errors.SandboxException, match="snapshot name 'Not Allowed!'"):
+        sbx.create_snapshot(name="Not Allowed!")
+
+
+def test_a_pty_size_must_be_a_real_size(sbx: Sandbox) -> None:
+    terminal = sbx.pty.create(PtySize(cols=80, rows=24))
+
+    with pytest.raises(e2b_errors.InvalidArgumentException, match="1-65535 columns and rows, got 0x24"):
+        sbx.pty.resize(terminal.pid, PtySize(cols=0, rows=24))
+
+
+def test_a_stopped_watch_is_gone(sbx: Sandbox) -> None:
+    handle = sbx.files.watch_dir(".")
+    handle.stop()
+    handle._closed = False  # the SDK refuses a stopped handle itself: ask the server anyway
+
+    with pytest.raises(e2b_errors.NotFoundException, match="watcher .* was not found"):
+        handle.get_new_events()
+
+
+def test_an_empty_metadata_key_and_a_bad_signature_expiration_are_refused(
+    make_sandbox: Callable[..., Sandbox], server: SandboxServer
+) -> None:
+    sbx = make_sandbox(secure=True)
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token or ""}
+
+    empty_key = httpx.post(
+        f"{server.url}/files", params={"path": "f"}, content=b"x", headers={**headers, "X-Metadata-": "v"}
+    )
+    odd_expiry = httpx.get(
+        f"{server.url}/files", params={"path": "f", "signature": "v1_x", "signature_expiration": "later"}
+    )
+
+    assert empty_key.status_code == 400 and "metadata key ''" in empty_key.json()["message"]
+    assert odd_expiry.status_code == 401 and "Unix time" in odd_expiry.json()["message"]
+
+
+def test_templates_refuse_bad_names_and_sources(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sandcastle.e2b_server.templates import TemplateStore
+    from sandcastle.errors import InvalidSandboxRequest
+
+    store = TemplateStore(home / "refusals")
+    (home / "plain.txt").write_text("not a tree")
+    monkeypatch.setenv("SANDCASTLE_HOME", str(home))
+
+    with pytest.raises(InvalidSandboxRequest, match="template name 'Bad Name' must be"):
+        store.build("Bad Name", home)
+    with pytest.raises(InvalidSandboxRequest, match="no such directory or tarball"):
+        store.build("ok", home / "missing")
+    with pytest.raises(InvalidSandboxRequest, match="neither a directory nor a tar archive"):
+        store.build("ok", home / "plain.txt")
+    assert sandcastle_main(["templates", "build", "base", "--from", str(home)]) == 2
+    assert "not 'base'" in capsys.readouterr().err
+    assert store.list() == []
+
+
+def test_the_plain_local_backend_refuses_a_template_it_cannot_apply(tmp_path: Path) -> None:
+    from sandcastle.errors import SandboxError
+    from sandcastle.sandbox.base import SandboxSpec
+    from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
+
+    provider = LocalSandboxProvider(tmp_path)
+
+    with pytest.raises(SandboxError, match="no templates .*sandcastle sandbox-server"):
+        provider.create(SandboxSpec(run_id="r", tenant="t", timeout_s=60, template="pyapp"))
+    provider.kill(provider.create(SandboxSpec(run_id="r", tenant="t", timeout_s=60, template="base")).sandbox_id)
+
+
+@pytest.mark.anyio
+async def test_a_streaming_watch_ends_when_its_sandbox_is_killed(connection: dict[str, Any]) -> None:
+    import anyio
+
+    sbx = await AsyncSandbox.create(timeout=120, **connection)
+    failures: list[Exception] = []
+    handle = await sbx.files.watch_dir(".", on_event=lambda event: None, on_exit=failures.append)
+
+    await sbx.kill()
+    with anyio.fail_after(30):
+        while not failures:
+            await anyio.sleep(0.05)
+    await handle.stop()
+    assert isinstance(failures[0], e2b_errors.SandboxException)
+
+
+def test_streamed_input_must_first_name_its_process(sbx: Sandbox) -> None:
+    from e2b.envd.process import process_pb
+    from protobuf import Oneof
+
+    data = process_pb.StreamInputRequest.DataEvent(input=process_pb.ProcessInput(input=Oneof("stdin", b"x")))
+    requests = iter([process_pb.StreamInputRequest(event=Oneof("data", data))])
+
+    with pytest.raises(Exception, match="must start with an event naming the process"):
+        sbx.commands._rpc.stream_input(requests)
+
+
+def test_input_streamed_in_chunks_reaches_the_command_in_order(sbx: Sandbox) -> None:
+    cat = sbx.commands.run("cat", background=True, stdin=True)
+
+    sbx.commands.stream_input(cat.pid, [b"one ", "two ", b"three"])
+    cat.close_stdin()
+
+    assert cat.wait().stdout == "one two three"
+
+
+def test_a_killed_sandbox_leaves_no_watch_open(make_sandbox: Callable[..., Sandbox], server: SandboxServer) -> None:
+    sbx = make_sandbox()
+    sbx.files.watch_dir(".")
+    [watcher] = server.registry.get(sbx.sandbox_id).watchers.values()
+    inotify_fd = watcher.fileno()
+
+    sbx.kill()
+
+    with pytest.raises(OSError):
+        os.fstat(inotify_fd)

@@ -156,8 +156,7 @@ def _new_watcher(record: SandboxRecord, path: str, recursive: bool, include_entr
     """A watch of a workspace directory: NOT_FOUND when missing, INVALID_ARGUMENT when not a directory."""
     with _rpc_errors(record, path):
         base = _absolute(path)
-        if not stat.S_ISDIR(record.sandbox.stat_path(base).st_mode):
-            raise ConnectError(Code.INVALID_ARGUMENT, f"path {path!r} is not a directory; only directories are watched")
+        record.sandbox.ensure_alive()
         workspace = record.sandbox.workspace
 
         def open_directory(relative: str) -> int:
