@@ -649,3 +649,32 @@ def test_a_killed_sandbox_leaves_no_watch_open(make_sandbox: Callable[..., Sandb
 
     with pytest.raises(OSError):
         os.fstat(inotify_fd)
+
+
+# --- the run option ---
+
+
+def test_a_run_asking_for_a_template_gets_a_sandbox_made_from_it(runtime: Any, tmp_path: Path) -> None:
+    from sandcastle.runs.records import RunStatus
+    from sandcastle.runs.requests import PlaybookCall, RunRequest
+    from sandcastle.runs.transcript import EventKind
+
+    (tmp_path / "tpl" / "tools").mkdir(parents=True)
+    (tmp_path / "tpl" / "tools" / "hello.sh").write_text("echo from the template\n")
+    runtime.sandbox_server.registry.templates.build("tooling", tmp_path / "tpl")
+    playbook = [PlaybookCall(tool="run_command", arguments={"command": "bash tools/hello.sh"})]
+
+    run = runtime.wait(
+        runtime.submit(RunRequest(instructions="x", playbook=playbook, sandbox={"template": "tooling"})).run_id,
+        timeout_s=120,
+    )
+    missing = runtime.wait(
+        runtime.submit(RunRequest(instructions="x", playbook=playbook, sandbox={"template": "absent"})).run_id,
+        timeout_s=120,
+    )
+
+    [result] = [e.data.model_dump(mode="json") for e in runtime.events(run.run_id) if e.kind is EventKind.TOOL_RESULT]
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert result["output"]["stdout"]["text"] == "from the template\n"
+    assert missing.status is RunStatus.FAILED
+    assert "template 'absent' was not found" in missing.error.message
