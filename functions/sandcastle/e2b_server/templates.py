@@ -179,27 +179,48 @@ def copy_tree(source: Path, destination: Path, *, owner: int | None) -> None:
     """Copy directories, regular files and symlinks (as links) from ``source`` into ``destination``.
 
     Nothing is followed and nothing else is copied; everything made is given to ``owner``
-    (uid = gid) when set. ``destination`` may exist (a fresh workspace does).
+    (uid = gid) when set. ``destination`` may exist (a fresh workspace does). The source is read
+    through directory file descriptors (``os.fwalk``, files opened ``O_NOFOLLOW`` relative to
+    them): a sandbox swapping a directory of its live workspace for a symlink while a snapshot is
+    taken cannot make the copy read anything outside it.
     """
     destination.mkdir(parents=True, exist_ok=True)
-    for directory, subdirectories, files in os.walk(source, followlinks=False):
-        relative = Path(directory).relative_to(source)
-        target_dir = destination / relative
+    for directory, subdirectories, files, directory_fd in os.fwalk(source, follow_symlinks=False):
+        target_dir = destination / Path(directory).relative_to(source)
         for name in [*subdirectories, *files]:
-            origin = Path(directory) / name
+            try:
+                mode = os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
             target = target_dir / name
-            mode = origin.lstat().st_mode
             if stat.S_ISLNK(mode):
-                os.symlink(os.readlink(origin), target)
+                os.symlink(os.readlink(name, dir_fd=directory_fd), target)
             elif stat.S_ISDIR(mode):
                 target.mkdir(mode=stat.S_IMODE(mode) | 0o700, exist_ok=True)
             elif stat.S_ISREG(mode):
-                shutil.copyfile(origin, target, follow_symlinks=False)
-                os.chmod(target, stat.S_IMODE(mode))
+                if not _copy_file(name, directory_fd, target):
+                    continue
             else:
                 continue
             if owner is not None:
                 os.lchown(target, owner, owner)
+
+
+def _copy_file(name: str, directory_fd: int, target: Path) -> bool:
+    """Copy one regular file opened without following links; False when it is not one (any more)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=directory_fd)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as origin:
+        info = os.fstat(origin.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        with open(target, "xb") as copy:
+            shutil.copyfileobj(origin, copy, 1024 * 1024)
+        os.chmod(target, stat.S_IMODE(info.st_mode))
+    return True
 
 
 def _is_stored_id(template_id: str) -> bool:
