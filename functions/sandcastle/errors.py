@@ -85,6 +85,10 @@ class ModelNotConfigured(SandcastleError):
     """The run needs a model but none is configured."""
 
 
+class PlaybookStepFailed(SandcastleError):
+    """A playbook step failed (tool error, non-zero exit, timeout) and does not say ``continue_on_error``."""
+
+
 class SandboxGone(SandcastleError):
     """The run's sandbox no longer exists (killed, expired or never created)."""
 
@@ -211,6 +215,10 @@ class SandboxLimitReached(RuntimeError):
 
 class InvalidSandboxRequest(ValueError):
     """A create/connect/timeout request the server cannot honour (e.g. internet access)."""
+
+
+class SandboxConflict(RuntimeError):
+    """The sandbox is not in a state the request needs (e.g. pausing one already paused): a 409."""
 
 
 # --- the local runtime ---
