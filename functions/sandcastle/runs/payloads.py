@@ -16,11 +16,25 @@ class StepState(BaseModel):
     run_id: str
     step: int = 0
     """The last model turn completed (0 before the first)."""
-    next: Literal["tools", "finish"] | None = None
+    next: Literal["tools", "approve", "finish"] | None = None
+    """``approve``: calls of turn ``step + 1`` wait for a person (AwaitApproval), then that turn is taken again."""
     tool_call_ids: list[str] = Field(default_factory=list)
     stop_reason: StopReason | None = None
     tool_concurrency: int = 1
     """MaxConcurrency of the RunTools map (from the TOOL_CONCURRENCY setting)."""
+    approval_wait_s: int | None = None
+    """With ``next: approve``: the AwaitApproval state's timeout, seconds until the last pending approval expires."""
+
+
+class ApprovalWait(BaseModel):
+    """What the AwaitApproval state passes its Lambda."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    step: int
+    """The last turn completed: the calls waiting are turn ``step + 1``'s."""
+    task_token: str
 
 
 class ToolTask(BaseModel):

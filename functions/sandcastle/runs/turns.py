@@ -7,6 +7,7 @@ from aws_lambda_powertools import Logger
 from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import ModelReplyInvalid, RunEnded
 from sandcastle.large_values import event_saver, fit_reply
+from sandcastle.runs.approvals import gate_turn
 from sandcastle.runs.budget import budget_stop, seconds_left
 from sandcastle.runs.payloads import StepState
 from sandcastle.runs.records import RunStatus, StopReason, Usage, utcnow
@@ -53,7 +54,14 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     if run.usage.tool_calls + len(calls) > run.budgets.max_tool_calls:
         logger.info("tool-call budget would be exceeded", extra={"requested": len(calls)})
         return base.model_copy(update={"next": "finish", "stop_reason": StopReason.MAX_TOOL_CALLS})
-    return base.model_copy(update={"next": "tools", "tool_call_ids": [call.id for call in calls]})
+    gate = gate_turn(run, turn, calls, deps)  # before anything of the turn runs: refusals, approvals asked
+    if gate.waiting:  # AwaitApproval, then this turn again (step stays the last turn completed)
+        waiting = [approval.tool_call_id for approval in gate.waiting]
+        wait_s = gate.wait_s(utcnow())
+        return base.model_copy(
+            update={"step": state.step, "next": "approve", "tool_call_ids": waiting, "approval_wait_s": wait_s}
+        )
+    return base.model_copy(update={"next": "tools", "tool_call_ids": [calls[index].id for index in gate.runnable]})
 
 
 def _check_reply(reply: ModelTurn) -> None:
