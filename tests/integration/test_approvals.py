@@ -260,3 +260,40 @@ def test_a_bad_policy_is_refused_naming_the_rule_and_field(http: Http, rules: li
     assert http("GET", "/policy")[2] == {"rules": []}
     status, _, error = http("POST", "/runs", {"instructions": "x", "policy": rules})
     assert status == 422 and error["field"] == "policy" + field.removeprefix("rules"), error
+
+
+def test_the_cli_lists_approves_rejects_and_steers(
+    http: Http,
+    gateway: LocalGateway,
+    fake_openai: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sandcastle.cli import main
+
+    first, second = fake_openai.reply_tool_calls(
+        [("run_command", {"command": "echo first"}), ("run_command", {"command": "echo second"})]
+    )
+    fake_openai.reply_text("One ran, one did not.")
+    run_id = _start(http, policy=ASK_COMMANDS)
+    _awaiting(http, run_id)
+    monkeypatch.setenv("SANDCASTLE_URL", gateway.url)
+    monkeypatch.setenv("SANDCASTLE_API_KEY", http.key or "")
+
+    assert main(["approvals", run_id]) == 0
+    listed = capsys.readouterr().out
+    assert f"{first}  run_command" in listed and "PENDING until" in listed and "commands need a look" in listed
+    assert main(["message", run_id, "Only the first one, please."]) == 0
+    assert "message recorded" in capsys.readouterr().out
+    assert main(["reject", run_id, second, "--comment", "not this one"]) == 0
+    assert "REJECTED" in capsys.readouterr().out and http("GET", f"/runs/{run_id}")[2]["status"] == "AWAITING_APPROVAL"
+    assert main(["approve", run_id]) == 0  # every pending one: the first
+    assert "APPROVED" in capsys.readouterr().out
+
+    assert _ended(http, run_id)["status"] == "SUCCEEDED"
+    tools = _tool_messages(fake_openai.requests[1])
+    assert json.loads(tools[0]["content"])["stdout"]["text"] == "first\n"
+    assert "not this one" in json.loads(tools[1]["content"])["error"]
+    assert fake_openai.requests[1]["messages"][-1] == {"role": "user", "content": "Only the first one, please."}
+    assert main(["approve", run_id]) == 1
+    assert "no pending approval" in capsys.readouterr().err
