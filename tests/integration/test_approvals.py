@@ -183,7 +183,7 @@ def test_a_runs_allow_cannot_loosen_the_tenants_deny(http: Http, fake_openai: Fa
 def test_cancelling_a_run_awaiting_approval_kills_its_sandbox_and_ends_its_execution(
     http: Http, runtime: LocalRuntime, fake_openai: FakeOpenAIServer, sandbox_root: Path
 ) -> None:
-    fake_openai.reply_tool_calls([("run_command", {"command": "echo never"})])
+    [call_id] = fake_openai.reply_tool_calls([("run_command", {"command": "echo never"})])
     run_id = _start(http, policy=ASK_COMMANDS)
     waiting = _awaiting(http, run_id)
     assert waiting["sandbox_id"] and any(sandbox_root.iterdir())
@@ -194,8 +194,8 @@ def test_cancelling_a_run_awaiting_approval_kills_its_sandbox_and_ends_its_execu
     assert not any(p for p in sandbox_root.iterdir() if not p.name.startswith("."))
     _wait_for(lambda: runtime.execution(run_id)["status"] == "ABORTED")
     assert "tool_result" not in _kinds(http, run_id)
-    status, _, late = http("POST", f"/runs/{run_id}/approvals/call_1", {"decision": "approve"})
-    assert status in (404, 409) and late["error"] in ("not_found", "conflict")
+    status, _, late = http("POST", f"/runs/{run_id}/approvals/{call_id}", {"decision": "approve"})
+    assert (status, late["error"]) == (409, "conflict") and "ended CANCELLED" in late["message"]
 
 
 def test_a_steering_message_is_read_by_the_next_model_call(http: Http, fake_openai: FakeOpenAIServer) -> None:
@@ -297,3 +297,11 @@ def test_the_cli_lists_approves_rejects_and_steers(
     assert fake_openai.requests[1]["messages"][-1] == {"role": "user", "content": "Only the first one, please."}
     assert main(["approve", run_id]) == 1
     assert "no pending approval" in capsys.readouterr().err
+
+
+def test_an_approval_timeout_over_the_ceiling_is_refused(http: Http, runtime: LocalRuntime) -> None:
+    ceiling = runtime.deps.settings.approval_timeout_s_ceiling
+
+    status, _, error = http("POST", "/runs", {"instructions": "x", "approval_timeout_s": ceiling + 1})
+
+    assert (status, error["field"]) == (422, "approval_timeout_s") and str(ceiling) in error["message"]
