@@ -99,8 +99,8 @@ def gate_turn(run: Run, turn: int, calls: list[ToolCall], deps: Dependencies) ->
             _refuse(run, turn, index, call, _rejection(approval), deps)
     if gate.waiting:
         gate.runnable = []
-    elif run.status is RunStatus.AWAITING_APPROVAL:
-        _resume_running(run, deps)
+    else:
+        resume_running(run, deps)
     return gate
 
 
@@ -170,8 +170,10 @@ def _refuse(run: Run, turn: int, index: int, call: ToolCall, error: str, deps: D
         logger.info("tool call refused", extra={"step": turn, "tool_call_id": call.id, "error": error})
 
 
-def _resume_running(run: Run, deps: Dependencies) -> None:
-    """The turn is decided: the run is RUNNING again and its task token is gone."""
+def resume_running(run: Run, deps: Dependencies) -> None:
+    """The turn is decided: the run is RUNNING again and its task token is gone (a no-op unless it waited)."""
+    if run.status is not RunStatus.AWAITING_APPROVAL:
+        return
     try:
         deps.store.update_run(
             run.run_id,
