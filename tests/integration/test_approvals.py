@@ -16,6 +16,7 @@ from sandcastle.local.runtime import LocalRuntime
 from sandcastle.store.keys import ApiKeyStore
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_api_gateway import Http
+from tests.integration.test_step_counts import _entered, _history
 
 pytestmark = pytest.mark.bwrap
 
@@ -108,6 +109,14 @@ def test_a_call_the_policy_asks_about_waits_for_approval_then_runs(
     assert kinds.index("approval_requested") < kinds.index("approval_decided") < kinds.index("tool_result")
     assert json.loads(_tool_messages(fake_openai.requests[2])[1]["content"])["stdout"]["text"] == "approved\n"
     assert runtime.execution(run_id)["status"] == "SUCCEEDED"
+    # a wait costs two transitions (NextMove → AwaitApproval, then AgentStep again); the approved call ran inline
+    assert _entered(_history(runtime, run_id)) == {
+        "PrepareRun": 1,
+        "AgentStep": 4,
+        "NextMove": 4,
+        "AwaitApproval": 1,
+        "FinishRun": 1,
+    }
     # the same decision again is the approval as recorded; another one is a conflict
     again = http("POST", f"/runs/{run_id}/approvals/{call_id}", {"decision": "approve"})
     assert again[0] == 200 and again[2]["decided_at"] == decided["decided_at"] and again[2]["comment"] == "ok"

@@ -110,3 +110,17 @@ def test_a_decision_once_the_token_is_stored_sends_it_back(
     assert resumed.next == "tools" and resumed.tool_call_ids == [c.id for c in _calls(deps, run_id)][1:]
     [refusal] = [e.data for e in deps.store.list_events(run_id) if e.kind is EventKind.TOOL_RESULT]
     assert refusal.tool_call_id == step.tool_call_ids[0] and "not today" in (refusal.error or "")
+
+
+def test_the_terminal_shows_a_waiting_call_and_how_to_decide_it(deps: Dependencies, model: FakeModel) -> None:
+    import io
+
+    from sandcastle.cli.printer import EventPrinter
+
+    run_id, step = _waiting_run(deps, model)
+    out = io.StringIO()
+    for event in deps.store.list_events(run_id):
+        EventPrinter(out).event(event)
+
+    assert f"⏸ approval needed (deploys): {step.tool_call_ids[0]} run_command make deploy" in out.getvalue()
+    assert f"sandcastle approve|reject {run_id} {step.tool_call_ids[0]}" in out.getvalue()
