@@ -109,7 +109,7 @@ def test_a_call_the_policy_asks_about_waits_for_approval_then_runs(
     assert kinds.index("approval_requested") < kinds.index("approval_decided") < kinds.index("tool_result")
     assert json.loads(_tool_messages(fake_openai.requests[2])[1]["content"])["stdout"]["text"] == "approved\n"
     assert runtime.execution(run_id)["status"] == "SUCCEEDED"
-    # a wait costs two transitions (NextMove → AwaitApproval, then AgentStep again); the approved call ran inline
+    # a wait costs three transitions (AwaitApproval, then AgentStep and NextMove again); the call then ran inline
     assert _entered(_history(runtime, run_id)) == {
         "PrepareRun": 1,
         "AgentStep": 4,
