@@ -117,6 +117,7 @@ def _ask(
         tool_call_id=call.id,
         tool=call.name,
         arguments=call.arguments,
+        arguments_kept=call.arguments_kept,
         rule=verdict.rule,
         reason=verdict.reason,
         asked_at=now,

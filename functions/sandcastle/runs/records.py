@@ -231,6 +231,8 @@ class Approval(BaseModel):
     tool: str
     arguments: str
     """As the model wrote them (as far as the turn's event keeps them)."""
+    arguments_kept: KeptValue | None = None
+    """Set when ``arguments`` is only part of them (a reply too large for its item): where the whole are."""
     rule: RuleRef | None = None
     reason: str | None = None
     asked_at: datetime
