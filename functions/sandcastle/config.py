@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     """Seconds a run may last when its request sets no ``budgets.timeout_s``."""
     timeout_s_ceiling: int = 3600
     """The most ``budgets.timeout_s`` a run may ask for (more is refused)."""
+    default_approval_timeout_s: int = Field(default=3600, ge=1)
+    """Seconds a tool call waits for a person's approval when the run sets no ``approval_timeout_s``."""
+    approval_timeout_s_ceiling: int = Field(default=86_400, ge=1)
+    """The most ``approval_timeout_s`` a run may ask for (more is refused)."""
     default_command_timeout_s: int = 60
     """Seconds a ``run_command`` call may last when the model gives no ``timeout_s``."""
     command_timeout_ceiling_s: int = 600

@@ -124,6 +124,18 @@ class RunEnded(SandcastleError):
     """The run already reached a terminal status; there is nothing left to do."""
 
 
+class ApprovalNotFound(SandcastleError):
+    """The run has no approval for that tool call id."""
+
+
+class ApprovalConflict(SandcastleError):
+    """A decision that cannot be taken: the call was decided otherwise already, it expired, or the run ended."""
+
+
+class RunNotLive(SandcastleError):
+    """The run has ended: it takes no more messages (follow-ups on a finished run are not supported yet)."""
+
+
 class TaskNotFound(SandcastleError):
     """No task of that name for the tenant."""
 

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from sandcastle.agent.base import Model
     from sandcastle.runs.records import Run
     from sandcastle.sandbox.base import SandboxProvider
+    from sandcastle.store.approvals import ApprovalStore
     from sandcastle.store.downloads import DownloadLinks
     from sandcastle.store.event_bus import EventBus
-    from sandcastle.store.executions import Executions
+    from sandcastle.store.executions import Executions, TaskTokens
     from sandcastle.store.schedules import EventBridgeSchedules, ScheduleStore
     from sandcastle.store.tasks import TaskStore
     from sandcastle.store.tenant_files import TenantFiles
@@ -53,6 +54,8 @@ class Dependencies:
         redactor: Redactor | None = None,
         events: EventBus | None = None,
         tenant_files: TenantFiles | None = None,
+        approvals: ApprovalStore | None = None,
+        task_tokens: TaskTokens | None = None,
     ) -> None:
         self.settings = settings
         # A cached_property is not a data descriptor: an instance attribute set here takes its place.
@@ -72,10 +75,21 @@ class Dependencies:
             self.events = events
         if tenant_files is not None:
             self.tenant_files = tenant_files
+        if approvals is not None:
+            self.approvals = approvals
+        if task_tokens is not None:
+            self.task_tokens = task_tokens
 
     @cached_property
     def store(self) -> RunStore:
         return RunStore(self.settings.table_name, ttl_days=self.settings.run_ttl_days)
+
+    @cached_property
+    def approvals(self) -> ApprovalStore:
+        """Approvals of tool calls, a waiting run's task token, tenants' policies (``store/approvals.py``)."""
+        from sandcastle.store.approvals import ApprovalStore
+
+        return ApprovalStore(self.settings.table_name)
 
     @cached_property
     def objects(self) -> ObjectStore:
@@ -106,6 +120,13 @@ class Dependencies:
         from sandcastle.store.executions import StepFunctionsExecutions
 
         return StepFunctionsExecutions(self.settings.required("state_machine_arn"))
+
+    @cached_property
+    def task_tokens(self) -> TaskTokens:
+        """Sends a waiting run's task token back (``SendTaskSuccess``) once its turn is decided."""
+        from sandcastle.store.executions import StepFunctionsTaskTokens
+
+        return StepFunctionsTaskTokens()
 
     @cached_property
     def idempotency_layer(self) -> DynamoDBPersistenceLayer:

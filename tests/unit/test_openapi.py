@@ -30,6 +30,11 @@ OPERATIONS = {
     ("get", "/schedules"): "listSchedules",
     ("get", "/schedules/{schedule_id}"): "getSchedule",
     ("delete", "/schedules/{schedule_id}"): "deleteSchedule",
+    ("get", "/policy"): "getPolicy",
+    ("put", "/policy"): "putPolicy",
+    ("get", "/runs/{run_id}/approvals"): "listRunApprovals",
+    ("post", "/runs/{run_id}/approvals/{call_id}"): "decideRunApproval",
+    ("post", "/runs/{run_id}/messages"): "sendRunMessage",
 }
 _CONTEXT = LocalLambdaContext(
     function_name="sandcastle-ApiFunction",
@@ -73,7 +78,7 @@ def test_every_operation_has_a_name_that_reads_like_one(document: dict[str, Any]
 def test_every_operation_has_one_of_the_documents_tags(document: dict[str, Any]) -> None:
     tags = [tag["name"] for tag in document["tags"]]
 
-    assert tags == ["runs", "uploads", "tasks", "schedules"]
+    assert tags == ["runs", "approvals", "uploads", "tasks", "schedules"]
     assert all(tag["description"] for tag in document["tags"])
     for key, operation in _operations(document).items():
         assert len(operation.get("tags", [])) == 1 and operation["tags"][0] in tags, key
@@ -134,3 +139,15 @@ def test_swagger_ui_gets_the_same_document_and_server(event: dict[str, Any], url
 
     assert result["statusCode"] == 200 and "swagger" in page.lower()
     assert f'"url": "{url}"' in page and "HTTPValidationError" not in page and '"operationId": "createRun"' in page
+
+
+def test_the_event_kinds_of_humans_in_the_loop_are_in_the_document(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    kinds = {
+        schema["properties"]["kind"].get("const") or schema["properties"]["kind"].get("enum", [None])[0]
+        for name, schema in schemas.items()
+        if name.endswith("Event") and "kind" in schema.get("properties", {})
+    }
+    assert {"approval_requested", "approval_decided", "user_message"} <= kinds
+    assert "AWAITING_APPROVAL" in schemas["RunStatus"]["enum"]
+    assert {"approve", "reject"} == set(schemas["ApprovalDecision"]["properties"]["decision"]["enum"])

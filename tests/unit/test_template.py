@@ -166,19 +166,33 @@ def test_handler_names_a_module_that_defines_it(logical_id: str) -> None:
     assert attribute in defined, f"{module_path.relative_to(REPO_ROOT)} defines no top-level {attribute!r}"
 
 
+def _grants_on_executions(function: dict) -> bool:
+    """Whether the function may act on executions (start, stop, describe): more than send a task token back."""
+    if "StepFunctionsExecutionPolicy" in _policy_template_names(function["Properties"]):
+        return True
+    return "states:" in json.dumps(function["Properties"].get("Policies", [])).replace('"states:SendTaskSuccess"', "")
+
+
 def test_only_the_submitter_can_start_executions() -> None:
-    starters = {
-        logical_id
-        for logical_id, function in FUNCTIONS.items()
-        if "StepFunctionsExecutionPolicy" in _policy_template_names(function["Properties"])
-        or "states:" in json.dumps(function["Properties"].get("Policies", []))
-    }
+    starters = {logical_id for logical_id, function in FUNCTIONS.items() if _grants_on_executions(function)}
 
     # The triggers submit runs too (an upload, a schedule's fire); the reaper stops overdue executions.
     assert starters == {"SubmitRunFunction", "ApiFunction", "OnUploadFunction", "OnScheduleFunction", "ReaperFunction"}
     for starter in starters:
         variables = FUNCTIONS[starter]["Properties"]["Environment"]["Variables"]
         assert variables["STATE_MACHINE_ARN"] == {"Ref": STATE_MACHINE_ID}
+
+
+def test_only_the_api_and_await_approval_send_task_tokens_back_and_nothing_else() -> None:
+    senders = {}
+    for logical_id in FUNCTIONS:
+        for statement in _role_statements(logical_id):
+            if "states:SendTaskSuccess" in json.dumps(statement["Action"]):
+                senders[logical_id] = statement
+    assert set(senders) == {"ApiFunction", "AwaitApprovalFunction"}
+    for logical_id, statement in senders.items():
+        # the action takes no resource (the token names the task): the grant is that one action, nothing more
+        assert (statement["Action"], statement["Resource"]) == ("states:SendTaskSuccess", "*"), logical_id
 
 
 def test_secrets_are_granted_only_when_configured() -> None:
@@ -617,6 +631,7 @@ def test_the_agent_step_writes_and_reads_only_saved_outputs() -> None:
     [
         "PrepareRunFunction",
         "AgentStepFunction",
+        "AwaitApprovalFunction",
         "RunToolFunction",
         "FinishRunFunction",
         "FailRunFunction",
@@ -634,6 +649,9 @@ def test_functions_that_touch_only_runs_are_confined_to_run_items(logical_id: st
         leading = statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
         if leading == ["TENANT#*"]:
             assert statement["Action"] == "dynamodb:UpdateItem", logical_id
+            continue
+        if leading == ["POLICY#*"]:  # the approval gate reads the tenant's policy, and only reads it
+            assert (logical_id, statement["Action"]) == ("AgentStepFunction", "dynamodb:GetItem")
             continue
         assert statement["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["RUN#*"]}}
         assert "dynamodb:Scan" not in statement["Action"]

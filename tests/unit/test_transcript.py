@@ -218,7 +218,17 @@ def test_the_openapi_document_describes_events_as_a_union_told_apart_by_kind(api
     events = schemas["EventList"]["properties"]["events"]["items"]
     assert events["discriminator"]["propertyName"] == "kind"
     mapping = events["discriminator"]["mapping"]
-    assert set(mapping) == {"system", "user", "assistant", "tool_result", "error", "end"}
+    assert set(mapping) == {
+        "system",
+        "user",
+        "assistant",
+        "tool_result",
+        "error",
+        "end",
+        "approval_requested",
+        "approval_decided",
+        "user_message",
+    }
     assert {ref["$ref"] for ref in events["oneOf"]} == set(mapping.values())
     for ref in mapping.values():
         event = schemas[ref.rsplit("/", 1)[-1]]

@@ -40,6 +40,7 @@ from sandcastle.runs.transcript import (
     ToolResultEvent,
     Transcript,
     UserEvent,
+    UserMessageEvent,
 )
 
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ def to_messages(transcript: Transcript) -> list[dict[str, Any]]:
             messages.append(
                 {"role": "tool", "tool_call_id": event.data.tool_call_id, "content": event.data.model_view()}
             )
+        elif isinstance(event, UserMessageEvent):  # a steering message: after the results of the turn before
+            messages.append({"role": "user", "content": event.data.text})
     return messages
 
 

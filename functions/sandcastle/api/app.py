@@ -21,6 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Pat
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sandcastle.api import examples as ex
+from sandcastle.api.approvals_routes import router as approvals_router
 from sandcastle.api.errors import error_proxy_result, error_response
 from sandcastle.api.models import (
     ArtifactList,
@@ -66,6 +67,7 @@ app.configure_openapi(
 app.enable_swagger(path="/docs")
 app.include_router(tasks_router)  # saved tasks and schedules (api/tasks_routes.py)
 app.include_router(uploads_router)  # POST /uploads (api/uploads_routes.py)
+app.include_router(approvals_router)  # policy, approvals, messages (api/approvals_routes.py)
 
 RunId = Annotated[str, Path(min_length=1, max_length=100, description="The run's id (`run-...`).")]
 

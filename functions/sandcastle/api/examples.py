@@ -11,10 +11,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sandcastle.api.models import ArtifactList, ArtifactView, RunList, RunSubmission, RunSummary
+from sandcastle.api.models import (
+    ApprovalDecision,
+    ApprovalList,
+    ArtifactList,
+    ArtifactView,
+    MessageRequest,
+    RunList,
+    RunSubmission,
+    RunSummary,
+)
 from sandcastle.runs.input_files import UploadRequest, UploadTicket
-from sandcastle.runs.records import Run, Schedule, Task
+from sandcastle.runs.policy import PolicyDocument
+from sandcastle.runs.records import Approval, Run, Schedule, Task
 from sandcastle.runs.requests import ScheduleRequest, TaskDefinition
+from sandcastle.runs.transcript import EventKind, UserMessageData, UserMessageEvent
 
 _CREATED = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
 _ENDED = datetime(2026, 12, 1, 9, 0, 42, tzinfo=UTC)
@@ -106,6 +117,48 @@ SCHEDULE = Schedule(
     created_at=_CREATED,
     last_run_id="run-0d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a",
     last_scheduled_time="2026-12-01T05:00:00Z",
+)
+
+POLICY = PolicyDocument.model_validate(
+    {
+        "rules": [
+            {"tool": "run_command", "match": {"command": r"\brm\s+-rf\s+/"}, "action": "deny", "reason": "never"},
+            {
+                "tool": "run_command",
+                "match": {"command": r"\b(pip|npm) install\b"},
+                "action": "ask",
+                "reason": "installs packages",
+            },
+            {"tool": "*", "action": "allow"},
+        ]
+    }
+)
+APPROVAL = Approval(
+    run_id=_RUN_ID,
+    step=2,
+    call_index=0,
+    tool_call_id="call_Qm8h2ZkT0b7n",
+    tool="run_command",
+    arguments='{"command": "pip install pandas"}',
+    rule={"layer": "tenant", "index": 1},
+    reason="installs packages",
+    asked_at=_CREATED,
+    expires_at=datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC),
+    decision="approve",
+    decided_by="key-2b7c9d1e",
+    decided_at=datetime(2026, 12, 1, 9, 3, 10, tzinfo=UTC),
+    comment="ok, pandas only",
+)
+APPROVAL_LIST = ApprovalList(run_id=_RUN_ID, approvals=[APPROVAL])
+APPROVAL_DECISION = ApprovalDecision(decision="approve", comment="ok, pandas only")
+MESSAGE_REQUEST = MessageRequest(text="Use the second sheet, not the first.")
+USER_MESSAGE = UserMessageEvent(
+    kind=EventKind.USER_MESSAGE,
+    run_id=_RUN_ID,
+    key="EVT#000002#999#user_message#01796176348052865000-9f3a0c1d",
+    step=2,
+    at=datetime(2026, 12, 1, 9, 2, 30, tzinfo=UTC),
+    data=UserMessageData(text="Use the second sheet, not the first.", sent_by="key-2b7c9d1e"),
 )
 
 

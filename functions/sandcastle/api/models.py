@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
-from sandcastle.runs.records import Artifact, Run, RunError, RunStatus, StopReason, Usage
+from sandcastle.runs.records import Approval, Artifact, Run, RunError, RunStatus, StopReason, Usage
 from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.transcript import Event
 
@@ -91,3 +91,28 @@ class Health(BaseModel):
 def dump(model: BaseModel) -> dict[str, Any]:
     """A model as the JSON the API returns."""
     return model.model_dump(mode="json")
+
+
+class ApprovalList(BaseModel):
+    """A run's approvals, pending (``decision`` absent) and decided, in turn and call order."""
+
+    run_id: str
+    approvals: list[Approval]
+
+
+class ApprovalDecision(BaseModel):
+    """The body of ``POST /runs/{id}/approvals/{call_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    """Why; the model reads it with a rejection."""
+
+
+class MessageRequest(BaseModel):
+    """The body of ``POST /runs/{id}/messages``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]

@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler.openapi.models import OpenAPI, Server, 
 #: The groups of operations, in the order the document lists them; every route names one.
 TAGS = [
     Tag(name="runs", description="Start, list, read, follow and cancel runs; their transcripts and artifacts."),
+    Tag(name="approvals", description="Humans in the loop: the approval policy, a run's approvals, steering messages."),
     Tag(name="uploads", description="Input files too large to send inline: upload first, then give the key."),
     Tag(name="tasks", description="Named run templates that uploads and schedules start."),
     Tag(name="schedules", description="Runs of a task (or an inline template) on a cron, rate or one-off time."),

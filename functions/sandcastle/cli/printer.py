@@ -14,6 +14,8 @@ from sandcastle.runs.tool_outputs import (
     WriteFileOutput,
 )
 from sandcastle.runs.transcript import (
+    ApprovalDecidedEvent,
+    ApprovalRequestedEvent,
     AssistantEvent,
     EndEvent,
     ErrorEvent,
@@ -22,6 +24,7 @@ from sandcastle.runs.transcript import (
     ToolResultData,
     ToolResultEvent,
     UserEvent,
+    UserMessageEvent,
 )
 
 
@@ -55,6 +58,20 @@ class EventPrinter:
             self._line(f"✗ {event.data.type}: {event.data.message}")
         elif isinstance(event, EndEvent):
             self.summary(event.data)
+        elif isinstance(event, ApprovalRequestedEvent):
+            asked = event.data
+            why = f" ({asked.reason})" if asked.reason else ""
+            self._line(
+                f"[step {event.step}] ⏸ approval needed{why}: {asked.tool_call_id} {asked.tool} "
+                f"{_brief_arguments(asked.arguments)} — sandcastle approve|reject {event.run_id} {asked.tool_call_id}"
+            )
+        elif isinstance(event, ApprovalDecidedEvent):
+            decided = event.data
+            verdict = "expired" if decided.expired else {"approve": "approved", "reject": "rejected"}[decided.decision]
+            by = f" by {decided.decided_by}" if decided.decided_by else ""
+            self._line(f"[step {event.step}]   {verdict}{by}: {decided.tool_call_id}")
+        elif isinstance(event, UserMessageEvent):
+            self._line(f"✉ {event.data.text}")
 
     def _result(self, step: int, result: ToolResultData) -> None:
         name = result.tool or "?"

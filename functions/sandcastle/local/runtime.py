@@ -132,6 +132,7 @@ class LocalRuntime:
         self._mock: Any = None
         self._patch: Any = None
         self._serial_dynamodb: Any = None
+        self._stop_waits: Any = None
         self.permissions: PermissionGuard | None = (
             PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
         )
@@ -192,6 +193,8 @@ class LocalRuntime:
             self._patch.start()
             self._serial_dynamodb = _serialize_emulated_dynamodb()
             self._serial_dynamodb.start()
+            self._stop_waits = _release_waits_of_stopped_executions()
+            self._stop_waits.start()
             if self.permissions is not None:
                 self.permissions.start()
             reset_dependencies()
@@ -222,6 +225,9 @@ class LocalRuntime:
         if self._serial_dynamodb is not None:
             self._serial_dynamodb.stop()
             self._serial_dynamodb = None
+        if self._stop_waits is not None:
+            self._stop_waits.stop()
+            self._stop_waits = None
         if self.permissions is not None:
             self.permissions.stop()
         if self._mock is not None:
@@ -531,6 +537,34 @@ def create_state_machines(template: Template, client: Any) -> None:
             roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{logical_id}Role",
             type=resource["Properties"].get("Type", "STANDARD"),
         )
+
+
+def _release_waits_of_stopped_executions() -> Any:
+    """A patch making ``StopExecution`` end an execution that waits on a task token (``AwaitApproval``).
+
+    moto's interpreter marks the program stopped, but the thread waiting for the token keeps waiting, so
+    the execution stays RUNNING (and no ABORTED status change is seen). In AWS a stop ends it: here a stop
+    also answers every callback the execution waits on, so its thread wakes as after any task that was
+    running when the stop came, finds the program stopped, and the execution ends ABORTED. (A failure
+    outcome would not do: the uncaught task error would end it FAILED.)
+    """
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackOutcomeSuccess
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    original = Execution.stop
+
+    def stop(execution: Any, stop_date: Any, error: str | None, cause: str | None) -> None:
+        original(execution, stop_date=stop_date, error=error, cause=cause)
+        worker = execution.exec_worker
+        if worker is None:
+            return
+        pool = worker.env.callback_pool_manager
+        for callback_id in list(pool._pool):
+            outcome = CallbackOutcomeSuccess(callback_id=callback_id, output="{}")
+            with contextlib.suppress(Exception):  # a callback already answered or timed out
+                pool.notify(callback_id, outcome)
+
+    return mock.patch.object(Execution, "stop", stop)
 
 
 def _serialize_emulated_dynamodb() -> Any:

@@ -16,9 +16,10 @@ class StepState(BaseModel):
     run_id: str
     step: int = 0
     """The last model turn completed (0 before the first)."""
-    next: Literal["agent", "tools", "finish"] | None = None
+    next: Literal["agent", "tools", "approve", "finish"] | None = None
     """The move after AgentStep: ``agent`` (the turn's one tool call ran in AgentStep: take the next turn),
-    ``tools`` (run the turn's calls in the RunTools map), ``finish``."""
+    ``tools`` (run the turn's calls in the RunTools map), ``approve`` (calls of turn ``step + 1`` wait for a
+    person in AwaitApproval, then that turn is taken again), ``finish``."""
     tool_call_ids: list[str] = Field(default_factory=list)
     stop_reason: StopReason | None = None
     tool_concurrency: int = 1
@@ -27,6 +28,19 @@ class StepState(BaseModel):
     """AgentStep may execute a turn's only tool call itself and answer ``next: agent``. The state machine
     sets it in AgentStep's parameters, so an execution of a definition whose Choice knows no ``agent``
     move (one started before a deploy) never gets one: it gets ``tools``."""
+    approval_wait_s: int | None = None
+    """With ``next: approve``: the AwaitApproval state's timeout, seconds until the last pending approval expires."""
+
+
+class ApprovalWait(BaseModel):
+    """What the AwaitApproval state passes its Lambda."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    step: int
+    """The last turn completed: the calls waiting are turn ``step + 1``'s."""
+    task_token: str
 
 
 class ToolTask(BaseModel):

@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sandcastle.runs.policy import PolicyRule, RuleRef
 from sandcastle.runs.requests import (
     PlaybookCall,
     PushOptions,
@@ -30,6 +31,8 @@ def utcnow() -> datetime:
 class RunStatus(StrEnum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    """Waiting for a person to approve or reject tool calls of its last turn (``GET /runs/{id}/approvals``)."""
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
@@ -216,6 +219,10 @@ class Run(BaseModel):
     """Who asked for the cancel: the API key id (or tenant) that called ``POST /runs/{id}/cancel``."""
     origin: RunOrigin | None = None
     """What started the run when a trigger did: the inbox object, or the schedule and its fire time."""
+    policy: list[PolicyRule] = Field(default_factory=list)
+    """The run's own approval rules (its request's, or its saved task's), applied after the tenant's."""
+    approval_timeout_s: int = 3600
+    """Seconds a call of this run waits for approval before it is rejected ("approval expired")."""
 
     def outcome(self) -> RunOutcome:
         """How the run ended (its END event's content), from the run's own fields."""
@@ -241,6 +248,37 @@ class ToolCall(BaseModel):
     arguments_kept: KeptValue | None = None
     """Set when the event keeps only part of ``arguments`` (a reply too large for its item): ``bytes``,
     ``truncated`` and ``full_output``, where the whole arguments are (``large_values.fit_reply``)."""
+
+
+class Approval(BaseModel):
+    """A tool call that needed a person's approval (item ``RUN#<id>`` / ``APPROVAL#<step>#<call id>``)."""
+
+    run_id: str
+    step: int
+    call_index: int
+    """The call's position in its turn (its result's place in the transcript)."""
+    tool_call_id: str
+    tool: str
+    arguments: str
+    """As the model wrote them (as far as the turn's event keeps them)."""
+    arguments_kept: KeptValue | None = None
+    """Set when ``arguments`` is only part of them (a reply too large for its item): where the whole are."""
+    rule: RuleRef | None = None
+    reason: str | None = None
+    asked_at: datetime
+    expires_at: datetime
+    decision: Literal["approve", "reject"] | None = None
+    """None while pending."""
+    decided_by: str | None = None
+    """The API key id (or tenant) that decided; None for an expiry."""
+    decided_at: datetime | None = None
+    comment: str | None = None
+    expired: bool = False
+    """Rejected because nobody decided by ``expires_at`` ("approval expired")."""
+
+    @property
+    def pending(self) -> bool:
+        return self.decision is None
 
 
 class RunOrigin(BaseModel):

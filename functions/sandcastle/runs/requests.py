@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from sandcastle.names import FileName, TenantName
+from sandcastle.runs.policy import Policy
 
 
 class _Strict(BaseModel):
@@ -114,6 +115,11 @@ class RunRequest(_Strict):
     """A git repository checked out in ``~/repo``; the change is returned as ``changes.patch``."""
     push: PushOptions | None = None
     """With ``repository``: push the change to this branch when the run succeeds."""
+    policy: Policy = Field(default_factory=list)
+    """Approval rules for this run's tool calls (``runs/policy.py``), applied after the tenant's: they may make
+    a call stricter (``ask``, ``deny``), never looser than the tenant's policy."""
+    approval_timeout_s: int | None = Field(default=None, ge=1)
+    """Seconds a call waits for approval before it is rejected; the configured default when unset."""
     source: Literal["api", "s3", "schedule", "cli"] = "cli"
 
 
@@ -131,6 +137,9 @@ class TaskDefinition(_Strict):
     sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
     repository: RepositoryOptions | None = None
     push: PushOptions | None = None
+    policy: Policy = Field(default_factory=list)
+    """Approval rules for the task's runs, applied after the tenant's (``runs/policy.py``)."""
+    approval_timeout_s: int | None = Field(default=None, ge=1)
     max_input_bytes: int | None = Field(default=None, ge=1)
     """Uploads larger than this are refused (a ``result.json`` with the error); the configured cap when unset."""
     allow_empty_input: bool = False

@@ -44,6 +44,7 @@ def submit_run(
     """
     settings = deps.settings
     budgets = resolve_budgets(request.budgets, settings)
+    approval_timeout_s = _approval_timeout_s(request, deps)
     backend: ModelBackend
     if request.playbook:
         backend = "playbook"
@@ -83,6 +84,8 @@ def submit_run(
         push=request.push,
         created_at=utcnow(),
         origin=origin,
+        policy=request.policy,
+        approval_timeout_s=approval_timeout_s,
     )
     deps.store.check_fits(run)  # before the inline files are stored: a refused run leaves none behind
     for stored in stored_files:
@@ -92,6 +95,18 @@ def submit_run(
         return deps.store.get_run(run_id)
     _start_execution(run, deps)
     return run
+
+
+def _approval_timeout_s(request: RunRequest, deps: Dependencies) -> int:
+    """The run's approval timeout: its own (at most the configured ceiling), else the configured default."""
+    settings = deps.settings
+    if request.approval_timeout_s is None:
+        return min(settings.default_approval_timeout_s, settings.approval_timeout_s_ceiling)
+    if request.approval_timeout_s > settings.approval_timeout_s_ceiling:
+        raise InvalidRunRequest(
+            f"is over the ceiling of {settings.approval_timeout_s_ceiling} s", field="approval_timeout_s"
+        )
+    return request.approval_timeout_s
 
 
 def _stage_s3_file(tenant: str, source: str, key: str, run_id: str, field: str, deps: Dependencies) -> int:

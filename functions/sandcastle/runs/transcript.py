@@ -13,7 +13,11 @@ write finds the event already there.
     EVT#000000#000#system          step 0: the system prompt
     EVT#000000#001#user            step 0: the instructions (and input files)
     EVT#000003#000#assistant       step 3: the model's turn
+    EVT#000003#002#0#approval_requested   step 3: the 2nd call needs approval (before its result)
+    EVT#000003#002#1#approval_decided     step 3: … and was approved, rejected or expired
     EVT#000003#002#tool_result     step 3: the result of the turn's 2nd tool call
+    EVT#000003#999#user_message#<id>  a message sent while turn 3 was the last: after its results,
+                                   before turn 4 (``<id>``: the time it came, then random)
     EVT#999998#000#error           the error that ended the run, if any
     EVT#999999#000#end             the run's end: its ``RunOutcome``
 """
@@ -28,6 +32,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from sandcastle.runs.policy import RuleRef
 from sandcastle.runs.records import KeptValue, RunError, RunOutcome, ToolCall, Usage, utcnow
 from sandcastle.runs.tool_outputs import CommandOutput, ToolOutput
 
@@ -41,6 +46,9 @@ class EventKind(StrEnum):
     TOOL_RESULT = "tool_result"
     ERROR = "error"
     END = "end"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_DECIDED = "approval_decided"
+    USER_MESSAGE = "user_message"
 
 
 # --- payloads: one model per kind, stored as the event item's ``data`` ---
@@ -96,6 +104,38 @@ class ToolResultData(BaseModel):
         return self.output if isinstance(self.output, CommandOutput) else None
 
 
+class ApprovalRequestedData(BaseModel):
+    """A tool call the policy says a person must approve before it runs (``ask``)."""
+
+    tool_call_id: str
+    tool: str
+    arguments: str
+    """The call's arguments, as the model wrote them (as its assistant event keeps them)."""
+    rule: RuleRef | None = None
+    reason: str | None = None
+    expires_at: datetime
+    """Undecided by then, the call is rejected (\"approval expired\")."""
+
+
+class ApprovalDecidedData(BaseModel):
+    """A person's decision on a call that needed approval, or its expiry (``decided_by`` then absent)."""
+
+    tool_call_id: str
+    decision: Literal["approve", "reject"]
+    decided_by: str | None = None
+    """The API key id (or tenant) that decided."""
+    comment: str | None = None
+    expired: bool = False
+
+
+class UserMessageData(BaseModel):
+    """A message a user sent to the live run (``POST /runs/{id}/messages``); the next model call reads it."""
+
+    text: str
+    sent_by: str | None = None
+    """The API key id (or tenant) that sent it."""
+
+
 # --- events: the payload with where it stands ---
 
 
@@ -139,8 +179,31 @@ class EndEvent(_EventBase):
     data: RunOutcome
 
 
+class ApprovalRequestedEvent(_EventBase):
+    kind: Literal[EventKind.APPROVAL_REQUESTED]
+    data: ApprovalRequestedData
+
+
+class ApprovalDecidedEvent(_EventBase):
+    kind: Literal[EventKind.APPROVAL_DECIDED]
+    data: ApprovalDecidedData
+
+
+class UserMessageEvent(_EventBase):
+    kind: Literal[EventKind.USER_MESSAGE]
+    data: UserMessageData
+
+
 Event = Annotated[
-    SystemEvent | UserEvent | AssistantEvent | ToolResultEvent | ErrorEvent | EndEvent,
+    SystemEvent
+    | UserEvent
+    | AssistantEvent
+    | ToolResultEvent
+    | ErrorEvent
+    | EndEvent
+    | ApprovalRequestedEvent
+    | ApprovalDecidedEvent
+    | UserMessageEvent,
     Field(discriminator="kind"),
 ]
 """One transcript event (item ``RUN#<id>`` / ``EVT#...``), told apart by ``kind``."""
@@ -186,6 +249,22 @@ def tool_result_key(step: int, call_index: int) -> str:
     return event_key(step, call_index + 1, EventKind.TOOL_RESULT)
 
 
+def approval_requested_key(step: int, call_index: int) -> str:
+    return f"EVT#{step:06d}#{call_index + 1:03d}#0#{EventKind.APPROVAL_REQUESTED.value}"
+
+
+def approval_decided_key(step: int, call_index: int) -> str:
+    return f"EVT#{step:06d}#{call_index + 1:03d}#1#{EventKind.APPROVAL_DECIDED.value}"
+
+
+MESSAGE_POSITION = 999
+"""A user message's position in its step: after every tool result of the step (a turn has fewer calls)."""
+
+
+def user_message_key(step: int, message_id: str) -> str:
+    return f"EVT#{step:06d}#{MESSAGE_POSITION:03d}#{EventKind.USER_MESSAGE.value}#{message_id}"
+
+
 # --- making events ---
 
 
@@ -220,6 +299,41 @@ def error_event(run_id: str, step: int, error: RunError) -> ErrorEvent:
 
 def end_event(run_id: str, step: int, outcome: RunOutcome) -> EndEvent:
     return EndEvent(kind=EventKind.END, run_id=run_id, key=END_KEY, step=step, at=utcnow(), data=outcome)
+
+
+def approval_requested_event(
+    run_id: str, step: int, call_index: int, data: ApprovalRequestedData
+) -> ApprovalRequestedEvent:
+    return ApprovalRequestedEvent(
+        kind=EventKind.APPROVAL_REQUESTED,
+        run_id=run_id,
+        key=approval_requested_key(step, call_index),
+        step=step,
+        at=utcnow(),
+        data=data,
+    )
+
+
+def approval_decided_event(run_id: str, step: int, call_index: int, data: ApprovalDecidedData) -> ApprovalDecidedEvent:
+    return ApprovalDecidedEvent(
+        kind=EventKind.APPROVAL_DECIDED,
+        run_id=run_id,
+        key=approval_decided_key(step, call_index),
+        step=step,
+        at=utcnow(),
+        data=data,
+    )
+
+
+def user_message_event(run_id: str, step: int, message_id: str, data: UserMessageData) -> UserMessageEvent:
+    return UserMessageEvent(
+        kind=EventKind.USER_MESSAGE,
+        run_id=run_id,
+        key=user_message_key(step, message_id),
+        step=step,
+        at=utcnow(),
+        data=data,
+    )
 
 
 # --- reading a run's transcript ---

@@ -9,6 +9,7 @@ from aws_lambda_powertools import Logger
 from sandcastle.agent.base import ModelTurn
 from sandcastle.errors import ModelReplyInvalid, RunEnded
 from sandcastle.large_values import event_saver, fit_reply
+from sandcastle.runs.approvals import gate_turn, resume_running
 from sandcastle.runs.budget import budget_stop, seconds_left
 from sandcastle.runs.payloads import StepState
 from sandcastle.runs.records import Run, RunStatus, StopReason, Usage, utcnow
@@ -72,10 +73,21 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     # A reply this invocation recorded has no result yet (results are written after their turn's reply).
     if inline and not recorded_here and result_recorded(run.run_id, turn, 0, deps):
         logger.info("the turn's tool call is already recorded; a retry runs nothing")
+        resume_running(run, deps)  # after a wait for approval, should the first attempt have stopped short
         return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
     if run.usage.tool_calls + len(calls) > run.budgets.max_tool_calls:
         logger.info("tool-call budget would be exceeded", extra={"requested": len(calls)})
         return base.model_copy(update={"next": "finish", "stop_reason": StopReason.MAX_TOOL_CALLS})
+    gate = gate_turn(run, turn, calls, deps)  # before anything of the turn runs: refusals, approvals asked
+    if gate.waiting:  # AwaitApproval, then this turn again (step stays the last turn completed)
+        waiting = [approval.tool_call_id for approval in gate.waiting]
+        wait_s = gate.wait_s(utcnow())
+        return base.model_copy(
+            update={"step": state.step, "next": "approve", "tool_call_ids": waiting, "approval_wait_s": wait_s}
+        )
+    runnable = [calls[index].id for index in gate.runnable]
+    if inline and not runnable:  # the one call was refused or rejected: its result is recorded
+        return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
     if inline:
         needed = _longest_call_s(run, deps)
         if time_left_s - (time.monotonic() - started) >= needed:
@@ -84,7 +96,7 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
             execute_tool_call(run, turn, 0, calls[0], deps)
             return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
         logger.info("too little time left to run the call here; RunTool runs it", extra={"needed_s": needed})
-    return base.model_copy(update={"next": "tools", "tool_call_ids": ids})
+    return base.model_copy(update={"next": "tools", "tool_call_ids": runnable})
 
 
 def _longest_call_s(run: Run, deps: Dependencies) -> float:

@@ -38,8 +38,8 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 #: The run item's fields that come from its request (what ``check_fits`` measures).
-_REQUEST_FIELDS = ("instructions", "playbook", "model", "budgets", "files", "sandbox", "origin")
-_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts", "sandbox")
+_REQUEST_FIELDS = ("instructions", "playbook", "model", "budgets", "files", "sandbox", "origin", "policy")
+_JSON_ATTRIBUTES = ("budgets", "playbook", "files", "error", "artifacts", "sandbox", "policy")
 
 
 def run_pk(run_id: str) -> str:
@@ -52,6 +52,8 @@ class RunUpdate:
 
     set: dict[str, Any] = field(default_factory=dict)
     """Attributes to set (model field names; JSON-typed ones are encoded)."""
+    remove: list[str] = field(default_factory=list)
+    """Attributes to remove (e.g. a waiting run's task token once it goes on)."""
     add: Usage = field(default_factory=Usage)
     """Usage to add to the run's counters (``Usage.to_item`` names their attributes)."""
     require_status: Iterable[RunStatus] | None = None
@@ -264,8 +266,10 @@ class RunStore:
         plain["usage"] = Usage.from_item(item)
         for attribute in Usage().to_item():
             plain.pop(attribute, None)
-        if "step" in plain:
-            plain["step"] = int(plain["step"])
+        for number in ("step", "approval_timeout_s"):
+            if number in plain:
+                plain[number] = int(plain[number])
+        plain.pop("approval_token", None)  # the waiting execution's task token: never part of the run's view
         return Run.model_validate(plain)
 
     def _event_to_item(self, event: Event) -> dict[str, Any]:
@@ -327,9 +331,17 @@ class RunStore:
             names[f"#a{index}"] = attribute
             values[f":a{index}"] = amount
             adds.append(f"#a{index} :a{index}")
+        removes: list[str] = []
+        for index, name in enumerate(update.remove):
+            names[f"#r{index}"] = name
+            removes.append(f"#r{index}")
         expression = " ".join(
             part
-            for part in (("SET " + ", ".join(sets)) if sets else "", ("ADD " + ", ".join(adds)) if adds else "")
+            for part in (
+                ("SET " + ", ".join(sets)) if sets else "",
+                ("REMOVE " + ", ".join(removes)) if removes else "",
+                ("ADD " + ", ".join(adds)) if adds else "",
+            )
             if part
         )
         conditions = ["attribute_exists(pk)"]

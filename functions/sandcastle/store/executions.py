@@ -87,6 +87,40 @@ class StepFunctionsExecutions:
             raise _translate(error, f"could not describe the execution of {run_id}") from error
 
 
+class TaskTokens(Protocol):
+    """Tasks of the run loop waiting on a task token (``AwaitApproval``)."""
+
+    def resume(self, task_token: str) -> bool:
+        """Let the task waiting on ``task_token`` go on (``SendTaskSuccess``); False when nothing waits on it
+        any more (it went on already, timed out, or its execution ended)."""
+        ...
+
+
+class StepFunctionsTaskTokens:
+    """``TaskTokens`` through a boto3 ``stepfunctions`` client. It needs no state machine ARN (a token names
+    its task), so AwaitApproval — which the state machine's definition names — can hold one without a cycle."""
+
+    def __init__(self, client: Any | None = None) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("stepfunctions")
+        self.client = client
+
+    def resume(self, task_token: str) -> bool:
+        try:
+            self.client.send_task_success(taskToken=task_token, output="{}")
+        except ClientError as error:
+            if _code(error) in _TOKEN_GONE:
+                return False
+            raise _translate(error, "could not resume a waiting run") from error
+        return True
+
+
+#: What ``SendTaskSuccess`` answers for a token nothing waits on any more.
+_TOKEN_GONE = frozenset({"TaskTimedOut", "TaskDoesNotExist", "InvalidToken"})
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
