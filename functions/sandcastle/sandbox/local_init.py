@@ -164,11 +164,13 @@ class _directory:
 
 
 def _start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot), or None when it is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _tasks(pid: int) -> list[str]:
