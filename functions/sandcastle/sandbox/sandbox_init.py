@@ -35,6 +35,7 @@ import sys
 import threading
 
 _MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_KILL_WAIT_S = 10
 _BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 _background: dict[str, subprocess.Popen[bytes]] = {}
@@ -164,7 +165,13 @@ def _stdin(connection: socket.socket, request: dict[str, object], fds: list[int]
 def _kill(connection: socket.socket, request: dict[str, object], fds: list[int]) -> None:
     with _background_lock:
         process = _background.get(str(request["id"]))
-    _send(connection, {"killed": process is not None and _kill_group(process, signal.SIGKILL)})
+    killed = process is not None and _kill_group(process, signal.SIGKILL)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=_KILL_WAIT_S)  # so that a list right after the kill no longer shows it
+        with _background_lock:
+            _background.pop(str(request["id"]), None)
+    _send(connection, {"killed": killed})
 
 
 def _list(connection: socket.socket, request: dict[str, object], fds: list[int]) -> None:
