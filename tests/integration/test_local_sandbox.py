@@ -285,6 +285,27 @@ def test_background_processes_live_until_the_sandbox_is_killed_and_then_none_sur
     assert sandbox.init_pid is None
 
 
+def test_a_command_ends_when_its_shell_does_even_if_a_background_child_keeps_its_output_open(
+    sandbox: LocalSandbox,
+) -> None:
+    seconds = _unique_sleep_seconds()
+
+    result = _run(sandbox, f"sleep {seconds} & echo done", timeout_s=10)
+
+    assert (result.timed_out, result.exit_code, result.stdout) == (False, 0, b"done\n")
+    assert len(_host_processes_matching(f"sleep {seconds}")) == 1
+
+
+def test_a_command_whose_caller_went_away_is_killed(sandbox: LocalSandbox) -> None:
+    seconds = _unique_sleep_seconds()
+    process = sandbox.spawn(["/bin/sleep", seconds])
+    _wait_for(lambda: bool(_host_processes_matching(f"sleep {seconds}")))
+
+    process._connection.close()  # as when the host process that started it dies
+
+    _wait_for(lambda: not _host_processes_matching(f"sleep {seconds}"))
+
+
 def test_a_server_started_by_one_command_answers_the_next_on_localhost(sandbox: LocalSandbox) -> None:
     sandbox.write_file("site/index.html", b"hello from the sandbox\n")
 
