@@ -86,9 +86,6 @@ _PAUSED_MARKER = "paused"
 
 logger = Logger(child=True)
 
-_lifecycle_lock = threading.Lock()
-"""Held while an init starts and while a sandbox is killed, so no init starts for a killed sandbox."""
-
 
 class LocalSandboxProvider:
     """Creates, reconnects to and kills bubblewrap sandboxes whose workspaces live under ``root``.
@@ -254,13 +251,13 @@ class LocalSandboxProvider:
             return False
         sandbox_dir = self.root / sandbox_id
         tombstone = self.root / f".{sandbox_id}.killed"
-        with _lifecycle_lock:
-            try:
+        try:
+            with _flocked(sandbox_dir):  # waits for an init being started: none starts after this
                 sandbox_dir.rename(tombstone)
-            except FileNotFoundError:
-                existed = False
-            else:
-                existed = True
+        except (SandboxGone, FileNotFoundError):
+            existed = False
+        else:
+            existed = True
         cgroup = self.cgroup_of(sandbox_id)
         if existed:
             _kill_init(tombstone, cgroup)
@@ -362,9 +359,10 @@ class LocalSandbox:
     def start_init(self) -> None:
         """Start the sandbox's init unless one runs (after a host restart, a new one: the workspace is kept).
 
-        Serialised across threads (a lock) and processes (``flock`` on the sandbox directory).
+        Serialised across threads and processes by an ``flock`` on the sandbox directory, which
+        ``kill`` takes too: no init starts for a sandbox being killed.
         """
-        with _lifecycle_lock, _flocked(self._sandbox_dir):
+        with _flocked(self._sandbox_dir):
             self._ensure_not_killed()
             with suppress(InitUnreachable):
                 local_init.request(self._sandbox_dir, {"op": "ping"}, timeout_s=_INIT_START_TIMEOUT_S)
