@@ -194,6 +194,7 @@ def test_a_background_server_answers_a_later_command_on_localhost(sandbox: Sandb
     ended = sandbox.process_output(server)
     assert (ended.running, ended.exit_code) == (False, 137)
     assert server not in sandbox.list_processes()
+    assert sandbox.kill_process(server) is False  # it was no longer running
 
 
 def test_process_output_returns_what_is_new_then_the_exit_code(provider: SandboxProvider, sandbox: Sandbox) -> None:

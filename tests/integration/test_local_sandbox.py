@@ -296,6 +296,18 @@ def test_a_command_ends_when_its_shell_does_even_if_a_background_child_keeps_its
     assert len(_host_processes_matching(f"sleep {seconds}")) == 1
 
 
+def test_a_spawned_command_can_be_given_a_stdin_pipe(sandbox: LocalSandbox) -> None:
+    process = sandbox.spawn(["/bin/cat"], stdin=True)
+
+    process.stdin.write(b"fed through stdin\n")
+    process.stdin.close()
+
+    assert process.stdout.read() == b"fed through stdin\n"
+    assert process.wait() == 0
+    with pytest.raises(ValueError, match="started without stdin"):
+        _ = sandbox.spawn(["/bin/true"]).stdin
+
+
 def test_a_command_whose_caller_went_away_is_killed(sandbox: LocalSandbox) -> None:
     seconds = _unique_sleep_seconds()
     process = sandbox.spawn(["/bin/sleep", seconds])
@@ -565,6 +577,19 @@ def test_connect_to_unknown_or_expired_sandbox_raises_gone(provider: LocalSandbo
     assert provider.kill("not-a-local-id/..") is False
 
 
+def test_a_missing_system_python_for_the_init_is_reported_at_create(
+    provider: LocalSandboxProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(
+        "sandcastle.sandbox.local_sandbox.shutil.which",
+        lambda name, path=None: None if name == "python3" else real_which(name, path=path),
+    )
+
+    with pytest.raises(SandboxError, match="init runs on the system's python3, which is missing"):
+        provider.create(SandboxSpec(run_id="run-1", tenant="acme", timeout_s=60))
+
+
 def test_missing_bwrap_is_reported_at_create(
     provider: LocalSandboxProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -731,6 +756,16 @@ def test_the_host_environment_never_reaches_the_init_or_its_commands(
 
     assert len(pids) >= 4  # bwrap, bwrap's pid 1, the init, the command
     assert all(b"do-not-leak" not in environ for environ in environs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a non-root user there is no disk quota to get around")
+def test_the_inits_host_side_log_cannot_be_written_from_inside(sandbox: LocalSandbox) -> None:
+    # The init's stdout/stderr is a file of the host (outside the quota'd workspace), reachable by
+    # path through /proc/<pid>/fd; it is root's, so the sandbox cannot grow it.
+    result = _run(sandbox, "for fd in /proc/[12]/fd/[12]; do echo grown >> $fd && echo wrote $fd; done")
+
+    assert b"wrote" not in result.stdout
+    assert b"Permission denied" in result.stderr
 
 
 # --- disk quota ---
