@@ -551,8 +551,8 @@ class LocalSandbox:
         """Why a command failed, when a limit (or the full workspace) visibly caused it; else None."""
         if not exit_code:
             return None
-        oom_killed = exit_code == 128 + signal.SIGKILL and self._cgroup is not None
-        oom_killed = oom_killed and self._cgroup is not None and self._cgroup.oom_kills() > oom_kills_before
+        killed = exit_code == 128 + signal.SIGKILL
+        oom_killed = killed and self._cgroup is not None and self._cgroup.oom_kills() > oom_kills_before
         note = self._provider.limits.explain_exit(exit_code, oom_killed=oom_killed)
         if note is None and self._disk_quota_mb and workspace_is_full(self._workspace):
             note = quota_exceeded_message(self._disk_quota_mb)

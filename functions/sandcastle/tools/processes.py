@@ -21,7 +21,8 @@ from sandcastle.tools.base import ToolArgs, ToolContext
 
 MAX_YIELD_MS = 30_000
 """The longest a tool call waits for a background process's output."""
-_POLL_S = 0.1
+_POLL_S = 0.25
+"""How often a waiting tool call reads the process again (each read is a few file reads in the sandbox)."""
 _PROCESS_ID_FIELD = Field(min_length=1, max_length=64, description="The process_id run_command returned.")
 
 
