@@ -46,3 +46,21 @@ def test_each_read_returns_only_what_is_new_and_the_cursor_lives_with_the_files(
 def test_a_process_this_sandbox_never_started_is_not_found() -> None:
     with pytest.raises(ProcessNotFound, match="no background process proc-00000000abcd"):
         background.read_output("proc-00000000abcd", read=Files().read, write=Files().write, running=False)
+
+
+def test_a_backend_that_reads_from_an_offset_is_asked_only_for_what_is_new() -> None:
+    files, process_id, asked = Files(), background.new_process_id(), []
+    directory = background.process_dir(process_id)
+    files.write(f"{directory}/command", b"server")
+    files.write(f"{directory}/stdout", b"0123456789")
+
+    def read_from(path: str, offset: int) -> bytes:
+        asked.append((path.rsplit("/", 1)[1], offset))
+        return files.read(path)[offset:]
+
+    background.read_output(process_id, read=files.read, write=files.write, running=True, read_from=read_from)
+    files.write(f"{directory}/stdout", b"0123456789abc")
+    again = background.read_output(process_id, read=files.read, write=files.write, running=True, read_from=read_from)
+
+    assert again.stdout == b"abc"
+    assert asked == [("stdout", 0), ("stderr", 0), ("stdout", 10), ("stderr", 0)]

@@ -62,13 +62,16 @@ def read_output(
     read: Callable[[str], bytes],
     write: Callable[[str, bytes], None],
     running: bool,
+    read_from: Callable[[str, int], bytes] | None = None,
 ) -> ProcessOutput:
     """The new output of a process since the last read (moving the cursor), and its exit status.
 
     ``read``/``write`` are the sandbox's file operations; ``running`` is whether the backend still
-    sees the process. The exit status is read before the output, so once it is there the output
-    read is complete.
+    sees the process; ``read_from(path, offset)``, where the backend has it, reads only what is new
+    (else the whole file is read and sliced). The exit status is read before the output, so once it
+    is there the output read is complete.
     """
+    tail = read_from or (lambda path, offset: read(path)[offset:])
     directory = process_dir(process_id)
     try:
         read(f"{directory}/command")
@@ -76,11 +79,10 @@ def read_output(
         raise ProcessNotFound(f"no background process {process_id} in this sandbox") from None
     exit_code = _exit_code(_read_or_empty(read, f"{directory}/exit"))
     cursor = _cursor(_read_or_empty(read, f"{directory}/read"))
-    stdout = _read_or_empty(read, f"{directory}/stdout")
-    stderr = _read_or_empty(read, f"{directory}/stderr")
-    new_stdout, new_stderr = stdout[cursor["stdout"] :], stderr[cursor["stderr"] :]
+    new_stdout = _read_or_empty(lambda path: tail(path, cursor["stdout"]), f"{directory}/stdout")
+    new_stderr = _read_or_empty(lambda path: tail(path, cursor["stderr"]), f"{directory}/stderr")
     if new_stdout or new_stderr:
-        cursor = {"stdout": len(stdout), "stderr": len(stderr)}
+        cursor = {"stdout": cursor["stdout"] + len(new_stdout), "stderr": cursor["stderr"] + len(new_stderr)}
         write(f"{directory}/read", json.dumps(cursor).encode())
     return ProcessOutput(
         process_id=process_id,

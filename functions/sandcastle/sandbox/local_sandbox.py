@@ -576,7 +576,13 @@ class LocalSandbox:
     def process_output(self, process_id: str) -> ProcessOutput:
         """New output since the last read, and the exit status once it ended."""
         running = process_id in self.list_processes()
-        return background.read_output(process_id, read=self.read_file, write=self.write_file, running=running)
+        return background.read_output(
+            process_id, read=self.read_file, write=self.write_file, running=running, read_from=self._read_from
+        )
+
+    def _read_from(self, path: str, offset: int) -> bytes:
+        self.ensure_alive()
+        return workspace_files.read_file(self._workspace, path, offset=offset)
 
     def write_stdin(self, process_id: str, data: bytes) -> None:
         """Write ``data`` to the process's stdin (a pipe the init holds)."""
