@@ -163,7 +163,8 @@ def test_a_pty_is_a_real_terminal_that_can_be_resized_and_killed(sbx: Sandbox) -
         except CommandExitException as ended:
             return ended.exit_code, b"".join(output).decode()
 
-    plain = session(b"[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; tput cols; echo $GREETING; exit 3\n")
+    # /dev/tty opens only for a process with a controlling terminal.
+    plain = session(b"[ -t 0 ] && [ -t 1 ] && echo on-a-terminal > /dev/tty; tput cols; echo $GREETING; exit 3\n")
     resized = session(b"tput cols; stty size; exit\n", resize_to=PtySize(cols=132, rows=40))
 
     assert plain[0] == 3 and "on-a-terminal" in plain[1] and re.search(r"\s80\r\n", plain[1]) and "hi" in plain[1]

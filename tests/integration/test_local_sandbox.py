@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,29 @@ def test_a_spawned_command_can_be_given_a_stdin_pipe(sandbox: LocalSandbox) -> N
     assert process.wait() == 0
     with pytest.raises(ValueError, match="started without stdin"):
         _ = sandbox.spawn(["/bin/true"]).stdin
+
+
+def test_a_command_on_a_terminal_has_it_as_its_controlling_terminal(sandbox: LocalSandbox) -> None:
+    master, slave = os.openpty()
+    try:
+        # /dev/tty opens only for a process with a controlling terminal (sh, unlike bash -i, takes none itself).
+        process = sandbox.spawn(
+            ["/bin/sh", "-c", "[ -t 0 ] && echo through-the-tty > /dev/tty; exit 5"], terminal=slave
+        )
+    finally:
+        os.close(slave)
+    exit_code = process.wait()
+    output = bytearray()
+    with suppress(OSError):  # EIO once the buffered output is read and no slave is left open
+        while chunk := os.read(master, 4096):
+            output += chunk
+    os.close(master)
+
+    assert (exit_code, bytes(output)) == (5, b"through-the-tty\r\n")
+    with pytest.raises(ValueError, match="goes to its terminal"):
+        _ = process.stdout
+    with pytest.raises(ValueError, match="reads its input from it"):
+        sandbox.spawn(["/bin/true"], stdin=True, terminal=0)
 
 
 def test_a_command_whose_caller_went_away_is_killed(sandbox: LocalSandbox) -> None:

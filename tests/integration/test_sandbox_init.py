@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,3 +82,17 @@ def test_a_background_process_is_listed_fed_and_killed(init_dir: Path, tmp_path:
     assert local_init.request(init_dir, {"op": "kill", "id": "proc-a"}) == {"killed": False}
     assert local_init.request(init_dir, {"op": "stdin", "id": "proc-a", "data": ""}) == {"error": "not running"}
     assert out.read_text() == "hello\n"
+
+
+def test_a_terminal_command_is_left_to_make_its_own_session_and_a_signal_reaches_it_before(init_dir: Path) -> None:
+    # On a terminal the command's argv begins with ``setsid --ctty``, which forks (and so escapes
+    # its group) if it already leads one: the init must not start it in a session of its own.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    with local_init.connect(init_dir) as connection:
+        message = json.dumps({"op": "run", "argv": ["/bin/sh", "-c", "exec sleep 60"], "terminal": True}).encode()
+        socket.send_fds(connection, [message], [devnull] * 3)
+        os.close(devnull)
+        pid = local_init.read_message(connection)["pid"]
+        assert os.getsid(pid) != pid
+        connection.send(json.dumps({"signal": signal.SIGTERM}).encode())  # it has no group of its own yet
+        assert local_init.read_message(connection) == {"exit": -signal.SIGTERM}
