@@ -83,7 +83,6 @@ _KILL_WAIT_S = 10.0
 _INIT_START_TIMEOUT_S = 30.0
 _INIT_GONE_NOTE = "killed: the sandbox's init ended, and every process of the sandbox with it"
 _PAUSED_MARKER = "paused"
-_MAX_STOP_ROUNDS = 20
 
 logger = Logger(child=True)
 
@@ -425,23 +424,15 @@ class LocalSandbox:
 
         Commands and background processes stop where they are until ``resume``; a paused sandbox
         refuses new commands (``SandboxError``) — ``LocalSandboxProvider.connect`` resumes it.
-        Without a freezer the sandbox's processes are listed again after each round of SIGSTOPs
-        until none is left running, so a process forked while the freeze runs is stopped too.
         """
         self._ensure_not_killed()
         (self._sandbox_dir / _PAUSED_MARKER).touch()
         if self._cgroup is not None and self._cgroup.can_freeze:
             self._cgroup.freeze(True)
             return
-        stopped: set[int] = set()
-        for _ in range(_MAX_STOP_ROUNDS):
-            pending = [pid for pid in self.host_pids() if pid not in stopped]
-            if not pending:
-                return
-            for pid in pending:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            stopped.update(pending)
+        for pid in self.host_pids():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         """Let every process of a paused sandbox continue."""
