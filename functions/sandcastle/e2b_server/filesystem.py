@@ -2,8 +2,8 @@
 
 Every operation goes through ``LocalSandbox``'s workspace walk (one component at a time, symlinks
 interpreted inside the sandbox), so no path — ``..``, an absolute symlink, a swapped-in link —
-reaches outside the sandbox's ``/home/user``. Paths outside ``/home/user`` are refused: only the
-workspace persists between commands here (``/tmp`` is private to each command).
+reaches outside the sandbox's ``/home/user``. Paths outside ``/home/user`` are refused: the
+sandbox's own ``/tmp`` is memory inside its namespaces, which this host-side walk does not reach.
 
 As envd: an entry names where a symlink leads (``symlink_target``); user metadata sent as
 ``X-Metadata-<key>`` upload headers is kept in the file's ``user.e2b.<key>`` extended attributes

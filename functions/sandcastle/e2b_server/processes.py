@@ -393,7 +393,7 @@ def _stream(
                 if process.deadline_exceeded:
                     raise ConnectError(
                         Code.DEADLINE_EXCEEDED,
-                        f"process {process.pid} exceeded its timeout and was killed with its whole process tree",
+                        f"process {process.pid} exceeded its timeout and was killed with its process group",
                     )
                 yield _event("end", payload)
                 return
