@@ -11,9 +11,8 @@ them base64 in JSON: nothing is decoded on this side). ``stdin=True`` gives it a
 A PTY is a pseudo-terminal allocated on the host (``os.openpty``): the sandboxed process gets the
 slave side as stdin, stdout and stderr, made its controlling terminal by ``spawn(terminal=...)``
 (util-linux ``setsid --ctty`` inside the sandbox, so ``tput``, job control and ``SIGWINCH`` on
-resize work), and the
-server keeps the master side, whose window size ``update`` sets. Each PTY has its own pair, so
-keystrokes injected into it reach nobody else.
+resize work), and the server keeps the master side, whose window size ``update`` sets. Each PTY
+has its own pair, so keystrokes injected into it reach nobody else.
 
 A command's timeout is the ``Start`` call's deadline (``Connect-Timeout-Ms``): when it passes the
 server kills the command's process group — unlike E2B, where a client timeout only ends the stream
