@@ -53,13 +53,13 @@ class Settings(BaseSettings):
     sandbox_uid: int = Field(default=65534, ge=1)
     """Local backend, when run as root: the unprivileged host uid (and gid) commands run as."""
     sandbox_cpu_seconds: int = Field(default=300, ge=1)
-    """Local backend: CPU seconds per process of a command (SIGXCPU, then SIGKILL)."""
+    """Local backend: CPU seconds per process (SIGXCPU, then SIGKILL)."""
     sandbox_memory_mb: int = Field(default=2048, ge=1)
-    """Local backend: memory per process, and per command where cgroups are available."""
+    """Local backend: memory per process, and for the whole sandbox where cgroups are available."""
     sandbox_file_size_mb: int = Field(default=512, ge=1)
-    """Local backend: the largest file a command may write, and the size of its /tmp."""
+    """Local backend: the largest file a process may write, and the size of the sandbox's /tmp."""
     sandbox_max_processes: int = Field(default=256, ge=1)
-    """Local backend: processes per command (pids cgroup), or per sandbox uid without cgroups."""
+    """Local backend: processes per sandbox (pids cgroup), or per sandbox uid without cgroups."""
     sandbox_disk_quota_mb: int = Field(default=4096, ge=0)
     """Local backend, when run as root: the size of each sandbox's workspace filesystem (0: no cap)."""
     sandbox_mount_root: Path = Path("/run/sandcastle")

@@ -214,6 +214,14 @@ class UnsupportedArchitecture(RuntimeError):
     """This machine's architecture has no syscall table here (only x86_64 and aarch64 do)."""
 
 
+class InitUnreachable(SandboxError):  # noqa: N818 - read as "the init is unreachable"
+    """A local sandbox's init is not running (never started, killed, or its host process ended)."""
+
+
+class ProcessNotFound(LookupError):
+    """No background process of the sandbox has that id: the model reads the message."""
+
+
 # --- the local E2B-compatible server (its API answers 404, 429 and 400 for these) ---
 
 

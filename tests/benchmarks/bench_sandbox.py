@@ -1,7 +1,9 @@
-"""What a sandbox costs: a command's round trip, creating a sandbox, and sequential throughput.
+"""What a sandbox costs: a command's round trip, creating a sandbox (and its first command), a
+background process's first output, and sequential throughput.
 
-For the ``local`` backend (bubblewrap, with the limits and cgroups it uses in production) and, when
-``E2B_API_KEY`` is set, for ``e2b``. The round trip of ``true`` is set against a bare
+For the ``local`` backend (bubblewrap, with the limits and cgroups it uses in production), for the
+``e2b`` backend against the local E2B server (``e2b-local``) and, when ``E2B_API_KEY`` is set,
+against E2B's cloud. The round trip of ``true`` is set against a bare
 ``subprocess.run(["true"])`` in this process, so the ratio is the price of the isolation.
 
 ``python -m tests.benchmarks.bench_sandbox [--quick]`` runs it alone.
@@ -41,20 +43,38 @@ def _measure(provider: SandboxProvider, quick: bool) -> list[tuple[str, float | 
     finally:
         provider.kill(sandbox.sandbox_id)
 
+    create_only: list[float] = []
+    first_command: list[float] = []
+    first_output: list[float] = []
+
     def create_and_run() -> None:
+        started = time.perf_counter()
         created = provider.create(spec)
+        created_at = time.perf_counter()
         try:
             created.run("true", timeout_s=60)
+            ran_at = time.perf_counter()
+            process_id = created.start_process("echo ready; sleep 60")
+            while not created.process_output(process_id).stdout:
+                time.sleep(0.005)
+            first_output.append((time.perf_counter() - ran_at) * 1000)
         finally:
             provider.kill(created.sandbox_id)
+        create_only.append((created_at - started) * 1000)
+        first_command.append((ran_at - created_at) * 1000)
 
     creation = timings_ms(create_and_run, creations)
+    to_first = [created + ran for created, ran in zip(create_only, first_command, strict=True)]
     ratio = statistics.median(round_trip) / statistics.median(bare)
     return [
         ("round trip of `true`", statistics.median(round_trip), p95(round_trip), "ms"),
         ("bare subprocess.run(['true'])", statistics.median(bare), p95(bare), "ms"),
         ("ratio (sandbox / bare, medians)", ratio, None, "×"),
-        ("create + first command", statistics.median(creation), p95(creation), "ms"),
+        ("create (the sandbox and its init)", statistics.median(create_only), p95(create_only), "ms"),
+        ("first command after create", statistics.median(first_command), p95(first_command), "ms"),
+        ("create -> first command done", statistics.median(to_first), p95(to_first), "ms"),
+        ("create, first command, kill", statistics.median(creation), p95(creation), "ms"),
+        ("background start -> first output read", statistics.median(first_output), p95(first_output), "ms"),
         (f"throughput ({commands} small commands, sequential)", throughput, None, "commands/s"),
     ]
 
@@ -67,11 +87,27 @@ def _local_section(quick: bool) -> str:
         rows = _measure(provider, quick)
         cgroups = provider.cgroups
         mechanism = (
-            f"cgroup v{cgroups.version} (memory, pids) + rlimits" if cgroups else "rlimits only (no writable cgroup)"
+            f"one cgroup v{cgroups.version} per sandbox (memory, pids) + rlimits"
+            if cgroups
+            else "rlimits only (no writable cgroup)"
         )
         runs_as = f"uid {provider.sandbox_uid}" if provider.sandbox_uid is not None else f"uid {os.geteuid()} (userns)"
     body = table(["figure", "median", "p95", "unit"], rows, digits=1)
     return section("local (bubblewrap)", body, note=f"Limits: {mechanism}; commands run as {runs_as}.")
+
+
+def _e2b_local_section(quick: bool) -> str:
+    """The ``e2b`` backend (the real e2b SDK over HTTP) against the local E2B-compatible server."""
+    from sandcastle.e2b_server import SandboxServer
+    from sandcastle.sandbox.e2b_sandbox import E2BSandboxProvider
+
+    with tempfile.TemporaryDirectory(prefix="bench-e2b-local-") as root, SandboxServer(Path(root)) as server:
+        provider = E2BSandboxProvider("local-key", "base", api_url=server.url, sandbox_url=server.url)
+        rows = _measure(provider, quick)
+    return section(
+        "e2b-local (the e2b SDK against `sandcastle sandbox-server`)",
+        table(["figure", "median", "p95", "unit"], rows, digits=1),
+    )
 
 
 def _e2b_section(quick: bool) -> str:
@@ -86,7 +122,7 @@ def _e2b_section(quick: bool) -> str:
 
 def report(quick: bool = False) -> str:
     """The sandbox figures as text (the ``python -m tests.benchmarks`` entry point)."""
-    return "\n\n".join([_local_section(quick), _e2b_section(quick)])
+    return "\n\n".join([_local_section(quick), _e2b_local_section(quick), _e2b_section(quick)])
 
 
 def main(quick: bool) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sandcastle.errors import SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, Sandbox, SandboxProvider
+from sandcastle.errors import ProcessNotFound, SandboxGone
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, ProcessOutput, Sandbox, SandboxProvider
 
 
 def _run(sandbox: Sandbox, command: str, **kwargs) -> CommandResult:
@@ -152,14 +152,96 @@ def test_timeout_kills_the_tree_reports_output_so_far_and_the_sandbox_stays_usab
     )
 
 
-def test_background_process_does_not_outlive_its_command(sandbox: Sandbox) -> None:
+def test_a_background_child_outlives_its_command_as_on_a_machine(sandbox: Sandbox) -> None:
     result = _run(sandbox, "(sleep 1; touch ~/late) > /dev/null 2>&1 & echo launched")
 
     assert result.exit_code == 0
     assert result.stdout == b"launched\n"
     assert result.duration_ms < 1000
-    time.sleep(1.5)
-    assert _run(sandbox, "ls ~/late 2>/dev/null || echo no-late-file").stdout == b"no-late-file\n"
+    _wait_for(lambda: _run(sandbox, "ls ~/late 2>/dev/null || echo no-late-file").stdout == b"/home/user/late\n")
+
+
+def test_tmp_belongs_to_the_sandbox_not_to_one_command(sandbox: Sandbox) -> None:
+    _run(sandbox, "echo kept > /tmp/between-commands")
+
+    assert _run(sandbox, "cat /tmp/between-commands").stdout == b"kept\n"
+
+
+def test_the_sandbox_user_is_user_and_owns_the_files_it_writes(sandbox: Sandbox) -> None:
+    sandbox.write_file("by_tool.txt", b"x")
+
+    result = _run(sandbox, "whoami; touch by_command.txt; stat -c %U by_tool.txt by_command.txt")
+
+    assert result.stdout == b"user\nuser\nuser\n", result.stderr
+
+
+# --- background processes (the Sandbox port) ---
+
+
+def test_a_background_server_answers_a_later_command_on_localhost(sandbox: Sandbox) -> None:
+    sandbox.write_file("site/index.html", b"served\n")
+
+    server = sandbox.start_process("python3 -m http.server 8765", cwd="site")
+    fetched = _run(
+        sandbox,
+        "for i in $(seq 100); do curl -sf http://127.0.0.1:8765/index.html && exit 0; sleep 0.1; done; exit 1",
+    )
+
+    assert fetched.stdout == b"served\n", fetched.stderr
+    assert server in sandbox.list_processes()
+    _wait_for(lambda: b"GET /index.html" in sandbox.process_output(server).stderr)
+    assert sandbox.kill_process(server) is True
+    ended = sandbox.process_output(server)
+    assert (ended.running, ended.exit_code) == (False, 137)
+    assert server not in sandbox.list_processes()
+    assert sandbox.kill_process(server) is False  # it was no longer running
+
+
+def test_process_output_returns_what_is_new_then_the_exit_code(provider: SandboxProvider, sandbox: Sandbox) -> None:
+    process_id = sandbox.start_process("echo one; sleep 1; echo two >&2; exit 4")
+
+    _wait_for(lambda: sandbox.process_output(process_id).stdout == b"one\n")
+    ended = _until(lambda: provider.connect(sandbox.sandbox_id).process_output(process_id), lambda out: not out.running)
+
+    assert (ended.stdout, ended.stderr, ended.exit_code) == (b"", b"two\n", 4)
+
+
+def test_write_stdin_reaches_a_background_process(sandbox: Sandbox) -> None:
+    process_id = sandbox.start_process("read name; echo hello $name")
+
+    sandbox.write_stdin(process_id, b"sandbox\n")
+    ended = _until(lambda: sandbox.process_output(process_id), lambda out: not out.running)
+
+    assert (ended.stdout, ended.exit_code) == (b"hello sandbox\n", 0)
+    with pytest.raises(ProcessNotFound):
+        sandbox.write_stdin(process_id, b"again\n")
+
+
+def test_an_unknown_process_id_is_not_found(sandbox: Sandbox) -> None:
+    with pytest.raises(ProcessNotFound):
+        sandbox.process_output("proc-0123456789ab")
+    with pytest.raises(ProcessNotFound):
+        sandbox.process_output("../../etc/passwd")
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def _until(read: Callable[[], ProcessOutput], done: Callable[[ProcessOutput], bool]) -> ProcessOutput:
+    """Read until ``done``, concatenating what each read returned (each read returns only what is new)."""
+    stdout, stderr = b"", b""
+    deadline = time.monotonic() + 20
+    while True:
+        seen = read()
+        stdout, stderr = stdout + seen.stdout, stderr + seen.stderr
+        if done(seen):
+            return ProcessOutput(seen.process_id, stdout, stderr, seen.running, seen.exit_code)
+        assert time.monotonic() < deadline, "the process did not end in time"
+        time.sleep(0.1)
 
 
 # --- lifecycle and isolation ---

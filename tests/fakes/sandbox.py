@@ -7,8 +7,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sandcastle.errors import SandboxGone
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.errors import ProcessNotFound, SandboxGone
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, ProcessOutput, SandboxSpec
+
+
+@dataclass
+class FakeProcess:
+    """A background process of a ``FakeSandbox``: it echoes what it is sent until killed."""
+
+    command: str
+    pending: bytes = b""
+    stdin: list[bytes] = field(default_factory=list)
+    running: bool = True
+    exit_code: int | None = None
 
 
 @dataclass
@@ -18,6 +29,7 @@ class FakeSandbox:
     files: dict[str, bytes] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     answer: Callable[[str], CommandResult] | None = None
+    processes: dict[str, FakeProcess] = field(default_factory=dict)
 
     def run(self, command: str, *, timeout_s: float, cwd: str | None = None, env: dict | None = None) -> CommandResult:
         self.commands.append(command)
@@ -40,6 +52,38 @@ class FakeSandbox:
             return self.files[_workspace_key(path)]
         except KeyError:
             raise FileNotFoundError(path) from None
+
+    def start_process(self, command: str, *, cwd: str | None = None, env: dict | None = None) -> str:
+        process_id = f"proc-{len(self.processes) + 1:012x}"
+        self.processes[process_id] = FakeProcess(command, pending=f"started: {command}\n".encode())
+        return process_id
+
+    def process_output(self, process_id: str) -> ProcessOutput:
+        process = self._process(process_id)
+        output, process.pending = process.pending, b""
+        return ProcessOutput(process_id, output, b"", process.running, process.exit_code)
+
+    def write_stdin(self, process_id: str, data: bytes) -> None:
+        process = self._process(process_id)
+        if not process.running:
+            raise ProcessNotFound(f"process {process_id} is not running")
+        process.stdin.append(data)
+        process.pending += b"read: " + data
+
+    def kill_process(self, process_id: str) -> bool:
+        process = self._process(process_id)
+        was_running, process.running = process.running, False
+        if was_running:
+            process.exit_code = 137
+        return was_running
+
+    def list_processes(self) -> list[str]:
+        return [process_id for process_id, process in self.processes.items() if process.running]
+
+    def _process(self, process_id: str) -> FakeProcess:
+        if process_id not in self.processes:
+            raise ProcessNotFound(f"no background process {process_id} in this sandbox")
+        return self.processes[process_id]
 
 
 def _workspace_key(path: str) -> str:

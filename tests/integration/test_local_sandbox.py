@@ -14,14 +14,15 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from sandcastle.config import Settings
 from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone
-from sandcastle.sandbox import build_sandbox_provider
+from sandcastle.sandbox import build_sandbox_provider, local_init
 from sandcastle.sandbox.base import CommandResult, SandboxSpec
 from sandcastle.sandbox.local_sandbox import LocalSandbox, LocalSandboxProvider, SandboxLimits
 
@@ -221,11 +222,14 @@ def test_a_memory_hog_gets_memory_error_and_the_sandbox_keeps_working(sandbox_ro
     assert _run(sandbox, "echo still fine").stdout == b"still fine\n"
 
 
-def test_memory_beyond_the_commands_cgroup_is_oom_killed_with_a_readable_note(sandbox_root: Path) -> None:
+def test_memory_beyond_the_sandboxs_cgroup_is_oom_killed_with_a_readable_note_and_the_sandbox_lives_on(
+    sandbox_root: Path,
+) -> None:
     provider = LocalSandboxProvider(sandbox_root, SandboxLimits(memory_mb=256, file_size_mb=512))
     if provider.cgroups is None:
         pytest.skip("no writable memory+pids cgroup on this host: only the per-process rlimit applies")
     sandbox = provider.create(SandboxSpec(run_id="run-oom", tenant="acme", timeout_s=600))
+    server = sandbox.start_process("exec sleep 600")
 
     # Each part fits under the per-process limit; together (tmpfs pages count too) they do not.
     result = _run(
@@ -235,6 +239,7 @@ def test_memory_beyond_the_commands_cgroup_is_oom_killed_with_a_readable_note(sa
     assert result.exit_code == 137
     assert b"killed: memory limit 256 MB exceeded" in result.stderr
     assert _run(sandbox, "echo still fine").stdout == b"still fine\n"
+    assert sandbox.list_processes() == [server]  # the hog died, not the sandbox's other processes
 
 
 def test_a_file_size_hog_is_stopped(sandbox_root: Path) -> None:
@@ -262,14 +267,173 @@ def test_a_cpu_hog_is_killed_at_the_cpu_time_limit(sandbox_root: Path) -> None:
     assert result.duration_ms < 5000
 
 
-def test_no_process_of_a_command_survives_on_the_host(sandbox: LocalSandbox) -> None:
-    seconds = _unique_sleep_seconds()
+def test_background_processes_live_until_the_sandbox_is_killed_and_then_none_survives(
+    provider: LocalSandboxProvider, sandbox: LocalSandbox
+) -> None:
+    lives_on, timed_out_child = _unique_sleep_seconds(), _unique_sleep_seconds()
 
-    finished = _run(sandbox, f"(sleep {seconds}) > /dev/null 2>&1 & echo launched")
-    timed_out = _run(sandbox, f"(sleep {seconds}) & sleep {seconds}", timeout_s=1)
+    finished = _run(sandbox, f"(sleep {lives_on}) > /dev/null 2>&1 & echo launched")
+    timed_out = _run(sandbox, f"(sleep {timed_out_child}) & sleep {timed_out_child}", timeout_s=1)
 
     assert finished.stdout == b"launched\n" and timed_out.timed_out
-    assert _host_processes_matching(f"sleep {seconds}") == []
+    assert len(_host_processes_matching(f"sleep {lives_on}")) == 1  # a machine: it outlives its command
+    assert _host_processes_matching(f"sleep {timed_out_child}") == []  # the timeout killed its process group
+    assert b"sleep " + lives_on.encode() in _run(sandbox, "ps -eo args").stdout  # seen by later commands
+
+    provider.kill(sandbox.sandbox_id)
+
+    assert _host_processes_matching(f"sleep {lives_on}") == []
+    assert sandbox.init_pid is None
+
+
+def test_a_command_ends_when_its_shell_does_even_if_a_background_child_keeps_its_output_open(
+    sandbox: LocalSandbox,
+) -> None:
+    seconds = _unique_sleep_seconds()
+
+    result = _run(sandbox, f"sleep {seconds} & echo done", timeout_s=10)
+
+    assert (result.timed_out, result.exit_code, result.stdout) == (False, 0, b"done\n")
+    assert len(_host_processes_matching(f"sleep {seconds}")) == 1
+
+
+def test_a_spawned_command_can_be_given_a_stdin_pipe(sandbox: LocalSandbox) -> None:
+    process = sandbox.spawn(["/bin/cat"], stdin=True)
+
+    process.stdin.write(b"fed through stdin\n")
+    process.stdin.close()
+
+    assert process.stdout.read() == b"fed through stdin\n"
+    assert process.wait() == 0
+    with pytest.raises(ValueError, match="started without stdin"):
+        _ = sandbox.spawn(["/bin/true"]).stdin
+
+
+def test_a_command_on_a_terminal_has_it_as_its_controlling_terminal(sandbox: LocalSandbox) -> None:
+    master, slave = os.openpty()
+    try:
+        # /dev/tty opens only for a process with a controlling terminal (sh, unlike bash -i, takes none itself).
+        process = sandbox.spawn(
+            ["/bin/sh", "-c", "[ -t 0 ] && echo through-the-tty > /dev/tty; exit 5"], terminal=slave
+        )
+    finally:
+        os.close(slave)
+    exit_code = process.wait()
+    output = bytearray()
+    with suppress(OSError):  # EIO once the buffered output is read and no slave is left open
+        while chunk := os.read(master, 4096):
+            output += chunk
+    os.close(master)
+
+    assert (exit_code, bytes(output)) == (5, b"through-the-tty\r\n")
+    with pytest.raises(ValueError, match="goes to its terminal"):
+        _ = process.stdout
+    with pytest.raises(ValueError, match="reads its input from it"):
+        sandbox.spawn(["/bin/true"], stdin=True, terminal=0)
+
+
+def test_a_command_whose_caller_went_away_is_killed(sandbox: LocalSandbox) -> None:
+    seconds = _unique_sleep_seconds()
+    process = sandbox.spawn(["/bin/sleep", seconds])
+    _wait_for(lambda: bool(_host_processes_matching(f"sleep {seconds}")))
+
+    process._connection.close()  # as when the host process that started it dies
+
+    _wait_for(lambda: not _host_processes_matching(f"sleep {seconds}"))
+
+
+def test_a_server_started_by_one_command_answers_the_next_on_localhost(sandbox: LocalSandbox) -> None:
+    sandbox.write_file("site/index.html", b"hello from the sandbox\n")
+
+    started = _run(sandbox, "cd site && (python3 -m http.server 8123 > /tmp/server.log 2>&1 &) && echo started")
+    fetched = _run(
+        sandbox,
+        "for i in $(seq 50); do curl -sf http://127.0.0.1:8123/index.html && exit 0; sleep 0.1; done; exit 1",
+    )
+
+    assert started.stdout == b"started\n"
+    assert fetched.exit_code == 0, fetched.stderr
+    assert fetched.stdout == b"hello from the sandbox\n"
+    assert b"GET /index.html" in _run(sandbox, "cat /tmp/server.log").stdout  # /tmp is the sandbox's, not the command's
+
+
+def test_the_sandbox_user_is_called_user_and_owns_what_it_creates(sandbox: LocalSandbox) -> None:
+    sandbox.write_file("from_tool.txt", b"x")
+
+    result = _run(
+        sandbox, "whoami; id -un; id -gn; echo ~; touch made; ls -ln made | cut -d' ' -f3; ls -l made from_tool.txt"
+    )
+
+    lines = result.stdout.decode().splitlines()
+    assert lines[:4] == ["user", "user", "user", "/home/user"]
+    assert all(line.split()[2:4] == ["user", "user"] for line in lines[5:7]), lines
+    assert (sandbox.workspace / "made").stat().st_uid == (65534 if os.geteuid() == 0 else os.getuid())
+
+
+def test_pause_freezes_every_process_and_resume_continues_them(
+    provider: LocalSandboxProvider, sandbox: LocalSandbox
+) -> None:
+    counter = sandbox.start_process("i=0; while :; do i=$((i+1)); echo $i > ~/count; sleep 0.05; done")
+    _wait_for(lambda: sandbox.workspace.joinpath("count").exists())
+
+    sandbox.pause()
+    frozen_at = sandbox.workspace.joinpath("count").read_text()
+    time.sleep(0.5)
+    still = sandbox.workspace.joinpath("count").read_text()
+    with pytest.raises(SandboxError, match="is paused; resume it"):
+        _run(sandbox, "true")
+    resumed = provider.connect(sandbox.sandbox_id)  # connecting resumes, as on E2B
+
+    assert still == frozen_at
+    _wait_for(lambda: sandbox.workspace.joinpath("count").read_text() != frozen_at)
+    assert sandbox.paused is False and counter in resumed.list_processes()
+    assert _run(resumed, "echo after").stdout == b"after\n"
+
+
+def test_pause_without_a_freezer_stops_every_process_of_the_sandbox(sandbox_root: Path) -> None:
+    provider = LocalSandboxProvider(sandbox_root, use_cgroups=False)
+    sandbox = provider.create(SandboxSpec(run_id="run-stop", tenant="acme", timeout_s=600))
+    sandbox.start_process("while :; do date +%s%N > ~/tick; sleep 0.05; done")
+    _wait_for(lambda: sandbox.workspace.joinpath("tick").exists())
+
+    sandbox.pause()
+    frozen_at = sandbox.workspace.joinpath("tick").read_text()
+    time.sleep(0.5)
+    still = sandbox.workspace.joinpath("tick").read_text()
+    sandbox.resume()
+
+    assert still == frozen_at
+    _wait_for(lambda: sandbox.workspace.joinpath("tick").read_text() != frozen_at)
+    provider.kill(sandbox.sandbox_id)
+
+
+def test_a_sandbox_made_on_a_thread_that_has_ended_keeps_running(provider: LocalSandboxProvider) -> None:
+    made: list[LocalSandbox] = []
+    maker = threading.Thread(target=lambda: made.append(provider.create(SandboxSpec("run-t", "acme", 600))))
+    maker.start()
+    maker.join()
+    init_pid = made[0].init_pid
+    time.sleep(0.2)  # bwrap --die-with-parent fires when the thread that started it ends
+
+    assert made[0].init_pid == init_pid is not None
+    assert _run(made[0], "echo alive").stdout == b"alive\n"
+    provider.kill(made[0].sandbox_id)
+
+
+def test_a_killed_init_is_started_again_and_the_workspace_is_kept(sandbox: LocalSandbox) -> None:
+    sandbox.write_file("kept.txt", b"kept")
+
+    died = _run(sandbox, "kill -KILL $PPID; sleep 5")  # the init is every command's parent
+
+    assert died.exit_code == 137 and b"the sandbox's init ended" in died.stderr
+    assert _run(sandbox, "cat kept.txt").stdout == b"kept"
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
 
 
 def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
@@ -282,7 +446,7 @@ def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
         sandbox_max_processes=40,
         sandbox_uid=12345,
         sandbox_disk_quota_mb=48,
-        sandbox_mount_root=tmp_path / "mounts",
+        sandbox_mount_root=Path(f"/run/sandcastle-test-{uuid.uuid4().hex}"),  # its ancestors are searchable
     )
 
     provider = build_sandbox_provider(settings)
@@ -294,9 +458,11 @@ def test_limits_and_uid_come_from_settings(tmp_path: Path) -> None:
         sandbox = provider.create(SandboxSpec(run_id="run-q", tenant="acme", timeout_s=60))
         try:
             assert sandbox.disk_quota_mb == 48
-            assert sandbox.workspace.parent.parent == tmp_path / "mounts"
+            assert sandbox.workspace.parent.parent == settings.sandbox_mount_root
+            assert _run(sandbox, "id -u").stdout == b"12345\n"
         finally:
             provider.kill(sandbox.sandbox_id)
+            settings.sandbox_mount_root.rmdir()
 
 
 # --- run options: envs, keep-alive, idempotent create ---
@@ -433,6 +599,19 @@ def test_connect_to_unknown_or_expired_sandbox_raises_gone(provider: LocalSandbo
         provider.connect(expired.sandbox_id)
     assert not (provider.root / expired.sandbox_id).exists()
     assert provider.kill("not-a-local-id/..") is False
+
+
+def test_a_missing_system_python_for_the_init_is_reported_at_create(
+    provider: LocalSandboxProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(
+        "sandcastle.sandbox.local_sandbox.shutil.which",
+        lambda name, path=None: None if name == "python3" else real_which(name, path=path),
+    )
+
+    with pytest.raises(SandboxError, match="init runs on the system's python3, which is missing"):
+        provider.create(SandboxSpec(run_id="run-1", tenant="acme", timeout_s=60))
 
 
 def test_missing_bwrap_is_reported_at_create(
@@ -583,17 +762,34 @@ def test_namespaces_mounts_devices_and_the_clock_are_refused_inside(sandbox: Loc
     assert threads_still_work.stdout == b"7\n"
 
 
-def test_the_host_environment_never_reaches_the_helpers(sandbox: LocalSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_host_environment_never_reaches_the_init_or_its_commands(
+    provider: LocalSandboxProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SANDCASTLE_HOST_SECRET", "do-not-leak")
+    sandbox = provider.create(SandboxSpec(run_id="run-env", tenant="acme", timeout_s=600))
     seconds = _unique_sleep_seconds()
     process = sandbox.spawn(["/bin/sleep", seconds])
     try:
-        host_environ = Path(f"/proc/{process._process.pid}/environ").read_bytes()
+        _wait_for(lambda: bool(_host_processes_matching(f"sleep {seconds}")))
+        assert sandbox.init_pid is not None
+        pids = local_init.descendants(sandbox.init_pid)
+        environs = [Path(f"/proc/{pid}/environ").read_bytes() for pid in pids]
     finally:
         process.kill()
         process.wait()
 
-    assert b"do-not-leak" not in host_environ
+    assert len(pids) >= 4  # bwrap, bwrap's pid 1, the init, the command
+    assert all(b"do-not-leak" not in environ for environ in environs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a non-root user there is no disk quota to get around")
+def test_the_inits_host_side_log_cannot_be_written_from_inside(sandbox: LocalSandbox) -> None:
+    # The init's stdout/stderr is a file of the host (outside the quota'd workspace), reachable by
+    # path through /proc/<pid>/fd; it is root's, so the sandbox cannot grow it.
+    result = _run(sandbox, "for fd in /proc/[12]/fd/[12]; do echo grown >> $fd && echo wrote $fd; done")
+
+    assert b"wrote" not in result.stdout
+    assert b"Permission denied" in result.stderr
 
 
 # --- disk quota ---

@@ -61,6 +61,9 @@ def test_a_multi_step_run_with_parallel_tool_calls_succeeds(
     assert {m["tool_call_id"] for m in _tool_messages(second)} == {c["id"] for c in second["messages"][2]["tool_calls"]}
     assert {t["function"]["name"] for t in fake_openai.requests[0]["tools"]} == {
         "run_command",
+        "process_output",
+        "write_stdin",
+        "kill_process",
         "write_file",
         "read_file",
         "list_files",

@@ -262,7 +262,7 @@ def test_run_wraps_the_command_under_an_in_sandbox_deadline(
     assert result.timed_out is False
     assert fake.commands.started == [
         {
-            "cmd": "timeout -s KILL 3 bash -lc 'echo '\"'\"'hello wörld'\"'\"''; exit $?",
+            "cmd": "timeout -s KILL 3 bash -c 'echo '\"'\"'hello wörld'\"'\"''; exit $?",
             "envs": {"GREETING": "hi"},
             "cwd": "/home/user/project",
             "timeout": 8,

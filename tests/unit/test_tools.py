@@ -361,6 +361,50 @@ def test_read_file_reports_nul_bytes_as_binary_and_an_offset_past_the_end(sandbo
         call(sandbox, "read_file", path="blob", offset=9)
 
 
+# --- background processes ---
+
+
+def test_a_background_command_returns_its_process_id_and_output_so_far(sandbox: FakeSandbox) -> None:
+    started = call(sandbox, "run_command", command="python3 -m http.server", background=True, yield_ms=0)
+
+    process_id = started["process_id"]
+    assert started == {
+        "process_id": process_id,
+        "running": True,
+        "stdout": {"text": "started: python3 -m http.server\n", "bytes": 32},
+        "stderr": {"text": "", "bytes": 0},
+    }
+    assert sandbox.commands == []  # it was started as a background process, not run
+    assert call(sandbox, "process_output", process_id=process_id)["stdout"]["text"] == ""  # only what is new
+
+
+def test_write_stdin_feeds_the_process_and_returns_its_answer(sandbox: FakeSandbox) -> None:
+    process_id = call(sandbox, "run_command", command="cat", background=True, yield_ms=0)["process_id"]
+
+    answered = call(sandbox, "write_stdin", process_id=process_id, text="hello\n", yield_ms=0)
+
+    assert sandbox.processes[process_id].stdin == [b"hello\n"]
+    assert answered["stdout"]["text"] == "read: hello\n"
+
+
+def test_kill_process_ends_it_with_exit_137_and_it_then_takes_no_input(sandbox: FakeSandbox) -> None:
+    process_id = call(sandbox, "run_command", command="sleep 100", background=True, yield_ms=0)["process_id"]
+
+    killed = call(sandbox, "kill_process", process_id=process_id)
+
+    assert (killed["running"], killed["exit_code"]) == (False, 137)
+    with pytest.raises(ToolInputError, match=f"process {process_id} is not running"):
+        call(sandbox, "write_stdin", process_id=process_id, text="x")
+
+
+@pytest.mark.parametrize("tool", ["process_output", "write_stdin", "kill_process"])
+def test_an_unknown_process_is_a_tool_error_the_model_reads(sandbox: FakeSandbox, tool: str) -> None:
+    arguments = {"process_id": "proc-0000000000ff"} | ({"text": "x"} if tool == "write_stdin" else {})
+
+    with pytest.raises(ToolInputError, match="no background process proc-0000000000ff"):
+        call(sandbox, tool, **arguments)
+
+
 # --- schemas ---
 
 
@@ -369,6 +413,9 @@ def test_every_tool_has_an_object_schema_that_forbids_unknown_arguments() -> Non
 
     assert {schema["function"]["name"] for schema in schemas} == {
         "run_command",
+        "process_output",
+        "write_stdin",
+        "kill_process",
         "list_files",
         "read_file",
         "write_file",

@@ -7,6 +7,7 @@ from typing import TextIO
 
 from sandcastle.runs.records import Run, RunOutcome
 from sandcastle.runs.tool_outputs import (
+    BackgroundOutput,
     CommandOutput,
     ListFilesOutput,
     ReadBinaryOutput,
@@ -83,6 +84,12 @@ class EventPrinter:
             status = "timed out" if output.timed_out else f"exit {output.exit_code}"
             mark = "✓" if output.exit_code == 0 else "✗"
             self._line(f"[step {step}]   {mark} {name}: {status} in {result.duration_ms} ms")
+            for stream in (output.stdout, output.stderr):
+                for line in stream.text.rstrip().splitlines()[:20]:
+                    self._line(f"      {line}")
+        elif isinstance(output, BackgroundOutput):
+            status = "running" if output.running else f"exit {output.exit_code}"
+            self._line(f"[step {step}]   ✓ {name}: {output.process_id} {status} in {result.duration_ms} ms")
             for stream in (output.stdout, output.stderr):
                 for line in stream.text.rstrip().splitlines()[:20]:
                     self._line(f"      {line}")

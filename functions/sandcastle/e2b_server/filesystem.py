@@ -2,8 +2,8 @@
 
 Every operation goes through ``LocalSandbox``'s workspace walk (one component at a time, symlinks
 interpreted inside the sandbox), so no path — ``..``, an absolute symlink, a swapped-in link —
-reaches outside the sandbox's ``/home/user``. Paths outside ``/home/user`` are refused: only the
-workspace persists between commands here (``/tmp`` is private to each command).
+reaches outside the sandbox's ``/home/user``. Paths outside ``/home/user`` are refused: the
+sandbox's own ``/tmp`` is memory inside its namespaces, which this host-side walk does not reach.
 
 As envd: an entry names where a symlink leads (``symlink_target``); user metadata sent as
 ``X-Metadata-<key>`` upload headers is kept in the file's ``user.e2b.<key>`` extended attributes
@@ -14,11 +14,9 @@ not there succeeds; directories can be watched (``watching``).
 from __future__ import annotations
 
 import errno
-import grp
 import json
 import os
 import posixpath
-import pwd
 import re
 import stat
 import time
@@ -352,6 +350,7 @@ def _entry(record: SandboxRecord, path: str, info: os.stat_result, *, followed: 
             symlink_target = workspace_files.resolved_path(workspace, path)
         except (OSError, ValueError):
             symlink_target = _raw_link(workspace, path) if is_symlink else None
+    owner, group = record.sandbox.owner_names(info.st_uid, info.st_gid)  # as ``ls -l`` in the sandbox names them
     metadata: dict[str, str] = {}
     if not is_symlink:
         with suppress(OSError, ValueError):
@@ -363,8 +362,8 @@ def _entry(record: SandboxRecord, path: str, info: os.stat_result, *, followed: 
         size=info.st_size,
         mode=stat.S_IMODE(info.st_mode),
         permissions=stat.filemode(info.st_mode),
-        owner=_user_name(info.st_uid),
-        group=_group_name(info.st_gid),
+        owner=owner,
+        group=group,
         modified_time=Timestamp(seconds=int(info.st_mtime), nanos=info.st_mtime_ns % 1_000_000_000),
         is_symlink=is_symlink,
         symlink_target=symlink_target,
@@ -385,20 +384,6 @@ def _raw_link(workspace: Any, path: str) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 A sample is taken when metrics are asked for (at most one per ``SAMPLE_INTERVAL_S``) and kept
 with the sandbox, so a time range returns the samples that fall in it, as E2B's do. CPU and
-memory are those of the host processes under the sandbox's commands (``/proc``: utime + stime
+memory are those of the sandbox's host processes, its init included (``/proc``: utime + stime
 since the previous sample, resident set size); the memory total is the sandbox's limit; disk is
 the workspace's own filesystem when it has a quota (``statvfs``), else the bytes of its files.
 """
@@ -15,8 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sandcastle.e2b_server.pausing import process_tree
 
 SAMPLE_INTERVAL_S = 1.0
 _MAX_SAMPLES = 3600
@@ -47,13 +45,12 @@ class MetricsHistory:
         self._last_cpu: tuple[float, float] | None = None
         """``(monotonic time, CPU seconds)`` at the previous sample."""
 
-    def sample(self, roots: Iterable[int], *, workspace: Path, memory_mb: int, disk_quota_mb: int | None) -> None:
+    def sample(self, pids: Iterable[int], *, workspace: Path, memory_mb: int, disk_quota_mb: int | None) -> None:
         """Take a sample now, unless the last one is younger than ``SAMPLE_INTERVAL_S``."""
         now = time.monotonic()
         if self._last_cpu is not None and now - self._last_cpu[0] < SAMPLE_INTERVAL_S and self.samples:
             return
-        pids = process_tree(roots)
-        cpu_seconds, rss = _cpu_and_memory(pids)
+        cpu_seconds, rss = _cpu_and_memory(set(pids))
         cpu_count = os.cpu_count() or 1
         if self._last_cpu is None:
             used_pct = 0.0

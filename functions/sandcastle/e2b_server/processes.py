@@ -1,20 +1,21 @@
 """envd's ``process.Process`` service, served through the SDK's own ``ProcessWSGIApplication``.
 
-Each command runs through ``LocalSandbox.spawn`` (a fresh hardened ``bwrap``) and lives until it
-exits, is killed, or its sandbox ends — whether or not a client is attached to its stream
+Each command runs through ``LocalSandbox.spawn`` (started by the sandbox's init, in the sandbox's
+one set of namespaces, so what one command serves on localhost the next one reaches) and lives
+until it exits, is killed, or its sandbox ends — whether or not a client is attached to its stream
 (``commands.run(background=True)``, ``commands.connect(pid)``). Threads pump its stdout and stderr
 (or, for a PTY, the pty's master side) into every subscribed stream as raw bytes (the wire carries
 them base64 in JSON: nothing is decoded on this side). ``stdin=True`` gives it a pipe that
 ``send_input`` writes and ``close_stdin`` closes.
 
 A PTY is a pseudo-terminal allocated on the host (``os.openpty``): the sandboxed process gets the
-slave side as stdin, stdout and stderr, made its controlling terminal by util-linux ``setsid
---ctty`` inside the sandbox (so ``tput``, job control and ``SIGWINCH`` on resize work), and the
-server keeps the master side, whose window size ``update`` sets. Each PTY has its own pair, so
-keystrokes injected into it reach nobody else.
+slave side as stdin, stdout and stderr, made its controlling terminal by ``spawn(terminal=...)``
+(util-linux ``setsid --ctty`` inside the sandbox, so ``tput``, job control and ``SIGWINCH`` on
+resize work), and the server keeps the master side, whose window size ``update`` sets. Each PTY
+has its own pair, so keystrokes injected into it reach nobody else.
 
 A command's timeout is the ``Start`` call's deadline (``Connect-Timeout-Ms``): when it passes the
-server kills the whole tree — unlike E2B, where a client timeout only ends the stream
+server kills the command's process group — unlike E2B, where a client timeout only ends the stream
 (e2b-dev/E2B#500) — and the stream ends ``deadline_exceeded``. When the sandbox itself is killed
 (or times out) while a stream is open, the stream fails ``unavailable`` as envd's does, and the
 SDK, probing ``/health``, reports the sandbox gone (``SandboxNotRunningException``).
@@ -26,13 +27,11 @@ import errno
 import fcntl
 import os
 import queue
-import shutil
 import struct
 import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
@@ -49,13 +48,6 @@ _READ_CHUNK_BYTES = 64 * 1024
 _DEFAULT_KEEPALIVE_S = 50.0
 _SIGNAL_EXIT_STATUS = "signal: killed"
 _KILL_WAIT_S = 5.0
-_SETSID = "setsid"
-"""util-linux ``setsid``: ``--wait --ctty`` makes the PTY the session's controlling terminal."""
-
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envd-spawner")
-"""Every sandbox process is started from this one long-lived thread. bwrap's ``--die-with-parent``
-is ``PR_SET_PDEATHSIG``, which fires when the *thread* that forked it ends: started from a request's
-thread, a background process would be killed as soon as its HTTP connection closed."""
 
 Event = tuple[str, Any]
 """``("stdout"|"stderr"|"pty", bytes)``, ``("end", EndEvent)`` or ``("gone", None)`` (sandbox killed)."""
@@ -93,11 +85,6 @@ class RunningProcess:
         self._timer = threading.Timer(timeout_s, self._on_deadline) if timeout_s else None
 
     @property
-    def host_pid(self) -> int:
-        """The host pid at the top of the command's process tree (for freezing a paused sandbox)."""
-        return self._spawned.pid
-
-    @property
     def is_pty(self) -> bool:
         return self._terminal is not None
 
@@ -130,7 +117,7 @@ class RunningProcess:
             self._subscribers.remove(subscriber)
 
     def kill(self, *, sandbox_gone: bool = False) -> None:
-        """SIGKILL the command's whole process tree (it then ends with exit code -1, ``signal: killed``).
+        """SIGKILL the command's process group (it then ends with exit code -1, ``signal: killed``).
 
         ``sandbox_gone``: the sandbox is being killed, so open streams fail as envd's do then.
         """
@@ -144,7 +131,7 @@ class RunningProcess:
             if self._terminal is not None:
                 target = self._terminal
             else:
-                pipe = self._spawned.stdin
+                pipe = self._spawned.stdin if self._spawned.has_stdin else None
                 if pipe is None or pipe.closed:
                     raise ConnectError(
                         Code.FAILED_PRECONDITION,
@@ -165,11 +152,10 @@ class RunningProcess:
                 Code.FAILED_PRECONDITION, f"process {self.pid} is a PTY: send Ctrl-D (b'\\x04') to end its input"
             )
         with self._input_lock:
-            pipe = self._spawned.stdin
-            if pipe is None:
+            if not self._spawned.has_stdin:
                 raise ConnectError(Code.FAILED_PRECONDITION, f"process {self.pid} was started without stdin=True")
             with suppress(OSError):
-                pipe.close()
+                self._spawned.stdin.close()
 
     def resize(self, cols: int, rows: int) -> None:
         """Set the PTY's window size (the terminal's foreground process group gets ``SIGWINCH``)."""
@@ -209,10 +195,10 @@ class RunningProcess:
             with suppress(OSError):
                 os.close(self._terminal)
         else:
-            for pipe in (self._spawned.stdout, self._spawned.stderr, self._spawned.stdin):
-                if pipe is not None:
-                    with suppress(OSError):
-                        pipe.close()
+            pipes = [self._spawned.stdout, self._spawned.stderr]
+            for pipe in pipes + ([self._spawned.stdin] if self._spawned.has_stdin else []):
+                with suppress(OSError):
+                    pipe.close()
         if self._timer is not None:
             self._timer.cancel()
         if self._spawned.limit_note:
@@ -295,7 +281,8 @@ class ProcessService:
         )
 
     def send_signal(self, request: pb.SendSignalRequest, ctx: Any) -> pb.SendSignalResponse:
-        """SIGKILL or SIGTERM: either ends the process's whole tree (its PID namespace dies with bwrap)."""
+        """SIGKILL or SIGTERM: either SIGKILLs the process's group (what it started in a session of
+        its own, with ``setsid``, lives on until the sandbox ends, as on a machine)."""
         record = self._sandbox_for(ctx.request_headers)
         process = _select(record, request.process)
         if request.signal not in (pb.Signal.SIGKILL, pb.Signal.SIGTERM):
@@ -358,20 +345,20 @@ def _launch(
     if pty is not None:
         size = pty.size or pb.PTY.Size(cols=80, rows=24)
         terminal, slave = _open_pty(size.cols or 80, size.rows or 24)
-        program = [_setsid(), "--wait", "--ctty", *program]
     try:
-        spawned = _SPAWNER.submit(
-            record.sandbox.spawn,
+        spawned = record.sandbox.spawn(
             program,
             cwd=config.cwd if config.has_field("cwd") and config.cwd else None,
             env=dict(config.envs or {}),
             stdin=stdin and terminal is None,
             terminal=slave,
-        ).result()
-    except SandboxGone as error:
+        )
+    except BaseException as error:
         if terminal is not None:
             os.close(terminal)
-        raise _sandbox_not_found(record.sandbox_id) from error
+        if isinstance(error, SandboxGone):
+            raise _sandbox_not_found(record.sandbox_id) from error
+        raise
     finally:
         if slave is not None:
             os.close(slave)  # the sandboxed process holds its own copies
@@ -405,7 +392,7 @@ def _stream(
                 if process.deadline_exceeded:
                     raise ConnectError(
                         Code.DEADLINE_EXCEEDED,
-                        f"process {process.pid} exceeded its timeout and was killed with its whole process tree",
+                        f"process {process.pid} exceeded its timeout and was killed with its process group",
                     )
                 yield _event("end", payload)
                 return
@@ -446,18 +433,10 @@ def _input_bytes(process: RunningProcess, given: pb.ProcessInput | None) -> byte
 
 
 def _open_pty(cols: int, rows: int) -> tuple[int, int]:
-    """A new pty pair ``(master, slave)`` of the given size; the master is non-inheritable."""
+    """A new pty pair ``(master, slave)`` of the given size (neither inherited: the slave goes to the init)."""
     master, slave = os.openpty()
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    os.set_inheritable(slave, True)
     return master, slave
-
-
-def _setsid() -> str:
-    found = shutil.which(_SETSID, path="/usr/bin:/bin")
-    if found is None:
-        raise ConnectError(Code.UNIMPLEMENTED, "PTYs need util-linux setsid here (apt-get install util-linux)")
-    return found
 
 
 def _keepalive_interval(headers: Any) -> float:

@@ -1,11 +1,13 @@
-"""The server's sandboxes: each one a hardened bubblewrap workspace of the ``local`` backend, with its E2B state.
+"""The server's sandboxes: each one a sandbox of the ``local`` backend, with its E2B state.
 
-The isolation is ``LocalSandboxProvider``'s (one private workspace per sandbox, one fresh ``bwrap``
-per command, no network); this module adds what E2B's control plane keeps about a sandbox
-(template, metadata, end time, access token, its running processes, its state: running or
-paused), templates and snapshots (``templates``), pausing (``pausing``), metrics (``metrics``) and
-a reaper thread that really ends a sandbox when its timeout passes (or pauses it, when it was
-created with ``lifecycle.on_timeout="pause"``).
+The isolation is ``LocalSandboxProvider``'s (one private workspace and one set of namespaces per
+sandbox, held by its init, which starts every command; no network but the sandbox's own
+loopback); so is pausing (``LocalSandbox.pause``/``resume``: the sandbox's cgroup freezer, else
+SIGSTOP to each of its processes). This module adds what E2B's control plane keeps about a
+sandbox (template, metadata, end time, access token, its running processes, its state: running or
+paused), templates and snapshots (``templates``), metrics (``metrics``) and a reaper thread
+that really ends a sandbox when its timeout passes (or pauses it, when it was created with
+``lifecycle.on_timeout="pause"``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandcastle.e2b_server.metrics import MetricSample, MetricsHistory
-from sandcastle.e2b_server.pausing import Freezer, ProcessTreeFreezer
 from sandcastle.e2b_server.templates import BASE_TEMPLATE, TemplateInfo, TemplateStore
 from sandcastle.errors import (
     InvalidSandboxRequest,
@@ -76,16 +77,6 @@ class SandboxRecord:
     def sandbox_id(self) -> str:
         return self.sandbox.sandbox_id
 
-    @property
-    def process_roots(self) -> list[int]:
-        """The host pids at the top of its running commands."""
-        with self.lock:
-            return self.process_roots_unlocked()
-
-    def process_roots_unlocked(self) -> list[int]:
-        """``process_roots`` for a caller already holding ``lock``."""
-        return [process.host_pid for process in self.processes.values()]
-
     def allocate_pid(self) -> int:
         """A pid for a new process of this sandbox (unique within it, like envd's)."""
         with self.lock:
@@ -100,9 +91,8 @@ class SandboxRegistry:
     ``max_sandboxes`` caps how many live at once (one more create is answered 429).
     ``reap_interval_s`` is how often the reaper looks for sandboxes past their end time.
     ``templates`` holds the templates and snapshots sandboxes start from (default: a
-    ``templates`` directory next to the provider's root); ``freezer`` stops and restarts a paused
-    sandbox's processes. ``start_command`` (set by the server) runs a template's start command in
-    the background of a new sandbox.
+    ``templates`` directory next to the provider's root). ``start_command`` (set by the server)
+    runs a template's start command in the background of a new sandbox.
     """
 
     def __init__(
@@ -112,11 +102,9 @@ class SandboxRegistry:
         max_sandboxes: int = 100,
         reap_interval_s: float = 0.25,
         templates: TemplateStore | None = None,
-        freezer: Freezer | None = None,
     ) -> None:
         self.provider = provider
         self.templates = templates or TemplateStore(Path(provider.root).parent / "templates")
-        self.freezer: Freezer = freezer or ProcessTreeFreezer()
         self.start_command: Callable[[SandboxRecord, str], None] | None = None
         self.max_sandboxes = max_sandboxes
         self._reap_interval_s = reap_interval_s
@@ -236,7 +224,10 @@ class SandboxRegistry:
             if resumed:
                 record.timeout_s = timeout_s or record.timeout_s
                 record.end_at = datetime.now(UTC) + timedelta(seconds=record.timeout_s)  # before it runs again
-                self.freezer.thaw(record.process_roots_unlocked())
+                try:
+                    record.sandbox.resume()
+                except SandboxGone:
+                    raise SandboxNotFound(f"sandbox {sandbox_id} was not found") from None
                 record.state = RUNNING
         if resumed:
             self.set_timeout(sandbox_id, record.timeout_s)
@@ -256,7 +247,10 @@ class SandboxRegistry:
         with record.lock:
             if record.state == PAUSED:
                 raise SandboxConflict(f"sandbox {sandbox_id} is already paused")
-            self.freezer.freeze(record.process_roots_unlocked())
+            try:
+                record.sandbox.pause()
+            except SandboxGone:
+                raise SandboxNotFound(f"sandbox {sandbox_id} was not found") from None
             record.state = PAUSED
         try:
             record.sandbox.keep_alive(MAX_TIMEOUT_S)  # the local backend must not expire it meanwhile
@@ -291,7 +285,7 @@ class SandboxRegistry:
         record = self.get(sandbox_id)
         if record.state == RUNNING:
             record.metrics.sample(
-                record.process_roots,
+                record.sandbox.host_pids(),
                 workspace=record.sandbox.workspace,
                 memory_mb=self.provider.limits.memory_mb,
                 disk_quota_mb=record.sandbox.disk_quota_mb,
@@ -322,9 +316,7 @@ class SandboxRegistry:
             watcher.close()
         for process in processes:
             process.kill(sandbox_gone=True)
-        if record.state == PAUSED:
-            self.freezer.thaw(process.host_pid for process in processes)  # a stopped process dies once continued
-        self.provider.kill(sandbox_id)  # ends every other bwrap of the sandbox and deletes its workspace
+        self.provider.kill(sandbox_id)  # ends the init, so every process of the sandbox (frozen or not), and its files
         return True
 
     def list(

@@ -54,6 +54,17 @@ class CommandOutput(_Output):
         return handler({key: value for key, value in schema.items() if key != "serialization"})
 
 
+class BackgroundOutput(_Output):
+    """A background process as a tool found it (``run_command`` with ``background``, ``process_output``,
+    ``write_stdin``, ``kill_process``): its id, the output new since the last read, how it ended."""
+
+    process_id: str
+    running: bool
+    exit_code: int | None = None
+    stdout: KeptStream
+    stderr: KeptStream
+
+
 class WriteFileOutput(_Output):
     """``write_file``: the path as given and the bytes written."""
 
@@ -111,5 +122,13 @@ class PatchOutput(_Output):
     files: list[PatchedFile]
 
 
-ToolOutput = CommandOutput | WriteFileOutput | ReadTextOutput | ReadBinaryOutput | ListFilesOutput | PatchOutput
+ToolOutput = (
+    CommandOutput
+    | BackgroundOutput
+    | WriteFileOutput
+    | ReadTextOutput
+    | ReadBinaryOutput
+    | ListFilesOutput
+    | PatchOutput
+)
 """Any tool's output; unambiguous by shape (each model forbids the others' keys)."""

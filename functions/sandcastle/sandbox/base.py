@@ -25,6 +25,19 @@ class CommandResult:
 
 
 @dataclass(frozen=True)
+class ProcessOutput:
+    """A background process as one read finds it: what it printed since the previous read, and how it ended."""
+
+    process_id: str
+    stdout: bytes
+    """New standard output since the previous read of this process (by anyone, in any invocation)."""
+    stderr: bytes
+    running: bool
+    exit_code: int | None
+    """Its exit status once ended (137 after ``kill_process``); None while running, or when unknown."""
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """What a run asks of its sandbox at creation."""
 
@@ -61,6 +74,33 @@ class Sandbox(Protocol):
 
     def read_file(self, path: str) -> bytes:
         """Read a file; raises ``FileNotFoundError`` when it does not exist."""
+        ...
+
+    # --- background processes: they live until they exit, are killed, or the sandbox ends ---
+    # Their state (output, exit status, the read cursor) lives in the sandbox itself
+    # (``sandbox.background``), so any later invocation — another Lambda — can read them.
+
+    def start_process(self, command: str, *, cwd: str | None = None, env: dict[str, str] | None = None) -> str:
+        """Start ``bash -lc command`` in the background; returns its process id (``proc-…``) at once."""
+        ...
+
+    def process_output(self, process_id: str) -> ProcessOutput:
+        """What the process printed since the last read, and its exit status once ended.
+
+        Raises ``ProcessNotFound`` for an id this sandbox never started.
+        """
+        ...
+
+    def write_stdin(self, process_id: str, data: bytes) -> None:
+        """Write to the process's standard input. ``ProcessNotFound`` when unknown or no longer running."""
+        ...
+
+    def kill_process(self, process_id: str) -> bool:
+        """SIGKILL the process and its process group. False when it was no longer running."""
+        ...
+
+    def list_processes(self) -> list[str]:
+        """The ids of the background processes still running."""
         ...
 
 

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone, SandboxUnavailable
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.errors import DiskQuotaExceeded, ProcessNotFound, SandboxError, SandboxGone, SandboxUnavailable
+from sandcastle.sandbox import background
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, ProcessOutput, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
 
 _KILL_BACKSTOP_GRACE_S = 5
@@ -27,6 +28,7 @@ _KILL_BACKSTOP_GRACE_S = 5
 _SIGKILL_EXIT_CODE = 128 + 9
 _TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _AUTHENTICATION_FAILED = "E2B rejected the API key; check E2B_API_KEY / the E2B secret"
+_PROCESS_ID_IN_ARGS = re.compile(r"(?<=/\.sandcastle/processes/)proc-[0-9a-f]+")
 
 
 class E2BSandboxProvider:
@@ -219,6 +221,73 @@ class E2BSandbox:
         with _translated_errors(self._api_key, path=path):
             return bytes(self._sandbox.files.read(_sandbox_path(path), format="bytes"))
 
+    # --- background processes: envd keeps them (and their stdin); their output is kept in files ---
+
+    def start_process(self, command: str, *, cwd: str | None = None, env: dict[str, str] | None = None) -> str:
+        """``commands.run(background=True, stdin=True)`` of the ``background`` wrapper, in a session of its own.
+
+        envd's stream of it is dropped at once (the process lives on, as E2B's do): its output goes to
+        its files in the sandbox, which ``process_output`` reads in any later invocation. Its envd pid
+        is kept beside them, for ``write_stdin``.
+        """
+        process_id = background.new_process_id()
+        directory = background.process_dir(process_id)
+        self.write_file(f"{directory}/command", command.encode())
+        line = f"exec setsid -w bash -c {shlex.quote(background.wrapper(process_id, command))}"
+        with _translated_errors(self._api_key):
+            handle = self._sandbox.commands.run(
+                line, background=True, stdin=True, cwd=_sandbox_path(cwd) if cwd else None, envs=env, timeout=0
+            )
+            handle.disconnect()
+        self.write_file(f"{directory}/pid", str(handle.pid).encode())
+        return process_id
+
+    def process_output(self, process_id: str) -> ProcessOutput:
+        """New output since the last read (kept in the sandbox), and the exit status once it ended."""
+        running = process_id in self.list_processes()
+        return background.read_output(process_id, read=self.read_file, write=self.write_file, running=running)
+
+    def write_stdin(self, process_id: str, data: bytes) -> None:
+        """``commands.send_stdin`` to the process's envd pid; ``ProcessNotFound`` when it is not running."""
+        pid = self._envd_pid(process_id)
+        if process_id not in self.list_processes():
+            raise ProcessNotFound(f"process {process_id} is not running")
+        with _translated_errors(self._api_key):
+            self._sandbox.commands.send_stdin(pid, data)
+
+    def kill_process(self, process_id: str) -> bool:
+        """SIGKILL the process's session (envd's own kill signals one pid, not its group); exit status 137."""
+        directory = background.process_dir(process_id)
+        pid = self._envd_pid(process_id)
+        if process_id not in self.list_processes():
+            return False
+        self.run(f"kill -KILL -- -$(cat {shlex.quote(directory)}/pgid) 2>/dev/null", timeout_s=30)
+        with _translated_errors(self._api_key):
+            self._sandbox.commands.kill(pid)
+        try:
+            self.read_file(f"{directory}/exit")
+        except FileNotFoundError:
+            self.write_file(f"{directory}/exit", f"{background.KILLED_EXIT_CODE}\n".encode())
+        return True
+
+    def list_processes(self) -> list[str]:
+        """The background processes envd still runs (told by the process id in their command line)."""
+        with _translated_errors(self._api_key):
+            processes = self._sandbox.commands.list()
+        running = []
+        for process in processes:
+            found = _PROCESS_ID_IN_ARGS.search(" ".join([process.cmd or "", *(process.args or [])]))
+            if found:
+                running.append(found.group())
+        return running
+
+    def _envd_pid(self, process_id: str) -> int:
+        directory = background.process_dir(process_id)
+        try:
+            return int(self.read_file(f"{directory}/pid"))
+        except (FileNotFoundError, ValueError):
+            raise ProcessNotFound(f"no background process {process_id} in this sandbox") from None
+
 
 class _ByteCommands:
     """``commands.run(..., background=True)`` whose handle streams output as the bytes envd sent.
@@ -318,7 +387,7 @@ class _ByteHandle:
         raise self._commands.translated(RuntimeError("the command stream ended without an end event"))
 
 
-_KILL_NOTICE = re.compile(rb"(?:\A|\n)[^\n]*: line \d+: +\d+ Killed +timeout -s KILL \d+ bash -lc .*\Z", re.DOTALL)
+_KILL_NOTICE = re.compile(rb"(?:\A|\n)[^\n]*: line \d+: +\d+ Killed +timeout -s KILL \d+ bash -c .*\Z", re.DOTALL)
 """What the outer shell of ``_under_deadline`` prints last when ``timeout`` SIGKILLs its group."""
 
 
@@ -337,10 +406,13 @@ def _joined(chunks: list[bytes | str]) -> bytes:
 def _under_deadline(command: str, deadline_s: int) -> str:
     """The shell line envd runs: the command under ``timeout``, then an explicit ``exit``.
 
+    envd's shell is the one login shell (``bash -l``); the command's own ``bash -c`` inherits its
+    environment rather than reading the profiles a second time.
+
     The trailing ``exit`` keeps envd's bash from exec-ing ``timeout`` in its place, so a
     SIGKILLed group surfaces as the exit status 137 rather than as a signal.
     """
-    return f"timeout -s KILL {deadline_s} bash -lc {shlex.quote(command)}; exit $?"
+    return f"timeout -s KILL {deadline_s} bash -c {shlex.quote(command)}; exit $?"
 
 
 def _sandbox_path(path: str) -> str:

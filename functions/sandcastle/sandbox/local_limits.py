@@ -8,10 +8,12 @@ Two mechanisms, layered:
   private memory, so an allocation beyond it fails with a clean ``MemoryError``/``ENOMEM``),
   ``RLIMIT_FSIZE`` (largest file, SIGXFSZ) and, when there is no pids cgroup, ``RLIMIT_NPROC``
   (counted per host uid, so it only bites for an unprivileged uid).
-- **a cgroup per command** (v1 ``memory`` + ``pids`` hierarchies, or v2 with both controllers),
-  when this process may create one next to its own cgroup: ``pids.max`` bounds the whole process
-  tree (a fork bomb), and the memory limit bounds the tree's total, ``/tmp`` (tmpfs) included.
-  The kernel's OOM killer then ends the command, and ``oom_killed`` tells the caller why.
+- **a cgroup per sandbox** (v1 ``memory`` + ``pids`` (+ ``freezer``) hierarchies, or v2 with both
+  controllers), when this process may create one next to its own cgroup: the sandbox's init and so
+  every process of the sandbox lives in it. ``pids.max`` bounds all of them (a fork bomb), and the
+  memory limit their total, ``/tmp`` (tmpfs) included. The kernel's OOM killer then ends the
+  largest process — the hog, not the init (host root sets the init's ``oom_score_adj`` to -1000) —
+  and the ``oom_kill`` count tells the caller why. The freezer pauses the whole sandbox.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import shlex
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +36,16 @@ _MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """What one command of a local sandbox may consume (from ``Settings.sandbox_*``)."""
+    """What a local sandbox (memory, processes) and each of its processes (CPU, file size) may consume."""
 
     cpu_seconds: int = 300
     """CPU time per process; past it the process gets SIGXCPU, one second later SIGKILL."""
     memory_mb: int = 2048
-    """Memory per process (``RLIMIT_DATA``) and, with cgroups, for the command's whole tree."""
+    """Memory per process (``RLIMIT_DATA``) and, with cgroups, for the whole sandbox."""
     file_size_mb: int = 512
     """Largest file a command may write; also the size of its ``/tmp`` (a tmpfs)."""
     max_processes: int = 256
-    """Processes (and threads) per command with cgroups; per sandbox uid without."""
+    """Processes (and threads) per sandbox with cgroups; per sandbox uid without."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds", "memory_mb", "file_size_mb", "max_processes"):
@@ -76,39 +77,46 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class CgroupSupport:
-    """Where this host lets us create command cgroups: one parent directory per controller."""
+    """Where this host lets us create sandbox cgroups: one parent directory per controller.
+
+    ``freezer_parent`` is the v1 ``freezer`` hierarchy's (None on v2, where every cgroup has
+    ``cgroup.freeze``, or where v1 has no freezer).
+    """
 
     version: int
     memory_parent: Path
     pids_parent: Path
+    freezer_parent: Path | None = None
 
-    @contextmanager
-    def command_cgroup(self, limits: SandboxLimits, label: str) -> Iterator[CommandCgroup]:
-        """A fresh cgroup with ``limits`` for one command, removed (and emptied) afterwards."""
-        name = f"{label}-{uuid.uuid4().hex[:8]}"
-        memory_dir, pids_dir = self.memory_parent / name, self.pids_parent / name
-        cgroup = CommandCgroup(self.version, memory_dir, pids_dir)
-        try:
-            memory_dir.mkdir()
-            if pids_dir != memory_dir:
-                pids_dir.mkdir()
-            cgroup.apply(limits)
-            yield cgroup
-        finally:
-            cgroup.remove()
+    def sandbox_cgroup(self, label: str) -> SandboxCgroup:
+        """The cgroup of the sandbox ``label`` (it exists once ``create`` made it)."""
+        freezer = self.freezer_parent / label if self.freezer_parent is not None else None
+        return SandboxCgroup(self.version, self.memory_parent / label, self.pids_parent / label, freezer)
 
 
 @dataclass(frozen=True)
-class CommandCgroup:
-    """The cgroup (one directory on v2, one per hierarchy on v1) a single command runs in."""
+class SandboxCgroup:
+    """The cgroup (one directory on v2, one per hierarchy on v1) that every process of one sandbox runs in.
+
+    Made once when the sandbox is created and reused by each of its commands (a fresh cgroup per
+    command cost ~8 ms); removed, with whatever is left in it, when the sandbox is killed.
+    """
 
     version: int
     memory_dir: Path
     pids_dir: Path
+    freezer_dir: Path | None = None
 
     @property
     def _dirs(self) -> tuple[Path, ...]:
-        return (self.memory_dir,) if self.memory_dir == self.pids_dir else (self.memory_dir, self.pids_dir)
+        dirs = [self.memory_dir] + ([self.pids_dir] if self.pids_dir != self.memory_dir else [])
+        return tuple(dirs + ([self.freezer_dir] if self.freezer_dir is not None else []))
+
+    def create(self, limits: SandboxLimits) -> None:
+        """Make the directories and write the limits (an existing cgroup is reused)."""
+        for directory in self._dirs:
+            directory.mkdir(exist_ok=True)
+        self.apply(limits)
 
     def apply(self, limits: SandboxLimits) -> None:
         """Write the memory (swap included, where the kernel accounts it) and process limits."""
@@ -127,23 +135,46 @@ class CommandCgroup:
         """An argv prefix: a root shell that moves itself into this cgroup, then execs the rest.
 
         Joining from inside the child keeps ``subprocess.Popen`` free of a ``preexec_fn``, and
-        every process the command starts is born inside the cgroup.
+        every process the sandbox starts is born inside the cgroup.
         """
         joins = " && ".join(f"echo $$ > {shlex.quote(str(path / 'cgroup.procs'))}" for path in self._dirs)
         return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sandcastle-cgroup-join"]
 
-    def oom_killed(self) -> bool:
-        """True when the kernel's OOM killer ended a process of this command (its memory limit)."""
+    def oom_kills(self) -> int:
+        """How many processes of the sandbox the kernel's OOM killer has ended (its memory limit)."""
         events = "memory.events" if self.version == 2 else "memory.oom_control"
         try:
             lines = (self.memory_dir / events).read_text().splitlines()
         except OSError:
-            return False
+            return 0
         counts = dict(line.split(maxsplit=1) for line in lines if " " in line)
-        return int(counts.get("oom_kill", "0")) > 0
+        return int(counts.get("oom_kill", "0"))
+
+    def members(self) -> list[int]:
+        """The host pids of every process in the sandbox."""
+        try:
+            return [int(pid) for pid in (self.pids_dir / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    @property
+    def can_freeze(self) -> bool:
+        return self.version == 2 or self.freezer_dir is not None
+
+    def freeze(self, frozen: bool) -> None:
+        """Freeze (or thaw) every process of the sandbox at once: the cgroup freezer."""
+        if self.version == 2:
+            _write(self.memory_dir / "cgroup.freeze", "1" if frozen else "0")
+        elif self.freezer_dir is not None:
+            _write(self.freezer_dir / "freezer.state", "FROZEN" if frozen else "THAWED")
+        else:
+            raise OSError("this host's cgroups have no freezer")
 
     def remove(self) -> None:
         """Kill whatever is left in the cgroup and delete it (waiting briefly for exits)."""
+        if self.can_freeze:
+            with suppress(OSError):
+                self.freeze(False)  # a frozen process never dies of SIGKILL
         deadline = time.monotonic() + _CGROUP_REMOVE_WAIT_S
         for directory in self._dirs:
             while directory.exists():
@@ -168,8 +199,11 @@ def detect_cgroup_support() -> CgroupSupport | None:
         support = _cgroup_v2_support() if (_CGROUP_ROOT / "cgroup.controllers").exists() else _cgroup_v1_support()
         if support is None:
             return None
-        with support.command_cgroup(SandboxLimits(), "probe"):
-            pass
+        probe = support.sandbox_cgroup(f"probe-{uuid.uuid4().hex[:8]}")
+        try:
+            probe.create(SandboxLimits())
+        finally:
+            probe.remove()
         return support
     except (OSError, ValueError):
         return None
@@ -184,7 +218,12 @@ def _cgroup_v1_support() -> CgroupSupport | None:
         parent = _CGROUP_ROOT / controller / own[controller].lstrip("/") / _CGROUP_GROUP_NAME
         parent.mkdir(exist_ok=True)
         parents.append(parent)
-    return CgroupSupport(version=1, memory_parent=parents[0], pids_parent=parents[1])
+    freezer = None
+    if "freezer" in own and (_CGROUP_ROOT / "freezer" / "cgroup.procs").exists():
+        with suppress(OSError):
+            freezer = _CGROUP_ROOT / "freezer" / own["freezer"].lstrip("/") / _CGROUP_GROUP_NAME
+            freezer.mkdir(exist_ok=True)
+    return CgroupSupport(version=1, memory_parent=parents[0], pids_parent=parents[1], freezer_parent=freezer)
 
 
 def _cgroup_v2_support() -> CgroupSupport | None:

@@ -1,49 +1,57 @@
 """The ``local`` sandbox backend: bubblewrap on this machine, for development and CI.
 
-Each sandbox is a directory ``<root>/<id>/`` holding ``meta.json``, and a workspace mounted as
-``/home/user`` inside. Every command runs in a fresh ``bwrap``: no network (a loopback of its own),
-its own PID namespace (nothing a command starts outlives it), a read-only view of the system
-directories and nothing else of the host, as an unprivileged uid without capabilities, under a
-seccomp filter (``seccomp``) and the limits of ``SandboxLimits`` (see ``local_limits``).
+A sandbox is a machine: a directory ``<root>/<id>/`` (``meta.json``, the init's socket and
+record) and one set of namespaces for its whole life — network (a loopback of its own), PID, IPC,
+UTS, mount, user — held by a small init (``sandbox_init``) that ``bwrap`` starts when the sandbox
+is created. Every command and background process of the sandbox is started *by that init*, so it
+inherits everything the init was given: the sandbox uid, no capabilities, ``no_new_privs``, the
+seccomp filter (``seccomp``), the sandbox's cgroup (``local_limits``), its ``/tmp`` and its view
+of the host (read-only system directories and nothing else). A server started in the background
+by one command answers the next one on localhost; every process dies with the sandbox.
 
 Nothing in a sandbox ever runs with privilege. When this process is root, it drops to
 ``sandbox_uid`` (``setpriv``, on the host) *before* ``bwrap`` starts; ``bwrap`` then runs as
 that uid in a user namespace of its own, which maps only that uid: the sandbox's "root", were a
 command to become it, is host uid ``sandbox_uid`` with capabilities over nothing but its own
-namespaces. Every helper (``setpriv``, ``bwrap``, ``prlimit``, ``env``, the shell) is resolved to an
-absolute host path before the sandbox starts, and the caller's environment (``spec.envs``, ``env``)
-is applied by ``env -i`` only to the final command: no tool-call variable (``PATH``,
-``LD_PRELOAD``, ``BASH_ENV``...) reaches a helper. The workspace of a root-run sandbox is a
-size-capped filesystem of its own (``local_workspace``), mounted where the sandbox uid can reach it.
-When this process is not root, ``bwrap`` runs as this user in a user namespace, and the workspace
-is a plain directory under ``<root>/<id>/home`` with no disk quota.
+namespaces. That uid is called ``user`` inside (an ``/etc/passwd`` and ``/etc/group`` of the
+sandbox's own). Every helper (``setpriv``, ``bwrap``, ``prlimit``, ``env``, the shell, the init's
+``python3``) is resolved to an absolute host path before the sandbox starts, and the caller's
+environment (``spec.envs``, ``env``) is applied by ``env -i`` only to the final command: no
+tool-call variable (``PATH``, ``LD_PRELOAD``, ``BASH_ENV``...) reaches a helper. The workspace of a
+root-run sandbox is a size-capped filesystem of its own (``local_workspace``), mounted where the
+sandbox uid can reach it. When this process is not root, ``bwrap`` runs as this user in a user
+namespace, and the workspace is a plain directory under ``<root>/<id>/home`` with no disk quota.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import functools
 import json
 import os
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from aws_lambda_powertools import Logger
 
-from sandcastle.errors import DiskQuotaExceeded, SandboxError, SandboxGone
-from sandcastle.sandbox import workspace_files
-from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, SandboxSpec
+from sandcastle.errors import DiskQuotaExceeded, InitUnreachable, ProcessNotFound, SandboxError, SandboxGone
+from sandcastle.sandbox import background, local_init, sandbox_init, workspace_files
+from sandcastle.sandbox.base import SANDBOX_HOME, CommandResult, ProcessOutput, SandboxSpec
 from sandcastle.sandbox.listing import SandboxInfo
-from sandcastle.sandbox.local_limits import CgroupSupport, CommandCgroup, SandboxLimits, detect_cgroup_support
+from sandcastle.sandbox.local_limits import CgroupSupport, SandboxCgroup, SandboxLimits, detect_cgroup_support
 from sandcastle.sandbox.local_workspace import (
     WorkspaceMounts,
     is_out_of_space,
@@ -52,36 +60,42 @@ from sandcastle.sandbox.local_workspace import (
 )
 from sandcastle.sandbox.seccomp import filter_fd, sandbox_filter
 
-__all__ = ["LocalSandbox", "LocalSandboxProvider", "SandboxLimits", "SandboxProcess"]
+__all__ = ["SANDBOX_USER", "LocalSandbox", "LocalSandboxProvider", "SandboxLimits", "SandboxProcess"]
 
+SANDBOX_USER = "user"
+"""The sandbox uid's name inside (E2B's convention): ``whoami`` prints it, ``ls -l`` shows it."""
 _BWRAP_MISSING = "bubblewrap (bwrap) is not installed; run `make setup` or apt-get install bubblewrap"
 _UTIL_LINUX_MISSING = "{tool} (util-linux) is not installed; apt-get install util-linux"
+_PYTHON_MISSING = (
+    "the local sandbox's init runs on the system's python3, which is missing from /usr/bin; apt-get install python3"
+)
 _DEFAULT_SANDBOX_UID = 65534
 _DEFAULT_DISK_QUOTA_MB = 4096
 _DEFAULT_MOUNT_ROOT = Path("/run/sandcastle")
 _HELPER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 """The whole environment of the host-side helpers (``setpriv``, ``bwrap``): nothing of ours leaks in."""
 _SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_BASE_ENV = {"HOME": SANDBOX_HOME, "PATH": _SANDBOX_PATH, "LANG": "C.UTF-8"}
+_BASE_ENV = {"HOME": SANDBOX_HOME, "PATH": _SANDBOX_PATH, "LANG": "C.UTF-8", "USER": SANDBOX_USER}
 """What every command starts from; the run's and the call's variables go on top, for the command only."""
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
+_READ_CHUNK_BYTES = 64 * 1024
+_KILL_WAIT_S = 10.0
+_INIT_START_TIMEOUT_S = 30.0
+_INIT_GONE_NOTE = "killed: the sandbox's init ended, and every process of the sandbox with it"
+_PAUSED_MARKER = "paused"
 
 logger = Logger(child=True)
-
-_live_commands: dict[str, set[subprocess.Popen[bytes]]] = {}
-"""Running ``bwrap`` processes per sandbox id, so ``kill`` can end them."""
-_live_commands_lock = threading.Lock()
-"""Guards ``_live_commands`` and the existence of sandbox directories while commands start."""
 
 
 class LocalSandboxProvider:
     """Creates, reconnects to and kills bubblewrap sandboxes whose workspaces live under ``root``.
 
-    ``limits`` bound every command; ``sandbox_uid`` is the host uid (and gid) commands run as when
-    this process is root (ignored otherwise: an unprivileged process cannot switch users).
-    ``use_cgroups=False`` forces the rlimit-only fallback even where cgroups work.
-    ``disk_quota_mb`` caps each sandbox's workspace (0: no cap); its filesystem is mounted under
-    ``mount_root``. Both need root: without it the workspace is a plain directory, uncapped.
+    ``limits`` bound each sandbox (memory, processes) and each of its processes (CPU time, file
+    size); ``sandbox_uid`` is the host uid (and gid) its processes run as when this process is root
+    (ignored otherwise: an unprivileged process cannot switch users). ``use_cgroups=False`` forces
+    the rlimit-only fallback even where cgroups work. ``disk_quota_mb`` caps each sandbox's
+    workspace (0: no cap); its filesystem is mounted under ``mount_root``. Both need root: without
+    it the workspace is a plain directory, uncapped.
     """
 
     name = "local"
@@ -115,11 +129,16 @@ class LocalSandboxProvider:
 
     @property
     def cgroups(self) -> CgroupSupport | None:
-        """The cgroups commands run in, or None when only rlimits apply (probed once per process)."""
+        """Where sandbox cgroups are made, or None when only rlimits apply (probed once per process)."""
         return detect_cgroup_support() if self._use_cgroups else None
 
+    def cgroup_of(self, sandbox_id: str) -> SandboxCgroup | None:
+        """The cgroup every process of the sandbox runs in (None without cgroups)."""
+        cgroups = self.cgroups
+        return cgroups.sandbox_cgroup(sandbox_id) if cgroups is not None else None
+
     def create(self, spec: SandboxSpec) -> LocalSandbox:
-        """Create a sandbox: a private workspace and its ``meta.json``. Needs ``bwrap`` installed.
+        """Create a sandbox: a private workspace, its ``meta.json``, its cgroup, and its running init.
 
         ``spec.envs`` apply to every command. A create retried with the same
         ``spec.idempotency_key`` returns the sandbox the first attempt made while it lives.
@@ -164,6 +183,11 @@ class LocalSandboxProvider:
                 _write_meta(sandbox_dir, meta)
             else:
                 (sandbox_dir / "home").mkdir(mode=0o700)
+            cgroup = self.cgroup_of(sandbox_id)
+            if cgroup is not None:
+                cgroup.create(self.limits)
+            sandbox = LocalSandbox(sandbox_id, sandbox_dir, expires_at, tools, self, spec.envs, meta["disk_quota_mb"])
+            sandbox.start_init()
         except BaseException:
             self.kill(sandbox_id)
             raise
@@ -172,12 +196,13 @@ class LocalSandboxProvider:
             if winner is not None and winner.sandbox_id != sandbox_id:  # a concurrent create got there first
                 self.kill(sandbox_id)
                 return winner
-        return LocalSandbox(sandbox_id, sandbox_dir, expires_at, tools, self, spec.envs, meta["disk_quota_mb"])
+        return sandbox
 
     def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> LocalSandbox:
-        """Reconnect to a sandbox. Raises ``SandboxGone`` when it was killed, expired or never existed.
+        """Reconnect to a sandbox (resuming it if paused, as E2B's connect does).
 
-        With ``keep_alive_s`` the sandbox now expires that many seconds from now.
+        Raises ``SandboxGone`` when it was killed, expired or never existed. With ``keep_alive_s``
+        the sandbox now expires that many seconds from now.
         """
         if not _is_local_sandbox_id(sandbox_id):
             raise SandboxGone(f"{sandbox_id!r} is not a local sandbox id")
@@ -195,6 +220,8 @@ class LocalSandboxProvider:
             self._mounts.ensure_mounted(sandbox_id, sandbox_dir)
         if keep_alive_s is not None:
             sandbox.keep_alive(keep_alive_s)
+        if sandbox.paused:
+            sandbox.resume()
         return sandbox
 
     def workspace_of(self, sandbox_id: str) -> Path:
@@ -221,7 +248,7 @@ class LocalSandboxProvider:
         return None
 
     def kill(self, sandbox_id: str) -> bool:
-        """Kill every running command of the sandbox and delete its directory.
+        """Kill every process of the sandbox (its init, and so its namespaces) and delete its directory.
 
         Idempotent: returns False when the sandbox was already gone.
         """
@@ -229,16 +256,18 @@ class LocalSandboxProvider:
             return False
         sandbox_dir = self.root / sandbox_id
         tombstone = self.root / f".{sandbox_id}.killed"
-        with _live_commands_lock:
-            processes = _live_commands.pop(sandbox_id, set())
-            try:
+        try:
+            with _flocked(sandbox_dir):  # waits for an init being started: none starts after this
                 sandbox_dir.rename(tombstone)
-            except FileNotFoundError:
-                existed = False
-            else:
-                existed = True
-        for process in processes:
-            _kill_process_group(process)
+        except (SandboxGone, FileNotFoundError):
+            existed = False
+        else:
+            existed = True
+        cgroup = self.cgroup_of(sandbox_id)
+        if existed:
+            _kill_init(tombstone, cgroup)
+        if cgroup is not None:
+            cgroup.remove()
         if self._mounts is not None:
             self._mounts.unmount(sandbox_id)
         if existed:
@@ -270,7 +299,7 @@ class LocalSandboxProvider:
 
 
 class LocalSandbox:
-    """A live bubblewrap sandbox: its workspace persists across the run's commands."""
+    """A live bubblewrap sandbox: one init, one set of namespaces, one workspace for the run's life."""
 
     def __init__(
         self,
@@ -290,6 +319,7 @@ class LocalSandbox:
         self._provider = provider
         self._envs = dict(envs or {})
         self._disk_quota_mb = disk_quota_mb
+        self._cgroup = provider.cgroup_of(sandbox_id)
 
     @property
     def sandbox_id(self) -> str:
@@ -305,6 +335,16 @@ class LocalSandbox:
     def disk_quota_mb(self) -> int | None:
         """The workspace's size cap in MiB, or None when it has none (not root, or no loop device)."""
         return self._disk_quota_mb
+
+    def owner_names(self, uid: int, gid: int) -> tuple[str, str]:
+        """The names the sandbox's own ``/etc/passwd`` and ``/etc/group`` give a uid and gid (the number when none)."""
+        passwd, group = _identity_files(self._provider.sandbox_uid)
+        return _name_in(passwd, uid), _name_in(group, gid)
+
+    @property
+    def init_pid(self) -> int | None:
+        """The host pid of the sandbox's init (its outermost ``bwrap``), while it runs."""
+        return local_init.recorded_init_pid(self._sandbox_dir)
 
     def ensure_alive(self) -> None:
         """Raise ``SandboxGone`` when the sandbox was killed or has expired (an expired one is killed)."""
@@ -324,54 +364,280 @@ class LocalSandbox:
         meta["expires_at"] = self._expires_at.isoformat()
         _write_meta(self._sandbox_dir, meta)
 
+    # --- the init ---
+
+    def start_init(self) -> None:
+        """Start the sandbox's init unless one runs (after a host restart, a new one: the workspace is kept).
+
+        Serialised across threads and processes by an ``flock`` on the sandbox directory, which
+        ``kill`` takes too: no init starts for a sandbox being killed.
+        """
+        with _flocked(self._sandbox_dir):
+            self._ensure_not_killed()
+            with suppress(InitUnreachable):
+                local_init.request(self._sandbox_dir, {"op": "ping"}, timeout_s=_INIT_START_TIMEOUT_S)
+                return
+            self._launch_init()
+
+    def _launch_init(self) -> None:
+        listener = local_init.listening_socket(self._sandbox_dir)
+        seccomp_fd = filter_fd(sandbox_filter())
+        identity_fds = [_data_fd(data) for data in _identity_files(self._provider.sandbox_uid)]
+        try:
+            argv = (self._cgroup.join_argv() if self._cgroup else []) + self._bwrap_argv(
+                seccomp_fd, identity_fds, listener.fileno()
+            )
+            process = local_init.launch(
+                argv,
+                pass_fds=(seccomp_fd, listener.fileno(), *identity_fds),
+                env=_HELPER_ENV,
+                log=self._sandbox_dir / "init.log",
+            )
+        finally:
+            listener.close()  # the init holds its own copy; the host never accepts
+            for fd in (seccomp_fd, *identity_fds):
+                os.close(fd)
+        local_init.record_init(self._sandbox_dir, process.pid)
+        try:
+            local_init.request(self._sandbox_dir, {"op": "ping"}, timeout_s=_INIT_START_TIMEOUT_S)
+        except InitUnreachable:
+            log = (self._sandbox_dir / "init.log").read_text(errors="replace")[-2000:]
+            raise SandboxError(f"the sandbox's init did not start: {log.strip() or 'no output'}") from None
+
+    def _init_request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One request to the init, starting it again first if it is gone."""
+        self._ensure_usable()
+        try:
+            return local_init.request(self._sandbox_dir, message)
+        except InitUnreachable:
+            self.start_init()
+            return local_init.request(self._sandbox_dir, message)
+
+    # --- pause / resume ---
+
+    @property
+    def paused(self) -> bool:
+        return (self._sandbox_dir / _PAUSED_MARKER).exists()
+
+    def pause(self) -> None:
+        """Freeze every process of the sandbox (the cgroup freezer, else SIGSTOP to each); files are kept.
+
+        Commands and background processes stop where they are until ``resume``; a paused sandbox
+        refuses new commands (``SandboxError``) — ``LocalSandboxProvider.connect`` resumes it.
+        """
+        self._ensure_not_killed()
+        (self._sandbox_dir / _PAUSED_MARKER).touch()
+        if self._cgroup is not None and self._cgroup.can_freeze:
+            self._cgroup.freeze(True)
+            return
+        for pid in self.host_pids():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let every process of a paused sandbox continue."""
+        self._ensure_not_killed()
+        if self._cgroup is not None and self._cgroup.can_freeze:
+            self._cgroup.freeze(False)
+        else:
+            for pid in reversed(self.host_pids()):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        (self._sandbox_dir / _PAUSED_MARKER).unlink(missing_ok=True)
+
+    def host_pids(self) -> list[int]:
+        """Every host pid of the sandbox: its cgroup's members, else the init and its descendants."""
+        if self._cgroup is not None:
+            return self._cgroup.members()
+        pid = self.init_pid
+        return local_init.descendants(pid) if pid is not None else []
+
+    def _ensure_usable(self) -> None:
+        self.ensure_alive()
+        if self.paused:
+            raise SandboxError(f"sandbox {self._sandbox_id} is paused; resume it (or connect to it) first")
+
+    # --- commands ---
+
     def run(
         self, command: str, *, timeout_s: float, cwd: str | None = None, env: dict[str, str] | None = None
     ) -> CommandResult:
-        """Run ``bash -lc command`` in a fresh bwrap; on timeout kill it all and return what it printed.
+        """Run ``bash -lc command`` in the sandbox; on timeout kill its process group and return what it printed.
 
-        A command a limit ended gets a ``killed: ...`` line appended to its stderr, so the model
-        reads why (e.g. ``killed: memory limit 2048 MB exceeded (exit 137)``).
+        Processes it starts in the background (``&``) live on, as on a machine, until they exit
+        or the sandbox is killed. A command a limit ended gets a ``killed: ...`` line appended to
+        its stderr, so the model reads why (e.g. ``killed: memory limit 2048 MB exceeded``).
         """
         started = time.monotonic()
-        limits = self._provider.limits
-        cgroups = self._provider.cgroups
-        with ExitStack() as stack:
-            cgroup = stack.enter_context(cgroups.command_cgroup(limits, self._sandbox_id)) if cgroups else None
-            envs = {**self._envs, **(env or {})}
-            seccomp_fd = filter_fd(sandbox_filter())
-            argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(
-                command, cwd, envs, cgroup is None, seccomp_fd
-            )
-            process = stack.enter_context(self._registered_process(argv, seccomp_fd))
-            try:
-                stdout, stderr = process.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_process_group(process)
-                # The PID namespace died with bwrap, so the pipes close and this returns promptly.
-                stdout, stderr = process.communicate()
-                return CommandResult(
-                    exit_code=None,
-                    stdout=stdout,
-                    stderr=stderr,
-                    duration_ms=_elapsed_ms(started),
-                    timed_out=True,
-                )
-            oom_killed = cgroup.oom_killed() if cgroup else False
+        process = self.spawn([*self._tools.shell, command], cwd=cwd, env=env)
+        stdout, stderr = bytearray(), bytearray()
+        timed_out = not process.communicate(stdout, stderr, deadline=started + timeout_s)
+        if timed_out:
+            process.kill()
+            process.communicate(stdout, stderr, deadline=time.monotonic() + _KILL_WAIT_S)
+        exit_code = process.wait()
         self.ensure_alive()
-        exit_code = process.returncode if process.returncode >= 0 else 128 - process.returncode
-        note = self._exit_note(exit_code, oom_killed)
-        if note:
-            stderr += (b"" if not stderr or stderr.endswith(b"\n") else b"\n") + note.encode() + b"\n"
-        return CommandResult(exit_code=exit_code, stdout=stdout, stderr=stderr, duration_ms=_elapsed_ms(started))
+        if timed_out:
+            return CommandResult(
+                exit_code=None,
+                stdout=bytes(stdout),
+                stderr=bytes(stderr),
+                duration_ms=_elapsed_ms(started),
+                timed_out=True,
+            )
+        if process.limit_note:
+            if stderr and not stderr.endswith(b"\n"):
+                stderr += b"\n"
+            stderr += process.limit_note.encode() + b"\n"
+        return CommandResult(
+            exit_code=exit_code, stdout=bytes(stdout), stderr=bytes(stderr), duration_ms=_elapsed_ms(started)
+        )
 
-    def _exit_note(self, exit_code: int, oom_killed: bool) -> str | None:
+    def spawn(
+        self,
+        program: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        terminal: int | None = None,
+    ) -> SandboxProcess:
+        """Start ``program`` (an argv) in the sandbox, under the same isolation and limits as ``run``.
+
+        Unlike ``run`` it returns at once: the caller streams ``stdout``/``stderr`` while the
+        command runs (and writes ``stdin``, a pipe, when asked for), then calls ``wait``.
+        ``kill`` ends its process group; ``LocalSandboxProvider.kill`` of the sandbox ends
+        everything. Used by ``run`` and by the E2B-compatible sandbox server (``sandcastle.e2b_server``).
+
+        ``terminal`` (the slave side of a pty whose master the caller keeps and reads) is instead the
+        command's stdin, stdout and stderr, and its controlling terminal: ``setsid --ctty`` makes
+        the command the leader of a session of its own, so ``tput``, job control and ``SIGWINCH``
+        on a resize work. Such a command has no pipes; the caller still owns (and closes) the fd.
+        """
+        argv = self._command_argv(program, cwd, {**self._envs, **(env or {})})
+        if terminal is not None:
+            if stdin:
+                raise ValueError("a command on a terminal reads its input from it: pass stdin=False")
+            argv = [self._tools.setsid, "--ctty", *argv]
+            ours: list[int] = []
+            theirs, lent = [terminal] * 3, []  # the caller's fd, passed on three times: not ours to close
+        else:
+            stdin_read, stdin_write = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
+            stdout_read, stdout_write = os.pipe()
+            stderr_read, stderr_write = os.pipe()
+            ours = [stdin_write, stdout_read, stderr_read]
+            theirs = lent = [stdin_read, stdout_write, stderr_write]
+        try:
+            oom_kills = self._cgroup.oom_kills() if self._cgroup else 0
+            connection = self._start_command(argv, theirs, terminal=terminal is not None)
+        except BaseException:
+            for fd in ours:
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in lent:
+                os.close(fd)
+        exit_note = functools.partial(self._exit_note, oom_kills_before=oom_kills)
+        if terminal is not None:
+            return SandboxProcess(connection, stdin=None, stdout=None, stderr=None, exit_note=exit_note)
+        return SandboxProcess(
+            connection,
+            stdin=os.fdopen(stdin_write, "wb", buffering=0) if stdin else None,
+            stdout=os.fdopen(stdout_read, "rb", buffering=0),
+            stderr=os.fdopen(stderr_read, "rb", buffering=0),
+            exit_note=exit_note,
+        )
+
+    def _start_command(self, argv: list[str], fds: list[int], *, terminal: bool = False) -> socket.socket:
+        """Hand ``argv`` and its stdin/stdout/stderr to the init; the connection then carries its end.
+
+        ``terminal``: the three are a pty, and ``argv`` starts with ``setsid --ctty`` (the init
+        then leaves the new session to it)."""
+        self._ensure_usable()
+        for attempt in (1, 2):
+            try:
+                connection = local_init.connect(self._sandbox_dir, timeout_s=_INIT_START_TIMEOUT_S)
+            except InitUnreachable:
+                if attempt == 2:
+                    raise
+                self.start_init()
+                continue
+            try:
+                request = {"op": "run", "argv": argv, "terminal": terminal}
+                socket.send_fds(connection, [json.dumps(request).encode()], fds)
+                reply = local_init.read_message(connection)
+            except BaseException:
+                connection.close()
+                raise
+            if "pid" not in reply:
+                connection.close()
+                raise SandboxError(f"the sandbox could not start the command: {reply.get('error', reply)}")
+            connection.settimeout(None)
+            return connection
+        raise AssertionError("unreachable")
+
+    def _exit_note(self, exit_code: int, *, oom_kills_before: int) -> str | None:
         """Why a command failed, when a limit (or the full workspace) visibly caused it; else None."""
-        if not exit_code and not oom_killed:
+        if not exit_code:
             return None
+        killed = exit_code == 128 + signal.SIGKILL
+        oom_killed = killed and self._cgroup is not None and self._cgroup.oom_kills() > oom_kills_before
         note = self._provider.limits.explain_exit(exit_code, oom_killed=oom_killed)
         if note is None and self._disk_quota_mb and workspace_is_full(self._workspace):
             note = quota_exceeded_message(self._disk_quota_mb)
         return note
+
+    # --- background processes (their state lives in the sandbox: ``background``) ---
+
+    def start_process(self, command: str, *, cwd: str | None = None, env: dict[str, str] | None = None) -> str:
+        """Start ``command`` in the background through the init, which keeps its stdin; returns its id."""
+        process_id = background.new_process_id()
+        directory = background.process_dir(process_id)
+        self.write_file(f"{directory}/command", command.encode())
+        argv = self._command_argv(
+            [*self._tools.shell, background.wrapper(process_id, command)], cwd, {**self._envs, **(env or {})}
+        )
+        reply = self._init_request({"op": "start", "id": process_id, "argv": argv})
+        if "pid" not in reply:
+            raise SandboxError(f"the sandbox could not start the process: {reply.get('error', reply)}")
+        return process_id
+
+    def process_output(self, process_id: str) -> ProcessOutput:
+        """New output since the last read, and the exit status once it ended."""
+        running = process_id in self.list_processes()
+        return background.read_output(
+            process_id, read=self.read_file, write=self.write_file, running=running, read_from=self._read_from
+        )
+
+    def _read_from(self, path: str, offset: int) -> bytes:
+        self.ensure_alive()
+        return workspace_files.read_file(self._workspace, path, offset=offset)
+
+    def write_stdin(self, process_id: str, data: bytes) -> None:
+        """Write ``data`` to the process's stdin (a pipe the init holds)."""
+        background.process_dir(process_id)
+        reply = self._init_request({"op": "stdin", "id": process_id, "data": base64.b64encode(data).decode()})
+        if not reply.get("ok"):
+            raise ProcessNotFound(f"process {process_id} is not running ({reply.get('error', 'unknown')})")
+
+    def kill_process(self, process_id: str) -> bool:
+        """SIGKILL the process's group; its exit status reads 137."""
+        directory = background.process_dir(process_id)
+        killed = bool(self._init_request({"op": "kill", "id": process_id}).get("killed"))
+        if killed:
+            with suppress(FileNotFoundError, ValueError):
+                self.read_file(f"{directory}/exit")
+                return True
+            self.write_file(f"{directory}/exit", f"{background.KILLED_EXIT_CODE}\n".encode())
+        return killed
+
+    def list_processes(self) -> list[str]:
+        """The ids of the background processes still running."""
+        processes = self._init_request({"op": "list"}).get("processes") or []
+        return [str(entry.get("id")) for entry in processes if isinstance(entry, dict)]
+
+    # --- files (the workspace, walked on the host) ---
 
     def write_file(self, path: str, data: bytes) -> None:
         """Write a file in the workspace, creating parent directories, owned by the sandbox user.
@@ -396,40 +662,6 @@ class LocalSandbox:
         """
         self.ensure_alive()
         return workspace_files.read_file(self._workspace, path)
-
-    def spawn(
-        self,
-        program: list[str],
-        *,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        stdin: bool = False,
-        terminal: int | None = None,
-    ) -> SandboxProcess:
-        """Start ``program`` (an argv) in a fresh bwrap, under the same isolation and limits as ``run``.
-
-        Unlike ``run`` it returns at once: the caller streams ``stdout``/``stderr`` while the
-        command runs, then calls ``wait`` (which releases its cgroup). ``kill`` ends the whole
-        tree, and so does ``LocalSandboxProvider.kill`` of the sandbox. Used by the E2B-compatible
-        sandbox server (``sandcastle.e2b_server``), whose clients stream output and send signals.
-        ``stdin=True`` gives the command a pipe (``SandboxProcess.stdin``) instead of /dev/null;
-        ``terminal`` (the slave fd of a pty the caller opened) becomes its stdin, stdout and stderr.
-        """
-        limits = self._provider.limits
-        cgroups = self._provider.cgroups
-        stack = ExitStack()
-        try:
-            cgroup = stack.enter_context(cgroups.command_cgroup(limits, self._sandbox_id)) if cgroups else None
-            envs = {**self._envs, **(env or {})}
-            seccomp_fd = filter_fd(sandbox_filter())
-            argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(
-                "", cwd, envs, cgroup is None, seccomp_fd, program=list(program)
-            )
-            process = stack.enter_context(self._registered_process(argv, seccomp_fd, stdin=stdin, terminal=terminal))
-        except BaseException:
-            stack.close()
-            raise
-        return SandboxProcess(process, stack, cgroup, self._exit_note)
 
     def stat_path(self, path: str) -> os.stat_result:
         """``stat`` a path of the workspace (symlinks followed inside it); ``FileNotFoundError`` when missing.
@@ -466,54 +698,18 @@ class LocalSandbox:
         if not (self._sandbox_dir / "meta.json").exists():
             raise SandboxGone(f"sandbox {self._sandbox_id} was killed")
 
-    @contextmanager
-    def _registered_process(
-        self, argv: list[str], seccomp_fd: int, *, stdin: bool = False, terminal: int | None = None
-    ) -> Iterator[subprocess.Popen[bytes]]:
-        """Start bwrap while the sandbox provably exists, and keep it findable by ``kill``.
+    def _command_argv(self, program: list[str], cwd: str | None, env: dict[str, str]) -> list[str]:
+        """What the init executes for a command: prlimit, then ``env -i`` with the caller's variables
+        in ``cwd``, then ``program``. Every helper is an absolute host path."""
+        tools = self._tools
+        limits = self._provider.limits
+        directory = str(PurePosixPath(SANDBOX_HOME, cwd or "."))
+        argv = [tools.prlimit, *limits.prlimit_argv(with_nproc=self._cgroup is None), "--"]
+        argv += [tools.env, "-i", "-C", directory, "--", *_assignments({**_BASE_ENV, **env})]
+        return argv + program
 
-        Its environment is ``_HELPER_ENV`` alone, and only the seccomp filter's fd is passed on
-        (this closes it: bwrap holds its own copy once started). Its stdin is /dev/null, or a pipe
-        (``stdin``), or all three streams are ``terminal``.
-        """
-        try:
-            self.ensure_alive()
-            with _live_commands_lock:
-                self._ensure_not_killed()
-                pipes = (subprocess.PIPE if stdin else subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
-                process = subprocess.Popen(
-                    argv,
-                    stdin=pipes[0] if terminal is None else terminal,
-                    stdout=pipes[1] if terminal is None else terminal,
-                    stderr=pipes[2] if terminal is None else terminal,
-                    start_new_session=True,
-                    env=_HELPER_ENV,
-                    pass_fds=(seccomp_fd,),
-                )
-                _live_commands.setdefault(self._sandbox_id, set()).add(process)
-        finally:
-            os.close(seccomp_fd)
-        try:
-            yield process
-        finally:
-            with _live_commands_lock:
-                processes = _live_commands.get(self._sandbox_id)
-                if processes is not None:
-                    processes.discard(process)
-                    if not processes:
-                        del _live_commands[self._sandbox_id]
-
-    def _bwrap_argv(
-        self,
-        command: str,
-        cwd: str | None,
-        env: dict[str, str],
-        rlimit_nproc: bool,
-        seccomp_fd: int,
-        program: list[str] | None = None,
-    ) -> list[str]:
-        """The full argv: (setpriv), bwrap, its flags, prlimit, ``env -i`` and the caller's
-        variables, then ``bash -lc command`` (or ``program`` as given). Every helper is an absolute path."""
+    def _bwrap_argv(self, seccomp_fd: int, identity_fds: list[int], listen_fd: int) -> list[str]:
+        """The init's argv: (setpriv), bwrap and its flags, then the system ``python3`` running ``sandbox_init``."""
         tools = self._tools
         uid = self._provider.sandbox_uid
         limits = self._provider.limits
@@ -523,31 +719,38 @@ class LocalSandbox:
         # --unshare-user       a user namespace that maps only that uid: capabilities bwrap holds while
         #                      it sets up apply to its own namespaces, never to the host.
         # --unshare-net        a network namespace with only its own loopback: no host service on
-        #                      127.0.0.1 and no outside address is reachable (connects fail at once).
+        #                      127.0.0.1 and no outside address is reachable (connects fail at once);
+        #                      the sandbox's own servers answer each other on it.
         # --unshare-pid        its own PID namespace: it sees and signals only its own processes, and
-        #                      all of them die when its init (bwrap) does, so nothing outlives it.
+        #                      all of them die when its init does (kill), so nothing outlives it.
         # --unshare-ipc/-uts   no shared memory or semaphores with the host; its own hostname.
         # --unshare-cgroup-try its cgroup paths (and so the host's layout) stay hidden.
         # --die-with-parent    if this process dies, the sandbox dies with it (no orphans).
         # --new-session        a new terminal session: no TIOCSTI keystroke injection into ours.
         # read-only binds      the system directories, read-only; the rest of the host does not exist.
+        # --ro-bind-data       an /etc/passwd and /etc/group naming the sandbox uid ``user``.
         # --proc/--dev         a procfs of its own PID namespace; a minimal /dev (null, zero, urandom...).
-        # --tmpfs /tmp        a private, world-writable /tmp, capped at the file size limit (it is memory).
+        # --tmpfs /tmp        the sandbox's private, world-writable /tmp, capped at the file size
+        #                      limit (it is memory, counted in the sandbox's cgroup).
         # --bind workspace     the only writable host directory: the run's workspace as $HOME.
         # --remount-ro /       the sandbox's root (a tmpfs its own user owns) read-only: no writes
         #                      outside /tmp and $HOME, so none that no limit bounds.
-        # --seccomp            no namespaces, mounts, modules, clock changes or reboot (``seccomp``).
-        # --clearenv/--setenv  the helpers see a fixed environment: nothing of this process's
+        # --seccomp            no namespaces, mounts, modules, clock changes or reboot (``seccomp``);
+        #                      the init and everything it starts inherit the filter.
+        # --clearenv/--setenv  the init sees a fixed environment: nothing of this process's
         #                      (credentials!) and nothing of the caller's (PATH, LD_PRELOAD...).
         #                      bwrap drops every capability and sets no_new_privs before exec.
-        # prlimit (inside)     CPU time, memory, file size (and processes without a pids cgroup).
-        # env -i (inside)      the caller's environment, for the final command only.
+        # python3 -I -S        the init: no user site, no environment variables, no site module.
+        # Each command then gets, from the init: prlimit (CPU time, memory, file size, and processes
+        # without a pids cgroup), ``env -i`` (the caller's environment, for the final command only).
         argv: list[str] = []
         if uid is not None:
             argv += [tools.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
         argv += [tools.bwrap, "--unshare-user", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         argv += ["--unshare-cgroup-try", "--hostname", "sandcastle", "--die-with-parent", "--new-session"]
         argv += _system_mount_args()
+        passwd_fd, group_fd = identity_fds
+        argv += ["--ro-bind-data", str(passwd_fd), "/etc/passwd", "--ro-bind-data", str(group_fd), "/etc/group"]
         argv += ["--proc", "/proc", "--dev", "/dev"]
         argv += ["--perms", "1777"]
         if _bwrap_has_tmpfs_size(tools.bwrap):
@@ -556,31 +759,30 @@ class LocalSandbox:
         argv += ["--perms", "0755", "--dir", PurePosixPath(SANDBOX_HOME).parent.as_posix()]
         argv += ["--bind", str(self._workspace), SANDBOX_HOME]
         argv += ["--remount-ro", "/"]
-        argv += ["--chdir", str(PurePosixPath(SANDBOX_HOME, cwd or "."))]
+        argv += ["--chdir", SANDBOX_HOME]
         argv += ["--seccomp", str(seccomp_fd)]
         argv += ["--clearenv"]
         for name, value in _BASE_ENV.items():
             argv += ["--setenv", name, value]
-        argv += ["--", tools.prlimit, *limits.prlimit_argv(with_nproc=rlimit_nproc), "--"]
-        argv += [tools.env, "-i", "--", *_assignments({**_BASE_ENV, **env})]
-        if program is not None:
-            return argv + program
-        return argv + [*tools.shell, command]
+        return argv + ["--", tools.python, "-I", "-S", "-c", _init_source(), str(listen_fd)]
 
 
 class SandboxProcess:
-    """A command started by ``LocalSandbox.spawn``: read its pipes while it runs, then ``wait``."""
+    """A command the sandbox's init started: read its pipes while it runs, then ``wait``."""
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
-        resources: ExitStack,
-        cgroup: CommandCgroup | None,
-        exit_note: Callable[[int, bool], str | None],
+        connection: socket.socket,
+        *,
+        stdin: IO[bytes] | None,
+        stdout: IO[bytes] | None,
+        stderr: IO[bytes] | None,
+        exit_note: Callable[[int], str | None],
     ) -> None:
-        self._process = process
-        self._resources = resources
-        self._cgroup = cgroup
+        self._connection = connection
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
         self._exit_note = exit_note
         self._lock = threading.Lock()
         self._exit_code: int | None = None
@@ -588,45 +790,163 @@ class SandboxProcess:
         """Why a limit ended the command (e.g. ``killed: memory limit ...``), once it has exited."""
 
     @property
-    def pid(self) -> int:
-        """The host pid of the command's outermost helper (its process tree hangs below it)."""
-        return self._process.pid
+    def stdin(self) -> IO[bytes]:
+        """The command's standard input (a pipe; ``spawn(stdin=True)`` only): close it for EOF."""
+        if self._stdin is None:
+            raise ValueError("this command was started without stdin (its input is /dev/null)")
+        return self._stdin
 
     @property
-    def stdin(self) -> IO[bytes] | None:
-        """The command's standard input (a pipe) when spawned with ``stdin=True``, else None."""
-        return self._process.stdin
+    def has_stdin(self) -> bool:
+        """Whether the command was given a stdin pipe (``spawn(stdin=True)``)."""
+        return self._stdin is not None
 
     @property
     def stdout(self) -> IO[bytes]:
-        """The command's standard output (a pipe)."""
-        assert self._process.stdout is not None
-        return self._process.stdout
+        """The command's standard output (a pipe; a command on a terminal has none)."""
+        if self._stdout is None:
+            raise ValueError("this command's output goes to its terminal")
+        return self._stdout
 
     @property
     def stderr(self) -> IO[bytes]:
-        """The command's standard error (a pipe)."""
-        assert self._process.stderr is not None
-        return self._process.stderr
+        """The command's standard error (a pipe; a command on a terminal has none)."""
+        if self._stderr is None:
+            raise ValueError("this command's output goes to its terminal")
+        return self._stderr
 
-    def kill(self) -> None:
-        """SIGKILL the command and everything it started (its PID namespace dies with bwrap)."""
-        _kill_process_group(self._process)
+    def kill(self, number: int = signal.SIGKILL) -> None:
+        """Signal the command's process group (SIGKILL by default)."""
+        with suppress(OSError):
+            self._connection.send(json.dumps({"signal": int(number)}).encode())
+
+    def communicate(self, stdout: bytearray, stderr: bytearray, *, deadline: float) -> bool:
+        """Read both pipes into the buffers until the command ends; False when ``deadline`` passed first.
+
+        Output a background child prints after the command ended is not waited for: what the
+        command printed before it ended is in the pipes already, and is all read.
+        """
+        selector = selectors.DefaultSelector()
+        targets = {pipe.fileno(): buffer for pipe, buffer in ((self._stdout, stdout), (self._stderr, stderr)) if pipe}
+        for fd in targets:
+            selector.register(fd, selectors.EVENT_READ)
+        selector.register(self._connection, selectors.EVENT_READ)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                for key, _ in selector.select(remaining):
+                    if key.fileobj is self._connection:
+                        self._drain(targets)
+                        return True
+                    chunk = os.read(key.fd, _READ_CHUNK_BYTES)
+                    if chunk:
+                        targets[key.fd] += chunk
+                    else:
+                        selector.unregister(key.fd)
+        finally:
+            selector.close()
+
+    @staticmethod
+    def _drain(targets: dict[int, bytearray]) -> None:
+        for fd, buffer in targets.items():
+            os.set_blocking(fd, False)
+            with suppress(BlockingIOError, OSError):
+                while chunk := os.read(fd, _READ_CHUNK_BYTES):
+                    buffer += chunk
 
     def wait(self) -> int:
-        """Wait for the command to end; its exit code (128+n for a signal n), its cgroup released.
+        """Wait for the command to end; its exit code (128+n for a signal n).
 
-        Safe to call more than once and from several threads.
+        A sandbox killed (or whose init died) meanwhile ends it with 137. Safe to call more than
+        once and from several threads; it closes the pipes of a command that ended.
         """
-        returncode = self._process.wait()
         with self._lock:
             if self._exit_code is None:
-                oom_killed = self._cgroup.oom_killed() if self._cgroup else False
-                self._resources.close()
-                exit_code = returncode if returncode >= 0 else 128 - returncode
-                self.limit_note = self._exit_note(exit_code, oom_killed)
+                self._connection.settimeout(None)
+                try:
+                    returncode = int(local_init.read_message(self._connection)["exit"])
+                    exit_code = returncode if returncode >= 0 else 128 - returncode
+                    self.limit_note = self._exit_note(exit_code)
+                except (InitUnreachable, KeyError, TypeError, ValueError):
+                    exit_code = 128 + signal.SIGKILL
+                    self.limit_note = _INIT_GONE_NOTE
+                self._connection.close()
+                if self._stdin is not None:
+                    with suppress(OSError):
+                        self._stdin.close()
                 self._exit_code = exit_code
             return self._exit_code
+
+
+def _kill_init(sandbox_dir: Path, cgroup: SandboxCgroup | None) -> None:
+    """SIGKILL the sandbox's init and every process below it: its PID namespace dies with it."""
+    pid = local_init.recorded_init_pid(sandbox_dir)
+    if cgroup is not None and cgroup.can_freeze:
+        with suppress(OSError):
+            cgroup.freeze(False)  # a frozen process never dies of SIGKILL
+    if pid is not None:
+        for member in local_init.descendants(pid):
+            with suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # when this process started it: no zombie left
+
+
+@contextmanager
+def _flocked(directory: Path) -> Iterator[None]:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SandboxGone(f"sandbox directory {directory} is gone (killed)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _identity_files(uid: int | None) -> tuple[bytes, bytes]:
+    """The sandbox's ``/etc/passwd`` and ``/etc/group``: its uid is ``user``, at home in ``/home/user``."""
+    uid = os.getuid() if uid is None else uid
+    gid = uid if os.geteuid() == 0 else os.getgid()
+    passwd = f"root:x:0:0:root:/root:/usr/sbin/nologin\n{SANDBOX_USER}:x:{uid}:{gid}::{SANDBOX_HOME}:/bin/bash\n"
+    group = f"root:x:0:\n{SANDBOX_USER}:x:{gid}:\n"
+    if uid != 65534:
+        passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    if gid != 65534:
+        group += "nogroup:x:65534:\n"
+    return passwd.encode(), group.encode()
+
+
+def _name_in(table: bytes, number: int) -> str:
+    """The name of ``number`` in a passwd or group file's text (``name:x:number:...`` lines)."""
+    for line in table.decode().splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2] == str(number):
+            return fields[0]
+    return str(number)
+
+
+def _data_fd(data: bytes) -> int:
+    """An in-memory file holding ``data`` at offset 0, for ``bwrap --ro-bind-data``."""
+    fd = os.memfd_create("sandcastle-etc", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@functools.cache
+def _init_source() -> str:
+    """The init's program (``sandbox_init``), passed to the sandbox's ``python3 -c``."""
+    return Path(sandbox_init.__file__).read_text()
 
 
 def _write_meta(sandbox_dir: Path, meta: dict[str, object]) -> None:
@@ -642,12 +962,16 @@ def _is_local_sandbox_id(sandbox_id: str) -> bool:
 
 @dataclass(frozen=True)
 class _HostTools:
-    """The absolute host paths of every helper a command runs through, resolved before it starts."""
+    """The absolute host paths of every helper a sandbox runs through, resolved before it starts."""
 
     bwrap: str
     setpriv: str
     prlimit: str
+    setsid: str
+    """util-linux ``setsid``: ``--ctty`` gives a command on a pty its controlling terminal."""
     env: str
+    python: str
+    """The system's python3 (under ``/usr``, which the sandbox sees), for the init."""
     shell: tuple[str, ...]
     """``bash -lc`` (or ``sh -c`` where bash is missing)."""
 
@@ -658,20 +982,25 @@ def _find_tools() -> _HostTools:
     if bwrap is None:
         raise SandboxError(_BWRAP_MISSING)
     found = {}
-    for tool in ("setpriv", "prlimit"):
+    for tool in ("setpriv", "prlimit", "setsid"):
         found[tool] = shutil.which(tool)
         if found[tool] is None:
             raise SandboxError(_UTIL_LINUX_MISSING.format(tool=tool))
     env = shutil.which("env")
     if env is None:
         raise SandboxError("env (coreutils) is not installed; apt-get install coreutils")
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        raise SandboxError(_PYTHON_MISSING)
     bash = shutil.which("bash")
     shell = (os.path.abspath(bash), "-lc") if bash else ("/bin/sh", "-c")
     return _HostTools(
         bwrap=os.path.abspath(bwrap),
         setpriv=os.path.abspath(found["setpriv"] or ""),
         prlimit=os.path.abspath(found["prlimit"] or ""),
+        setsid=os.path.abspath(found["setsid"] or ""),
         env=os.path.abspath(env),
+        python=python,
         shell=shell,
     )
 
@@ -702,16 +1031,6 @@ def _system_mount_args() -> tuple[str, ...]:
         elif os.path.isdir(system_dir):
             args += ["--ro-bind", system_dir, system_dir]
     return tuple(args)
-
-
-def _kill_process_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL bwrap's process group; the sandbox's PID namespace dies with it (``--die-with-parent``).
-
-    A process already reaped is skipped: its pid (and so its group id) may belong to someone else.
-    """
-    if process.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _elapsed_ms(started: float) -> int:

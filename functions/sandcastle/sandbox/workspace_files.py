@@ -61,8 +61,8 @@ def write_file(workspace: Path, path: str, data: bytes, *, owner: int | None) ->
             file.write(data)
 
 
-def read_file(workspace: Path, path: str) -> bytes:
-    """Read a file; ``FileNotFoundError`` when it does not exist.
+def read_file(workspace: Path, path: str, *, offset: int = 0) -> bytes:
+    """Read a file (from byte ``offset``); ``FileNotFoundError`` when it does not exist.
 
     ``ValueError`` when the path leads outside the workspace or names something other than a
     regular file: a FIFO or a device would never end.
@@ -71,6 +71,8 @@ def read_file(workspace: Path, path: str) -> bytes:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = _open_regular_file(name, flags, parent_fd, path)
         with os.fdopen(fd, "rb") as file:
+            if offset:
+                file.seek(offset)
             return file.read()
 
 

@@ -14,10 +14,21 @@ from sandcastle.tools.commands import RunCommand
 from sandcastle.tools.files import ReadFile, WriteFile
 from sandcastle.tools.listing import ListFiles
 from sandcastle.tools.patch import ApplyPatch
+from sandcastle.tools.processes import KillProcess, ProcessOutputTool, WriteStdin
 from sandcastle.validation import describe_issues
 
 TOOLS: dict[str, Tool] = {
-    tool.name: tool for tool in (RunCommand(), ListFiles(), ReadFile(), WriteFile(), ApplyPatch())
+    tool.name: tool
+    for tool in (
+        RunCommand(),
+        ProcessOutputTool(),
+        WriteStdin(),
+        KillProcess(),
+        ListFiles(),
+        ReadFile(),
+        WriteFile(),
+        ApplyPatch(),
+    )
 }
 
 __all__ = ["TOOLS", "Tool", "ToolContext", "parse_tool_call", "tool_schemas"]
