@@ -84,10 +84,12 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
 
     reason = state.stop_reason or StopReason.COMPLETED
     status = STOP_STATUS[reason]
-    answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
+    answer = Transcript(deps.store.read_transcript(run.run_id)).last_answer()
     artifacts = export_artifacts(run, deps)
     kill_sandbox(run.sandbox_id, deps)
-    end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts)
+    # The loop has stopped (the last AgentStep returned "finish"): nothing changes the run's usage or step
+    # any more, so the record read above is the one the END event accounts for.
+    end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts, current=True)
     logger.info("run finished", extra={"status": status.value, "stop_reason": reason.value})
     return {"run_id": run.run_id, "status": status.value}
 
@@ -110,7 +112,7 @@ def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
     error.message = deps.redactor.text(error.message)
     status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
     deps.store.append_event(error_event(run.run_id, run.step, error))
-    answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
+    answer = Transcript(deps.store.read_transcript(run.run_id)).last_answer()
     end_run(run, deps, status=status, result=answer, error=error, artifacts=artifacts)
     logger.warning("run failed", extra={"status": status.value, "error_type": error.type, "error": error.message})
     return {"run_id": run.run_id, "status": status.value}
@@ -125,15 +127,18 @@ def end_run(
     result: str | None = None,
     error: RunError | None = None,
     artifacts: list[Artifact] | None = None,
+    current: bool = False,
 ) -> Run:
     """Bring the run to its terminal ``status`` once: the END event, the run's fields and the release of
     its tenant's active-run slot in one transaction that requires the run not to have ended yet; then
     announce it.
 
+    The END event accounts for the run's usage as stored: ``run`` is read again first, unless the caller
+    says it is ``current`` (read after the last write that could change its usage or step).
     Returns the run as stored afterwards (ended by this call or by an earlier one).
     """
     now = utcnow()
-    fresh = deps.store.get_run(run.run_id)
+    fresh = run if current else deps.store.get_run(run.run_id)
     if result is not None and len(result.encode()) > RESULT_LIMIT_BYTES:  # the whole answer is in the transcript
         result = clip_text(result.encode(), RESULT_LIMIT_BYTES)["text"]
     outcome = RunOutcome(
@@ -149,13 +154,15 @@ def end_run(
     if artifacts:
         fields["artifacts"] = artifacts
     try:
-        deps.store.append_event(
+        written = deps.store.append_event(
             end_event(run.run_id, fresh.step, outcome),
             RunUpdate(set=fields, require_not_terminal=True, release_slot_of=run.tenant),
         )
     except ConditionFailed:
         logger.info("run had already ended")
-    ended = deps.store.get_run(run.run_id)
+        written = False
+    # Written: the item now holds exactly ``fresh`` with ``fields`` set. Otherwise an earlier ending won: read it.
+    ended = fresh.model_copy(update=fields) if written else deps.store.get_run(run.run_id)
     announce_run_end(ended, deps)
     return ended
 

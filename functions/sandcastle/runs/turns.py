@@ -33,14 +33,14 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     turn = state.step + 1
     base = StepState(run_id=run.run_id, step=turn, tool_concurrency=deps.settings.tool_concurrency)
 
-    reply_data = _recorded_reply(run.run_id, turn, deps)
+    transcript = Transcript(deps.store.read_transcript(run.run_id))
+    reply_data = transcript.assistant(turn)  # a retry finds the turn's reply already recorded
     if reply_data is None:
         now = utcnow()
         stop = budget_stop(run, now)
         if stop is not None:
             logger.info("budget spent", extra={"stop_reason": stop.value})
             return base.model_copy(update={"step": state.step, "next": "finish", "stop_reason": stop})
-        transcript = Transcript(deps.store.list_events(run.run_id))
         model = deps.model_for(run)
         timeout = max(MIN_MODEL_TIMEOUT_S, min(time_left_s, seconds_left(run, now)))
         reply = model.complete(transcript, tool_schemas(), model=run.model, timeout_s=timeout)
