@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,46 @@ def test_output_streams_while_the_command_runs(sbx: Sandbox) -> None:
 
     assert [text for _, text in seen] == ["first\n", "second\n"]
     assert seen[0][0] - started < 0.8  # the first line arrived before the command ended
+
+
+def _requests_served(caplog: pytest.LogCaptureFixture, expected: int) -> Counter[str]:
+    """The requests the server logged (its request log is written just after each answer), by method and path."""
+    for _ in range(100):
+        lines = [r.getMessage() for r in caplog.records if r.name == "sandcastle.e2b_server.server"]
+        if len(lines) >= expected:
+            break
+        time.sleep(0.05)
+    return Counter(
+        re.sub(r"/sandboxes/[^/ ]+", "/sandboxes/{id}", line.split('"')[1].rsplit(" ", 1)[0]) for line in lines
+    )
+
+
+def test_tool_calls_in_one_container_make_one_connect_and_one_keep_alive_over_http(
+    server: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a sandbox another container created, and this container's provider
+    options = {"api_url": server.url, "sandbox_url": server.url}
+    created = E2BSandboxProvider(API_KEY, "base", **options).create(
+        SandboxSpec(run_id="run-http-count", tenant="acme", timeout_s=120)
+    )
+    container = E2BSandboxProvider(API_KEY, "base", **options)
+    caplog.set_level(logging.DEBUG, logger="sandcastle.e2b_server.server")
+    caplog.clear()
+    try:
+        # When it runs 8 tool calls, each connecting with the run's keep-alive as RunTool does
+        for call in range(8):
+            sandbox = container.connect(created.sandbox_id, keep_alive_s=300 - call)
+            assert sandbox.run("true", timeout_s=10).exit_code == 0
+
+        # Then the server saw one connect, one timeout and the 8 commands
+        served = _requests_served(caplog, expected=10)
+        assert served == {
+            "POST /v2/sandboxes/{id}/connect": 1,
+            "POST /sandboxes/{id}/timeout": 1,
+            "POST /process.Process/Start": 8,
+        }
+    finally:
+        container.kill(created.sandbox_id)
 
 
 def test_large_and_non_utf8_output_survive_byte_exact_through_the_adapter(connection: dict[str, Any]) -> None:
