@@ -13,7 +13,6 @@ from aws_lambda_powertools import Logger
 
 from sandcastle.errors import ConditionFailed, RunEnded
 from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
-from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.payloads import FailInput, StepState
 from sandcastle.runs.records import STOP_STATUS, Artifact, Run, RunError, RunOutcome, RunStatus, StopReason, utcnow
@@ -28,7 +27,6 @@ from sandcastle.runs.transcript import (
 )
 from sandcastle.sandbox.base import Sandbox, SandboxSpec
 from sandcastle.store.dynamo import RunUpdate
-from sandcastle.tools import TOOLS
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
@@ -51,6 +49,8 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
     for file in run.files:
         sandbox.write_file(f"input/{file.name}", deps.objects.get(file.s3_key))
     sandbox.run("mkdir -p ~/output", timeout_s=30)
+
+    from sandcastle.tools import TOOLS  # only their names: the registry stays out of the other endings' imports
 
     deps.store.append_event(
         system_event(
@@ -85,6 +85,8 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
     reason = state.stop_reason or StopReason.COMPLETED
     status = STOP_STATUS[reason]
     answer = Transcript(deps.store.read_transcript(run.run_id)).last_answer()
+    from sandcastle.runs.artifacts import export_artifacts  # here: cancel and the API import this module too
+
     artifacts = export_artifacts(run, deps)
     kill_sandbox(run.sandbox_id, deps)
     # The loop has stopped (the last AgentStep returned "finish"): nothing changes the run's usage or step
