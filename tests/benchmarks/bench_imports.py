@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.benchmarks import Spread, section, table
+from tests.template_support import load_template
 
 HANDLERS = (
     "api",
@@ -70,11 +71,16 @@ FIRST_USE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fail_run": (("store",), ("sandcastle.sandbox.e2b_sandbox", "e2b")),
 }
 
-#: The environment a Lambda has (no AWS credentials are needed to import or build clients).
+#: The environment a Lambda has (no AWS credentials are needed to import or build clients): the template's
+#: plain global variables, with tracing off.
 LAMBDA_ENVIRONMENT = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
-    "POWERTOOLS_SERVICE_NAME": "sandcastle",
+    **{
+        name: value
+        for name, value in load_template()["Globals"]["Function"]["Environment"]["Variables"].items()
+        if isinstance(value, str)
+    },
     "POWERTOOLS_TRACE_DISABLED": "true",
     "LANG": "C.UTF-8",
 }
