@@ -118,11 +118,22 @@ class HandlerImport:
     loaded: frozenset[str]
 
 
+REFERENCE_MODULE = "boto3"
+"""Imported alone in the same rounds: about 150 ms on this machine when idle (NOTES), so a much larger
+figure says the machine was busy and every figure of the table is inflated alike."""
+
+
 def probe(handler: str) -> dict[str, object]:
     """One fresh interpreter: import ``sandcastle.handlers.<handler>``, then build what it uses first."""
     attributes, lazy = FIRST_USE[handler]
     script = _PROBE.format(module=f"sandcastle.handlers.{handler}", watched=WATCHED, attributes=attributes, lazy=lazy)
     return json.loads(_python(script).stdout.strip().splitlines()[-1])
+
+
+def probe_reference() -> float:
+    """Milliseconds to import ``REFERENCE_MODULE`` alone in a fresh interpreter."""
+    script = _PROBE.format(module=REFERENCE_MODULE, watched=WATCHED, attributes=(), lazy=())
+    return float(json.loads(_python(script).stdout.strip().splitlines()[-1])["handler_s"]) * 1000
 
 
 def import_time_by_package(module: str) -> Counter[str]:
@@ -153,17 +164,19 @@ def _python(script: str, *options: str) -> subprocess.CompletedProcess[str]:
     return completed
 
 
-def measure_all(repetitions: int) -> list[HandlerImport]:
-    """Every handler, ``repetitions`` fresh interpreters each, taken round-robin."""
+def measure_all(repetitions: int) -> tuple[list[HandlerImport], Spread]:
+    """Every handler, ``repetitions`` fresh interpreters each, taken round-robin; and the reference import."""
     samples: dict[str, list[dict[str, object]]] = {handler: [] for handler in HANDLERS}
+    reference_ms: list[float] = []
     for _ in range(repetitions):
         for handler in HANDLERS:
             samples[handler].append(probe(handler))
+        reference_ms.append(probe_reference())
 
     def spread(handler: str, key: str) -> Spread:
         return Spread.of([float(sample[key]) * 1000 for sample in samples[handler]])  # type: ignore[arg-type]
 
-    return [
+    results = [
         HandlerImport(
             handler=handler,
             import_ms=spread(handler, "handler_s"),
@@ -174,6 +187,7 @@ def measure_all(repetitions: int) -> list[HandlerImport]:
         )
         for handler in HANDLERS
     ]
+    return results, Spread.of(reference_ms)
 
 
 def target_ms(handler: str) -> float:
@@ -182,7 +196,7 @@ def target_ms(handler: str) -> float:
 
 def report(quick: bool = False) -> str:
     repetitions = 3 if quick else 7
-    results = measure_all(repetitions)
+    results, reference = measure_all(repetitions)
     rows = [
         [
             result.handler,
@@ -219,7 +233,9 @@ def report(quick: bool = False) -> str:
     )
     met = sum(1 for result in results if result.import_ms.median <= target_ms(result.handler))
     note = (
-        f"{met} of {len(results)} handlers within target. Import ms: median of {repetitions} fresh interpreters each "
+        f"{met} of {len(results)} handlers within target. Reference: import {REFERENCE_MODULE} alone took "
+        f"{reference.median:,.0f} ms in the same rounds (about 150 ms on this machine idle; more means it was busy). "
+        f"Import ms: median of {repetitions} fresh interpreters each "
         "(handlers round-robin), POWERTOOLS_TRACE_DISABLED=true; target 200 ms on the API path (api, authorizer, "
         "submit_run), 250 ms elsewhere; ratio = median / target. openai/e2b/x-ray/boto3: in sys.modules after "
         "importing the handler. First clients: the boto3 clients Dependencies builds for it (paid at its first "
