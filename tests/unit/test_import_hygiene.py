@@ -158,3 +158,25 @@ def test_with_tracing_on_a_handler_is_traced_through_the_xray_sdk(tmp_path: Path
     loaded = _loaded_by_import("run_tool", tmp_path, LAMBDA_TASK_ROOT=str(tmp_path))
 
     assert XRAY_SDK in loaded and TOOL_REGISTRY in loaded
+
+
+@pytest.mark.parametrize(
+    ("environment", "traced"),
+    [
+        ({"LAMBDA_TASK_ROOT": "/var/task"}, True),
+        ({"LAMBDA_TASK_ROOT": "/var/task", "POWERTOOLS_TRACE_DISABLED": "true"}, False),
+        ({"LAMBDA_TASK_ROOT": "/var/task", "AWS_SAM_LOCAL": "true"}, False),
+        ({}, False),  # not in a Lambda: no X-Ray daemon to send to
+    ],
+)
+def test_tracing_is_on_where_powertools_would_trace(
+    environment: dict[str, str], traced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandcastle.handlers._observability import tracing_enabled
+
+    for name in ("LAMBDA_TASK_ROOT", "POWERTOOLS_TRACE_DISABLED", "AWS_SAM_LOCAL", "AWS_CHALICE_CLI_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    assert tracing_enabled() is traced
