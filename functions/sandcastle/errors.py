@@ -80,6 +80,10 @@ class ModelNotConfigured(SandcastleError):
     """The run needs a model but none is configured."""
 
 
+class PlaybookStepFailed(SandcastleError):
+    """A playbook step failed (tool error, non-zero exit, timeout) and does not say ``continue_on_error``."""
+
+
 class SandboxGone(SandcastleError):
     """The run's sandbox no longer exists (killed, expired or never created)."""
 

@@ -5,7 +5,7 @@ Domain functions take a ``Dependencies`` bundle; tests pass one made of fakes. H
 ``get_dependencies`` by default), so a test builds a handler on its own bundle instead of patching
 this module; the API's routes read the bundle their request was resolved with (``using``). Each adapter is
 built on first use, so a handler only imports what it touches: the submit path never imports
-openai or e2b, ``run_tool`` never imports openai, ``agent_step`` never imports e2b.
+openai or e2b, ``run_tool`` never imports openai, ``agent_step`` imports e2b only to run a tool call.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from sandcastle.runs.reaper import reap, run_deadline
 from sandcastle.runs.records import RunStatus
 from sandcastle.runs.requests import PlaybookCall, RunRequest
 from sandcastle.store.executions import execution_arn
+from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.bwrap
 
@@ -85,9 +86,19 @@ def test_the_reaper_may_keep_an_overdue_runs_files(runtime: LocalRuntime) -> Non
     assert runtime.permissions.denied == []
 
 
-def test_every_function_a_run_invokes_is_checked_call_by_call(runtime: LocalRuntime) -> None:
+def _two_call_turn_then_one(fake_openai: FakeOpenAIServer) -> None:
+    """A turn of two calls (the RunTools map: RunTool), a turn of one (run by AgentStep itself), an answer."""
+    fake_openai.reply_tool_calls([("run_command", {"command": "echo a"}), ("run_command", {"command": "echo b"})])
+    fake_openai.reply_tool_calls([("run_command", {"command": "echo kept > ~/output/kept.txt"})])
+    fake_openai.reply_text("Done.")
+
+
+def test_every_function_a_run_invokes_is_checked_call_by_call(
+    runtime: LocalRuntime, fake_openai: FakeOpenAIServer
+) -> None:
     assert runtime.permissions is not None
-    run = runtime.submit(RunRequest(instructions="x", playbook=SLOW[:1]))
+    _two_call_turn_then_one(fake_openai)
+    run = runtime.submit(RunRequest(instructions="x"))
 
     assert runtime.wait(run.run_id).status is RunStatus.SUCCEEDED
     checked = {function.removeprefix("sandcastle-local-") for function, _ in runtime.permissions.checked}
@@ -95,20 +106,22 @@ def test_every_function_a_run_invokes_is_checked_call_by_call(runtime: LocalRunt
     assert runtime.permissions.denied == []
 
 
-def test_a_grant_missing_from_a_role_fails_the_run_as_in_the_cloud(runtime: LocalRuntime) -> None:
+@pytest.mark.parametrize("function", ["RunToolFunction", "AgentStepFunction"])
+def test_a_grant_missing_from_a_role_fails_the_run_as_in_the_cloud(
+    runtime: LocalRuntime, fake_openai: FakeOpenAIServer, function: str
+) -> None:
     guard = runtime.permissions
     assert guard is not None
-    guard.identities["RunToolFunction"] = replace(guard.identities["RunToolFunction"], policy=Policy(()))
-    run = runtime.submit(RunRequest(instructions="x", playbook=SLOW[:1]))
+    guard.identities[function] = replace(guard.identities[function], policy=Policy(()))
+    _two_call_turn_then_one(fake_openai)
+    run = runtime.submit(RunRequest(instructions="x"))
 
     ended = runtime.wait(run.run_id)
 
     assert ended.status is RunStatus.FAILED and ended.error is not None
     assert "AccessDeniedException" in ended.error.message
-    assert (
-        "RunToolFunctionRole" in ended.error.message and "not authorized to perform: dynamodb:" in ended.error.message
-    )
-    assert {function for function, _ in guard.denied} == {"sandcastle-local-RunToolFunction"}
+    assert f"{function}Role" in ended.error.message and "not authorized to perform: dynamodb:" in ended.error.message
+    assert {function for function, _ in guard.denied} == {f"sandcastle-local-{function}"}
 
 
 def test_the_submit_function_may_record_and_start_a_run(runtime: LocalRuntime) -> None:

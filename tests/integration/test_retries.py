@@ -68,3 +68,27 @@ def test_every_handler_invoked_twice_writes_once(
     assert run.status is RunStatus.SUCCEEDED and run.result == "hello.txt says hello."
     assert (run.usage.steps, run.usage.tool_calls) == (2, 1)
     assert not any(sandbox_root.iterdir())
+
+
+def test_agent_step_running_its_turns_one_call_invoked_twice_runs_it_once(
+    runtime: LocalRuntime, fake_openai: FakeOpenAIServer, sandbox_root: Path
+) -> None:
+    deps = Dependencies(runtime.deps.settings, executions=_NoExecution())
+    run_id = submit_run(RunRequest(instructions="Create hello.txt"), deps).run_id
+    fake_openai.reply_tool_calls([("run_command", {"command": "echo hello >> hello.txt && cat hello.txt"})])
+    fake_openai.reply_text("hello.txt says hello.")
+    state = runtime.invoke("PrepareRunFunction", {"run_id": run_id})
+
+    # As the state machine invokes it: the turn's one call runs in AgentStep
+    first = runtime.invoke("AgentStepFunction", {**state, "inline_tool_call": True})
+    before = _snapshot(runtime, run_id)
+    second = runtime.invoke("AgentStepFunction", {**state, "inline_tool_call": True})
+
+    assert first == second and first["next"] == "agent"
+    assert _snapshot(runtime, run_id) == before, "AgentStep changed the transcript when retried"
+    assert len(fake_openai.requests) == 1
+    assert runtime.events(run_id)[-1].data.command().stdout.text == "hello\n"  # appended once, not twice
+    assert runtime.get_run(run_id).usage.tool_calls == 1
+    final = runtime.invoke("AgentStepFunction", {**first, "inline_tool_call": True})
+    runtime.invoke("FinishRunFunction", final)
+    assert runtime.get_run(run_id).status is RunStatus.SUCCEEDED and not any(sandbox_root.iterdir())

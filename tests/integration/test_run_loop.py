@@ -227,3 +227,49 @@ def test_many_parallel_tool_calls_are_all_recorded_once(runtime: LocalRuntime, f
     results = _results(runtime, run.run_id)
     assert [r["output"]["stdout"]["text"] for r in results[:8]] == [f"{n}\n" for n in range(8)]
     assert results[8]["output"]["stdout"]["text"] == "0 1 2 3 4 5 6 7 "
+
+
+def test_a_failing_playbook_step_fails_the_run_naming_the_step(runtime: LocalRuntime, sandbox_root: Path) -> None:
+    playbook = [
+        {"tool": "run_command", "arguments": {"command": "echo one"}},
+        {"tool": "run_command", "arguments": {"command": "echo half; exit 3"}},
+        {"tool": "run_command", "arguments": {"command": "touch never-ran"}},
+    ]
+
+    run = _run(runtime, playbook=playbook)
+
+    assert run.status is RunStatus.FAILED and run.error is not None
+    assert run.error.type == "PlaybookStepFailed"
+    assert run.error.message.startswith("playbook step 2 (run_command) failed: the command exited with 3")
+    assert len(_results(runtime, run.run_id)) == 2
+    assert _no_sandbox_left(sandbox_root)
+
+
+def test_playbook_steps_that_may_fail_say_so(runtime: LocalRuntime) -> None:
+    playbook = [
+        {"tool": "run_command", "arguments": {"command": "exit 3"}, "continue_on_error": True},
+        {"tool": "read_file", "arguments": {"path": "missing.txt"}, "continue_on_error": True},
+        {"tool": "run_command", "arguments": {"command": "echo done"}},
+    ]
+
+    run = _run(runtime, playbook=playbook)
+
+    assert run.status is RunStatus.SUCCEEDED
+    results = _results(runtime, run.run_id)
+    assert results[0]["output"]["exit_code"] == 3 and "error" in results[1]
+    assert "done" in (run.result or "")
+
+
+def test_a_playbook_command_that_times_out_fails_the_run(runtime: LocalRuntime) -> None:
+    run = _run(runtime, playbook=[{"tool": "run_command", "arguments": {"command": "sleep 30", "timeout_s": 1}}])
+
+    assert run.status is RunStatus.FAILED and run.error is not None
+    assert run.error.message.startswith("playbook step 1 (run_command) failed: the command timed out after 1 s")
+
+
+def test_a_playbook_tool_error_fails_the_run(runtime: LocalRuntime) -> None:
+    run = _run(runtime, playbook=[{"tool": "read_file", "arguments": {"path": "missing.txt"}}])
+
+    assert run.status is RunStatus.FAILED and run.error is not None
+    assert run.error.message.startswith("playbook step 1 (read_file) failed: ")
+    assert "missing.txt" in run.error.message

@@ -604,6 +604,15 @@ def test_the_tool_runner_writes_only_under_runs_and_reads_only_saved_outputs() -
     ]
 
 
+def test_the_agent_step_writes_and_reads_only_saved_outputs() -> None:
+    """It records large reply values and runs a turn's one tool call: outputs/ only, narrower than RunTool."""
+    s3 = [s for s in _role_statements("AgentStepFunction") if "s3:" in json.dumps(s["Action"])]
+    assert [(s["Action"], s["Resource"]) for s in s3] == [
+        ("s3:PutObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*/outputs/*"}),
+        ("s3:GetObject", {"Fn::Sub": "${ArtifactsBucket.Arn}/runs/*/outputs/*"}),
+    ]
+
+
 @pytest.mark.parametrize(
     "logical_id",
     [

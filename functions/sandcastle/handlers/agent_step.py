@@ -1,4 +1,5 @@
-"""AgentStep: one model turn; returns the next move for the state machine's Choice."""
+"""AgentStep: one model turn (and its tool call, when it makes exactly one); returns the next move for the
+state machine's Choice."""
 
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ from sandcastle.runs.payloads import StepState
 from sandcastle.runs.turns import agent_step
 from sandcastle.wiring import DependenciesFactory, get_dependencies
 
-#: Seconds kept back from the Lambda's remaining time to record the reply.
+#: Seconds kept back from the Lambda's remaining time to record the reply (and an inline call's result).
 SAFETY_MARGIN_S = 10.0
 
 
@@ -25,6 +26,8 @@ def make_handler(deps: DependenciesFactory = get_dependencies) -> Callable[[dict
         time_left = context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_S
         result = agent_step(state, deps(), time_left_s=time_left)
         metrics.add_metric(name="AgentSteps", unit=MetricUnit.Count, value=1)
+        if result.next == "agent":  # the turn's one tool call ran here, not in RunTool
+            metrics.add_metric(name="ToolCalls", unit=MetricUnit.Count, value=1)
         return result.model_dump(mode="json")
 
     return handler

@@ -16,11 +16,17 @@ class StepState(BaseModel):
     run_id: str
     step: int = 0
     """The last model turn completed (0 before the first)."""
-    next: Literal["tools", "finish"] | None = None
+    next: Literal["agent", "tools", "finish"] | None = None
+    """The move after AgentStep: ``agent`` (the turn's one tool call ran in AgentStep: take the next turn),
+    ``tools`` (run the turn's calls in the RunTools map), ``finish``."""
     tool_call_ids: list[str] = Field(default_factory=list)
     stop_reason: StopReason | None = None
     tool_concurrency: int = 1
     """MaxConcurrency of the RunTools map (from the TOOL_CONCURRENCY setting)."""
+    inline_tool_call: bool = False
+    """AgentStep may execute a turn's only tool call itself and answer ``next: agent``. The state machine
+    sets it in AgentStep's parameters, so an execution of a definition whose Choice knows no ``agent``
+    move (one started before a deploy) never gets one: it gets ``tools``."""
 
 
 class ToolTask(BaseModel):

@@ -30,6 +30,9 @@ class PlaybookCall(_Strict):
 
     tool: Annotated[str, StringConstraints(min_length=1)]
     arguments: dict[str, Any] = Field(default_factory=dict)
+    continue_on_error: bool = False
+    """Go on to the next step when this one fails (a tool error, or a command's non-zero exit or timeout);
+    otherwise such a failure ends the run FAILED, naming the step."""
 
 
 class InputFile(_Strict):

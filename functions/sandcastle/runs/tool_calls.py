@@ -30,7 +30,7 @@ class ToolCallDone(TypedDict):
 
 
 def run_tool(task: ToolTask, deps: Dependencies) -> ToolCallDone:
-    """Execute one tool call of turn ``task.step`` and append its result.
+    """Execute one tool call of turn ``task.step`` and append its result (RunTool: one item of the Map).
 
     A call with invalid JSON, arguments that fail validation or an unknown tool is never
     executed: its result is an error the model reads. A retried invocation whose result is
@@ -47,11 +47,27 @@ def run_tool(task: ToolTask, deps: Dependencies) -> ToolCallDone:
     if index is None:
         raise SandcastleError(f"turn {task.step} of run {run.run_id} has no tool call {task.tool_call_id}")
     call = calls[index]
-    key = tool_result_key(task.step, index)
-    if any(event.key == key for event in step):
+    if any(event.key == tool_result_key(task.step, index) for event in step):
         logger.info("tool call already recorded; a retry does nothing")
         return {"tool_call_id": call.id}
+    execute_tool_call(run, task.step, index, call, deps)
+    return {"tool_call_id": call.id}
 
+
+def result_recorded(run_id: str, step: int, index: int, deps: Dependencies) -> bool:
+    """Whether the result of call ``index`` of turn ``step`` is in the transcript: a retry then does nothing."""
+    return deps.store.get_event(run_id, tool_result_key(step, index)) is not None
+
+
+def execute_tool_call(run: Run, step: int, index: int, call: ToolCall, deps: Dependencies) -> None:
+    """Execute ``call`` (call ``index`` of turn ``step``) in the run's sandbox and append its result once.
+
+    Shared by RunTool (a call of a turn with several) and AgentStep (a turn's only call). The caller
+    has read ``run`` in this invocation and knows the result is not recorded yet (``result_recorded``).
+    The deadline is checked before connecting and again after; a run that ended while the tool ran
+    keeps no result (the write requires the run not to have ended).
+    """
+    key = tool_result_key(step, index)
     started = time.monotonic()
     output: ToolOutput | None = None
     error: str | None = None
@@ -77,13 +93,12 @@ def run_tool(task: ToolTask, deps: Dependencies) -> ToolCallDone:
 
     try:
         deps.store.append_event(
-            tool_result_event(run.run_id, task.step, index, result),
+            tool_result_event(run.run_id, step, index, result),
             RunUpdate(add=Usage(tool_calls=1, tool_ms=duration_ms), require_not_terminal=True),
         )
     except ConditionFailed:
         logger.info("run ended while the tool ran; result not recorded")
     logger.info("tool call done", extra={"tool": call.name, "ok": result.error is None, "duration_ms": duration_ms})
-    return {"tool_call_id": call.id}
 
 
 def _whole(call: ToolCall, deps: Dependencies) -> ToolCall:

@@ -1,6 +1,8 @@
-"""One model turn of a run: the transcript in, the next move out."""
+"""One model turn of a run: the transcript in, the next move out (and a turn's only tool call, executed)."""
 
 from __future__ import annotations
+
+import time
 
 from aws_lambda_powertools import Logger
 
@@ -9,8 +11,16 @@ from sandcastle.errors import ModelReplyInvalid, RunEnded
 from sandcastle.large_values import event_saver, fit_reply
 from sandcastle.runs.budget import budget_stop, seconds_left
 from sandcastle.runs.payloads import StepState
-from sandcastle.runs.records import RunStatus, StopReason, Usage, utcnow
-from sandcastle.runs.transcript import AssistantData, AssistantEvent, Transcript, assistant_event, assistant_key
+from sandcastle.runs.records import Run, RunStatus, StopReason, Usage, utcnow
+from sandcastle.runs.tool_calls import execute_tool_call, result_recorded
+from sandcastle.runs.transcript import (
+    AssistantData,
+    AssistantEvent,
+    Transcript,
+    assistant_event,
+    assistant_key,
+    tool_result_key,
+)
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import tool_schemas
 from sandcastle.wiring import Dependencies
@@ -18,6 +28,8 @@ from sandcastle.wiring import Dependencies
 logger = Logger(child=True)
 
 MIN_MODEL_TIMEOUT_S = 5.0
+TOOL_CALL_MARGIN_S = 60.0
+"""What an inline tool call may need beyond its command's time limit: connecting, saving outputs, recording."""
 
 
 def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> StepState:
@@ -26,15 +38,28 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     A retry of the same turn finds the recorded reply and decides from it, so the model is
     never asked twice for one turn and usage is counted once. ``time_left_s`` is what the
     invocation may spend (the Lambda's remaining time, less a margin).
+
+    With ``state.inline_tool_call``, a turn that makes exactly one tool call has it executed here
+    (``next: agent``: one invocation and no Map per step) when the time left covers the longest the
+    call may take; otherwise, and for several calls, the RunTools map executes them (``next: tools``).
+    A retry that finds the call's result recorded runs nothing again.
     """
+    started = time.monotonic()
     run = deps.store.get_run(state.run_id)
     if run.status.terminal:
         raise RunEnded(f"run {run.run_id} already ended {run.status.value}")
     turn = state.step + 1
-    base = StepState(run_id=run.run_id, step=turn, tool_concurrency=deps.settings.tool_concurrency)
+    base = StepState(
+        run_id=run.run_id,
+        step=turn,
+        tool_concurrency=deps.settings.tool_concurrency,
+        inline_tool_call=state.inline_tool_call,
+    )
 
     transcript = Transcript(deps.store.read_transcript(run.run_id))
     reply_data = transcript.assistant(turn)  # a retry finds the turn's reply already recorded
+    from_transcript = reply_data is not None
+    recorded_here = False
     if reply_data is None:
         now = utcnow()
         stop = budget_stop(run, now)
@@ -45,15 +70,43 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
         timeout = max(MIN_MODEL_TIMEOUT_S, min(time_left_s, seconds_left(run, now)))
         reply = model.complete(transcript, tool_schemas(), model=run.model, timeout_s=timeout)
         _check_reply(reply)
-        reply_data = _record_turn(run.run_id, turn, reply, deps)
+        reply_data, recorded_here = _record_turn(run.run_id, turn, reply, deps)
 
     calls = reply_data.tool_calls
     if not calls:
         return base.model_copy(update={"next": "finish", "stop_reason": StopReason.COMPLETED})
+    ids = [call.id for call in calls]
+    inline = state.inline_tool_call and len(calls) == 1
+    # A reply this invocation recorded has no result yet (results are written after their turn's reply).
+    if inline and not recorded_here and _call_recorded(transcript if from_transcript else None, run.run_id, turn, deps):
+        logger.info("the turn's tool call is already recorded; a retry runs nothing")
+        return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
     if run.usage.tool_calls + len(calls) > run.budgets.max_tool_calls:
         logger.info("tool-call budget would be exceeded", extra={"requested": len(calls)})
         return base.model_copy(update={"next": "finish", "stop_reason": StopReason.MAX_TOOL_CALLS})
-    return base.model_copy(update={"next": "tools", "tool_call_ids": [call.id for call in calls]})
+    if inline:
+        needed = _longest_call_s(run, deps)
+        if time_left_s - (time.monotonic() - started) >= needed:
+            # ``run`` is as fresh as RunTool's read: read at this invocation's start, and the reply recorded
+            # here was written on the condition that the run is still RUNNING.
+            execute_tool_call(run, turn, 0, calls[0], deps)
+            return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
+        logger.info("too little time left to run the call here; RunTool runs it", extra={"needed_s": needed})
+    return base.model_copy(update={"next": "tools", "tool_call_ids": ids})
+
+
+def _call_recorded(transcript: Transcript | None, run_id: str, turn: int, deps: Dependencies) -> bool:
+    """Whether the turn's one call has its result: in the transcript this invocation read with the turn's reply
+    (the turn's events are always read fresh), else — the reply came from a concurrent attempt — in the table."""
+    if transcript is not None:
+        return any(event.key == tool_result_key(turn, 0) for event in transcript)
+    return result_recorded(run_id, turn, 0, deps)
+
+
+def _longest_call_s(run: Run, deps: Dependencies) -> float:
+    """The longest a tool call may take: its command's time limit at most, and never past the deadline."""
+    limit = min(float(deps.settings.command_timeout_ceiling_s), seconds_left(run, utcnow()))
+    return limit + TOOL_CALL_MARGIN_S
 
 
 def _check_reply(reply: ModelTurn) -> None:
@@ -69,7 +122,8 @@ def _recorded_reply(run_id: str, turn: int, deps: Dependencies) -> AssistantData
     return event.data if isinstance(event, AssistantEvent) else None
 
 
-def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -> AssistantData:
+def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -> tuple[AssistantData, bool]:
+    """The turn's reply as recorded, and whether this call wrote it (False: a concurrent attempt did first)."""
     key = assistant_key(turn)
     tokens = Usage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens)
     data = AssistantData(text=reply.text, tool_calls=reply.tool_calls, usage=tokens, model=reply.model)
@@ -89,7 +143,7 @@ def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -
     if not written:  # a concurrent attempt recorded this turn first: its reply is the turn's reply
         stored = _recorded_reply(run_id, turn, deps)
         assert stored is not None
-        return stored
+        return stored, False
     logger.info(
         "model turn recorded",
         extra={
@@ -98,4 +152,4 @@ def _record_turn(run_id: str, turn: int, reply: ModelTurn, deps: Dependencies) -
             **data.usage.model_dump(include={"input_tokens", "output_tokens"}),
         },
     )
-    return data
+    return data, True
