@@ -15,13 +15,19 @@ from typing import Any
 import pytest
 
 from sandcastle.handlers import agent_step, finish_run, prepare_run, run_tool
+from sandcastle.local.runtime import LocalLambdaContext
 from sandcastle.runs.requests import RunRequest
 from sandcastle.runs.submit import submit_run
 from sandcastle.wiring import Dependencies
 from tests.fakes.model import FakeModel
-from tests.unit.test_api import _context
 
 STEPS = 50
+
+
+def _context(name: str) -> LocalLambdaContext:
+    """A Lambda context with the template's AgentStep timeout (900 s): time for a turn and its call."""
+    arn = f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
+    return LocalLambdaContext(function_name=name, invoked_function_arn=arn, memory_limit_in_mb=512, timeout_s=900)
 
 
 @dataclass
@@ -116,3 +122,24 @@ def test_each_handler_invocation_makes_a_fixed_number_of_requests_whatever_the_s
     assert all(operations == one_turn for operations in tool_runs)
     # FinishRun reads the run item once (not again to end it, nor to announce it)
     assert finish == one_turn
+
+
+def test_an_agent_step_that_runs_its_turns_call_reads_as_little_at_step_50_as_at_step_2(
+    deps: Dependencies, model: FakeModel, handlers: dict, requests_of: DynamoDBRequests
+) -> None:
+    # Given the same run, with AgentStep running a turn's one call itself (as the state machine asks it to)
+    run_id = _long_run(deps, model, STEPS)
+    state = {**handlers["PrepareRun"]({"run_id": run_id}), "inline_tool_call": True}
+    agent_steps: dict[int, tuple[Counter[str], int]] = {}
+
+    # When the loop runs
+    while state.get("next") in (None, "agent"):
+        requests_of.reset()
+        state = handlers["AgentStep"](state)
+        agent_steps[state["step"]] = (Counter(requests_of.operations), requests_of.items_queried)
+    assert state["next"] == "finish"
+
+    # Then each step reads the run once and the transcript's tail once, and writes its turn and its result
+    turn_and_call = Counter({"GetItem": 1, "Query": 1, "TransactWriteItems": 2})
+    assert agent_steps[2] == agent_steps[STEPS] == (turn_and_call, 4)
+    assert all(operations == turn_and_call for operations, _ in list(agent_steps.values())[:-1])
