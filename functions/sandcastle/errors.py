@@ -212,6 +212,10 @@ class InvalidSandboxRequest(ValueError):
     """A create/connect/timeout request the server cannot honour (e.g. internet access)."""
 
 
+class SandboxConflict(RuntimeError):
+    """The sandbox is not in a state the request needs (e.g. pausing one already paused): a 409."""
+
+
 # --- the local runtime ---
 
 

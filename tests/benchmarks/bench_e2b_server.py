@@ -1,8 +1,9 @@
 """What the local E2B costs: the e2b SDK over HTTP against ``sandcastle.e2b_server``.
 
-Sandbox create and kill, the round trip of ``commands.run("true")`` (set against the in-process
-``local`` backend's ``run("true")``, so the ratio is the price of the protocol: HTTP, Connect,
-JSON), and a 1 MiB file write + read.
+Sandbox create and kill, create → first command (from the empty ``base`` template and from a
+template of 200 files, 4 MiB), the round trip of ``commands.run("true")`` (set against the
+in-process ``local`` backend's ``run("true")``, so the ratio is the price of the protocol: HTTP,
+Connect, JSON), and a 1 MiB file write + read.
 
 ``python -m tests.benchmarks.bench_e2b_server [--quick]`` runs it alone.
 """
@@ -42,6 +43,20 @@ def report(quick: bool = False) -> str:
             Sandbox.kill(created.sandbox_id, **options)
             kills.append((time.perf_counter() - started) * 1000)
 
+        template_files = Path(root) / "template"
+        for index in range(200):
+            (template_files / f"dir{index % 10}").mkdir(parents=True, exist_ok=True)
+            (template_files / f"dir{index % 10}" / f"file{index}.bin").write_bytes(os.urandom(20 * 1024))
+        server.registry.templates.build("bench", template_files)
+        first_command: dict[str, list[float]] = {"base": [], "bench": []}
+        for _ in range(lifecycles):
+            for template in first_command:
+                started = time.perf_counter()
+                fresh = Sandbox.create(template, timeout=120, **options)
+                fresh.commands.run("true")
+                first_command[template].append((time.perf_counter() - started) * 1000)
+                Sandbox.kill(fresh.sandbox_id, **options)
+
         sandbox = Sandbox.create(timeout=600, **options)
         sandbox.commands.run("true")  # warm the connection pool
         sdk_true = timings_ms(lambda: sandbox.commands.run("true"), repeat)
@@ -63,6 +78,13 @@ def report(quick: bool = False) -> str:
     rows = [
         ("Sandbox.create", statistics.median(creates), p95(creates), "ms"),
         ("Sandbox.kill", statistics.median(kills), p95(kills), "ms"),
+        ("create → first command (base)", statistics.median(first_command["base"]), p95(first_command["base"]), "ms"),
+        (
+            "create → first command (template: 200 files, 4 MiB)",
+            statistics.median(first_command["bench"]),
+            p95(first_command["bench"]),
+            "ms",
+        ),
         ('commands.run("true") through the SDK', statistics.median(sdk_true), p95(sdk_true), "ms"),
         ('local backend run("true"), in-process', statistics.median(local_true), p95(local_true), "ms"),
         ("ratio (SDK + server / in-process, medians)", ratio, None, "×"),

@@ -217,7 +217,7 @@ def test_list_by_metadata_get_info_and_kill(make_sandbox: Callable[..., Sandbox]
             ids += [info.sandbox_id for info in paginator.next_items()]
         return ids
 
-    assert listed(suite=tag) == [first.sandbox_id, second.sandbox_id]
+    assert listed(suite=tag) == [second.sandbox_id, first.sandbox_id]  # newest first, as E2B lists them
     assert listed(suite=tag, which="second") == [second.sandbox_id]
     info = Sandbox.get_info(first.sandbox_id, **connection)
     assert info.metadata == {"suite": tag, "which": "first"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from email.message import Message
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -253,10 +254,16 @@ def test_local_urls_carry_the_signature_never_the_secret() -> None:
 
 class _Workspace:
     def __init__(self) -> None:
+        import tempfile
+
         self.written: dict[str, bytes] = {}
+        self.workspace = Path(tempfile.mkdtemp(prefix="sandcastle-upload-"))
 
     def write_file(self, path: str, data: bytes) -> None:
+        from sandcastle.sandbox import workspace_files
+
         self.written[path] = data
+        workspace_files.write_file(self.workspace, path, data, owner=None)
 
 
 class _Record:
@@ -282,7 +289,8 @@ def test_an_sdk_upload_with_a_path_lands_at_that_exact_path(name: str) -> None:
     record = _Record()
     content_type, body = _multipart({f"input/{name}": b"1"})
 
-    status, _, _ = upload(record, urlencode({"path": f"input/{name}"}), content_type, body)  # type: ignore[arg-type]
+    query = urlencode({"path": f"input/{name}"})
+    status, _, _ = upload(record, query, {"content-type": content_type}, body)  # type: ignore[arg-type]
 
     assert status == 200 and record.sandbox.written == {f"/home/user/input/{name}": b"1"}
 
@@ -293,7 +301,7 @@ def test_a_multipart_filename_is_read_as_a_quoted_string() -> None:
     record = _Record()
     content_type, body = _multipart({"in/semi;colon.txt": b"1", "in/back\\slash.txt": b"2"})
 
-    status, _, _ = upload(record, "", content_type, body)  # type: ignore[arg-type]
+    status, _, _ = upload(record, "", {"content-type": content_type}, body)  # type: ignore[arg-type]
 
     assert status == 200
     assert record.sandbox.written == {"/home/user/in/semi;colon.txt": b"1", "/home/user/in/back\\slash.txt": b"2"}

@@ -4,7 +4,7 @@ sandcastle run "Count the rows of ~/input/data.csv" --file data.csv
 sandcastle run "Analyse the sales" --file sales.csv --playbook playbook.json
 
 One module per concept: ``run`` (run, cancel), ``serve`` (serve, sandbox-server), ``keys``, ``tasks``
-(tasks, schedules), ``inbox`` (upload), ``reap``, ``artifacts``; ``transport`` holds the two ways to
+(tasks, schedules), ``inbox`` (upload), ``reap``, ``artifacts``, ``templates``; ``transport`` holds the two ways to
 submit and follow a run (in process, over HTTP) and the one loop that follows it; ``printer`` and
 ``spinner`` are what the terminal shows. Each command imports what it runs when it runs.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from sandcastle.cli import artifacts, inbox, keys, reap, run, serve, tasks
+from sandcastle.cli import artifacts, inbox, keys, reap, run, serve, tasks, templates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,4 +34,5 @@ def _parser() -> argparse.ArgumentParser:
     reap.add_reap_command(commands)
     serve.add_sandbox_server_command(commands)
     artifacts.add_artifacts_command(commands)
+    templates.add_templates_command(commands)
     return parser

@@ -42,6 +42,7 @@ def add_run_command(commands: Any) -> None:
     run.add_argument("--max-steps", type=int, help="model turns at most")
     run.add_argument("--max-tool-calls", type=int, help="tool calls at most")
     run.add_argument("--timeout", type=int, dest="timeout_s", help="seconds the run may take")
+    run.add_argument("--template", help="the sandbox template (see `sandcastle templates build`); default: base")
     run.add_argument("--json", action="store_true", help="print the run and its transcript as JSON at the end")
     run.add_argument(
         "--local", action="store_true", help="always start the runtime in this process, even when a server runs"
@@ -143,6 +144,7 @@ def _build_request(args: argparse.Namespace) -> RunRequest:
             "model": args.model,
             "budgets": budgets,
             "source": "cli",
+            **({"sandbox": {"template": args.template}} if args.template else {}),
         }
     )
 

@@ -4,18 +4,27 @@ Every operation goes through ``LocalSandbox``'s workspace walk (one component at
 interpreted inside the sandbox), so no path — ``..``, an absolute symlink, a swapped-in link —
 reaches outside the sandbox's ``/home/user``. Paths outside ``/home/user`` are refused: only the
 workspace persists between commands here (``/tmp`` is private to each command).
+
+As envd: an entry names where a symlink leads (``symlink_target``); user metadata sent as
+``X-Metadata-<key>`` upload headers is kept in the file's ``user.e2b.<key>`` extended attributes
+and reported on every entry; uploads may be ``Content-Encoding: gzip``; removing a path that is
+not there succeeds; directories can be watched (``watching``).
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
 import posixpath
 import pwd
+import re
 import stat
+import time
+import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from typing import Any
@@ -24,11 +33,22 @@ from urllib.parse import parse_qs
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from e2b.envd.filesystem import filesystem_pb as pb
+from protobuf import Oneof
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from sandcastle.e2b_server.registry import SandboxRecord
+from sandcastle.e2b_server.watching import DirectoryWatcher
 from sandcastle.errors import DiskQuotaExceeded, SandboxGone
+from sandcastle.sandbox import workspace_files
 from sandcastle.sandbox.base import SANDBOX_HOME
+
+_METADATA_HEADER = "x-metadata-"
+_METADATA_KEY = re.compile(r"\A[A-Za-z0-9!#$%&'*+\-.^_`|~]+\Z")
+_METADATA_VALUE = re.compile(r"\A[\x20-\x7e]*\Z")
+_MAX_UNZIPPED_BYTES = 1024 * 1024 * 1024
+_WATCH_KEEPALIVE_S = 50.0
+_WATCH_POLL_S = 0.5
+"""How often a streaming watch looks whether its sandbox still lives (between events)."""
 
 
 class FilesystemService:
@@ -38,11 +58,11 @@ class FilesystemService:
         self._sandbox_for = sandbox_for
 
     def stat(self, request: pb.StatRequest, ctx: Any) -> pb.StatResponse:
-        """Information about one path (symlinks followed)."""
+        """Information about one path (symlinks followed; ``symlink_target`` says where one led)."""
         record = self._sandbox_for(ctx.request_headers)
         with _rpc_errors(record, request.path):
             path = _absolute(request.path)
-            return pb.StatResponse(entry=_entry(path, record.sandbox.stat_path(path)))
+            return pb.StatResponse(entry=_entry(record, path, record.sandbox.stat_path(path), followed=True))
 
     def make_dir(self, request: pb.MakeDirRequest, ctx: Any) -> pb.MakeDirResponse:
         """Create a directory and its parents; ALREADY_EXISTS when it is there."""
@@ -51,15 +71,16 @@ class FilesystemService:
             path = _absolute(request.path)
             if not record.sandbox.make_dir(path):
                 raise ConnectError(Code.ALREADY_EXISTS, f"directory {path} already exists")
-            return pb.MakeDirResponse(entry=_entry(path, record.sandbox.stat_path(path)))
+            return pb.MakeDirResponse(entry=_entry(record, path, record.sandbox.stat_path(path), followed=True))
 
     def move(self, request: pb.MoveRequest, ctx: Any) -> pb.MoveResponse:
-        """Rename a path."""
+        """Rename a path (its metadata goes with it)."""
         record = self._sandbox_for(ctx.request_headers)
         with _rpc_errors(record, request.source):
             source, destination = _absolute(request.source), _absolute(request.destination)
             record.sandbox.move_path(source, destination)
-            return pb.MoveResponse(entry=_entry(destination, record.sandbox.stat_path(destination)))
+            info = record.sandbox.stat_path(destination)
+            return pb.MoveResponse(entry=_entry(record, destination, info, followed=True))
 
     def list_dir(self, request: pb.ListDirRequest, ctx: Any) -> pb.ListDirResponse:
         """The entries of a directory, ``depth`` levels deep (0 means 1)."""
@@ -67,26 +88,104 @@ class FilesystemService:
         with _rpc_errors(record, request.path):
             path = _absolute(request.path)
             entries = record.sandbox.list_dir(path, depth=request.depth or 1)
-            return pb.ListDirResponse(entries=[_entry(entry_path, info) for entry_path, info in entries])
+            return pb.ListDirResponse(
+                entries=[_entry(record, entry_path, info, followed=False) for entry_path, info in entries]
+            )
 
     def remove(self, request: pb.RemoveRequest, ctx: Any) -> pb.RemoveResponse:
-        """Remove a file or a directory tree."""
+        """Remove a file or a directory tree; a path that is not there is already removed (as envd)."""
         record = self._sandbox_for(ctx.request_headers)
-        with _rpc_errors(record, request.path):
+        with _rpc_errors(record, request.path), suppress(FileNotFoundError):
             record.sandbox.remove_path(_absolute(request.path))
-            return pb.RemoveResponse()
+        return pb.RemoveResponse()
 
     def watch_dir(self, request: pb.WatchDirRequest, ctx: Any) -> Iterator[pb.WatchDirResponse]:
-        raise ConnectError(Code.UNIMPLEMENTED, "watching directories is not supported by this sandbox server")
+        """Stream the events of a directory (recursively when asked) until the client leaves or its deadline."""
+        record = self._sandbox_for(ctx.request_headers)
+        watcher = _new_watcher(record, request.path, request.recursive, request.include_entry)
+        timeout_ms = ctx.timeout_ms
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        keepalive_s = _keepalive_interval(ctx.request_headers)
+        last_sent = time.monotonic()
+        try:
+            yield pb.WatchDirResponse(event=Oneof("start", pb.WatchDirResponse.StartEvent()))
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise ConnectError(Code.DEADLINE_EXCEEDED, f"the watch of {watcher.sandbox_path} timed out")
+                if record.killed:
+                    raise ConnectError(
+                        Code.UNAVAILABLE, f"the connection to sandbox {record.sandbox_id} ended before the watch did"
+                    )
+                wait_s = min(_WATCH_POLL_S, deadline - now) if deadline is not None else _WATCH_POLL_S
+                events = watcher.read(timeout_s=max(wait_s, 0.01))
+                for event in events:
+                    yield pb.WatchDirResponse(event=Oneof("filesystem", event))
+                if events:
+                    last_sent = time.monotonic()
+                elif time.monotonic() - last_sent >= keepalive_s:
+                    yield pb.WatchDirResponse(event=Oneof("keepalive", pb.WatchDirResponse.KeepAlive()))
+                    last_sent = time.monotonic()
+        finally:
+            watcher.close()
 
     def create_watcher(self, request: pb.CreateWatcherRequest, ctx: Any) -> pb.CreateWatcherResponse:
-        raise ConnectError(Code.UNIMPLEMENTED, "watching directories is not supported by this sandbox server")
+        """Start a watch whose events ``get_watcher_events`` collects."""
+        record = self._sandbox_for(ctx.request_headers)
+        watcher = _new_watcher(record, request.path, request.recursive, request.include_entry)
+        with record.lock:
+            record.watchers[watcher.watcher_id] = watcher
+        return pb.CreateWatcherResponse(watcher_id=watcher.watcher_id)
 
     def get_watcher_events(self, request: pb.GetWatcherEventsRequest, ctx: Any) -> pb.GetWatcherEventsResponse:
-        raise ConnectError(Code.UNIMPLEMENTED, "watching directories is not supported by this sandbox server")
+        """The events since the last call (or since the watch began)."""
+        record = self._sandbox_for(ctx.request_headers)
+        return pb.GetWatcherEventsResponse(events=_watcher(record, request.watcher_id).read())
 
     def remove_watcher(self, request: pb.RemoveWatcherRequest, ctx: Any) -> pb.RemoveWatcherResponse:
-        raise ConnectError(Code.UNIMPLEMENTED, "watching directories is not supported by this sandbox server")
+        """Stop a watch."""
+        record = self._sandbox_for(ctx.request_headers)
+        watcher = _watcher(record, request.watcher_id)
+        with record.lock:
+            record.watchers.pop(watcher.watcher_id, None)
+        watcher.close()
+        return pb.RemoveWatcherResponse()
+
+
+def _new_watcher(record: SandboxRecord, path: str, recursive: bool, include_entry: bool) -> DirectoryWatcher:
+    """A watch of a workspace directory: NOT_FOUND when missing, INVALID_ARGUMENT when not a directory."""
+    with _rpc_errors(record, path):
+        base = _absolute(path)
+        record.sandbox.ensure_alive()
+        workspace = record.sandbox.workspace
+
+        def open_directory(relative: str) -> int:
+            return workspace_files.open_directory(workspace, posixpath.join(base, relative) if relative else base)
+
+        def entry_for(sandbox_path: str) -> pb.EntryInfo | None:
+            try:
+                return _entry(record, sandbox_path, record.sandbox.stat_path(sandbox_path), followed=True)
+            except (OSError, ValueError, SandboxGone):
+                return None
+
+        return DirectoryWatcher(
+            base, open_directory, recursive=recursive, entry_for=entry_for if include_entry else None
+        )
+
+
+def _watcher(record: SandboxRecord, watcher_id: str) -> DirectoryWatcher:
+    with record.lock:
+        watcher = record.watchers.get(watcher_id)
+    if watcher is None:
+        raise ConnectError(Code.NOT_FOUND, f"watcher {watcher_id!r} was not found (removed, or never created)")
+    return watcher
+
+
+def _keepalive_interval(headers: Any) -> float:
+    try:
+        return max(1.0, float(headers.get("keepalive-ping-interval") or _WATCH_KEEPALIVE_S))
+    except ValueError:
+        return _WATCH_KEEPALIVE_S
 
 
 # --- the /files HTTP endpoints ---
@@ -105,11 +204,20 @@ def download(record: SandboxRecord, query: str) -> HttpAnswer:
     return 200, {"Content-Type": "application/octet-stream"}, data
 
 
-def upload(record: SandboxRecord, query: str, content_type: str, body: bytes) -> HttpAnswer:
+def upload(record: SandboxRecord, query: str, headers: dict[str, str], body: bytes) -> HttpAnswer:
     """``POST /files``: a multipart form (one part per file) or a raw octet-stream body with ``?path=``.
 
-    Parents are created; answers the list of written files as envd does (``name``, ``type``, ``path``).
+    ``headers`` are the request's, lowercased: ``content-type``, ``content-encoding`` (``gzip``
+    bodies are unpacked) and ``x-metadata-<key>`` (the metadata every written file then carries,
+    replacing what it had). Parents are created; answers the list of written files as envd does
+    (``name``, ``type``, ``path``, ``metadata``).
     """
+    content_type = headers.get("content-type", "")
+    try:
+        metadata = _upload_metadata(headers)
+        body = _decoded_body(headers.get("content-encoding", ""), body)
+    except ValueError as error:
+        return _json_error(400, str(error))
     default_path = parse_qs(query).get("path", [None])[0]
     if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
         try:
@@ -131,10 +239,48 @@ def upload(record: SandboxRecord, query: str, content_type: str, body: bytes) ->
         absolute = _absolute(path)
         try:
             record.sandbox.write_file(absolute, data)
+            workspace_files.write_metadata(record.sandbox.workspace, absolute, metadata)
         except (OSError, ValueError, SandboxGone) as error:
             return _http_error(record, path, error)
-        written.append({"name": posixpath.basename(absolute), "type": "file", "path": absolute})
+        entry: dict[str, Any] = {"name": posixpath.basename(absolute), "type": "file", "path": absolute}
+        if metadata:
+            entry["metadata"] = {key.lower(): value for key, value in metadata.items()}
+        written.append(entry)
     return 200, {"Content-Type": "application/json"}, json.dumps(written).encode()
+
+
+def _upload_metadata(headers: dict[str, str]) -> dict[str, str]:
+    """The ``X-Metadata-<key>`` headers as ``{key: value}``; ``ValueError`` naming a bad key or value."""
+    metadata = {}
+    for name, value in headers.items():
+        if not name.startswith(_METADATA_HEADER):
+            continue
+        key = name[len(_METADATA_HEADER) :]
+        if not _METADATA_KEY.match(key):
+            raise ValueError(f"metadata key {key!r} (header {name}) must be letters, digits or !#$%&'*+-.^_`|~")
+        if not _METADATA_VALUE.match(value):
+            raise ValueError(f"metadata value of {key!r} must be printable US-ASCII")
+        metadata[key] = value
+    return metadata
+
+
+def _decoded_body(encoding: str, body: bytes) -> bytes:
+    """The body with its ``Content-Encoding`` (identity or gzip) undone, at most 1 GiB unpacked."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise ValueError(f"Content-Encoding {encoding!r} is not supported; send gzip or nothing")
+    unpacker = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = unpacker.decompress(body, _MAX_UNZIPPED_BYTES)
+    except zlib.error as error:
+        raise ValueError(f"the gzip body is corrupt: {error}") from None
+    if unpacker.unconsumed_tail:
+        raise ValueError(f"the gzip body unpacks to more than {_MAX_UNZIPPED_BYTES} bytes")
+    if not unpacker.eof:
+        raise ValueError("the gzip body is truncated")
+    return data
 
 
 def _query_path(query: str) -> str:
@@ -186,7 +332,13 @@ def _absolute(path: str) -> str:
     return posixpath.normpath(posixpath.join(SANDBOX_HOME, path or "."))
 
 
-def _entry(path: str, info: os.stat_result) -> pb.EntryInfo:
+def _entry(record: SandboxRecord, path: str, info: os.stat_result, *, followed: bool) -> pb.EntryInfo:
+    """The entry of ``path`` from its stat (``followed``: symlinks were followed) or lstat.
+
+    A path that is (or, followed, was) a symlink names its target in ``symlink_target``; the
+    file's metadata comes from its ``user.e2b.*`` attributes.
+    """
+    workspace = record.sandbox.workspace
     is_symlink = stat.S_ISLNK(info.st_mode)
     if stat.S_ISDIR(info.st_mode):
         file_type = pb.FileType.DIRECTORY
@@ -194,6 +346,16 @@ def _entry(path: str, info: os.stat_result) -> pb.EntryInfo:
         file_type = pb.FileType.SYMLINK
     else:
         file_type = pb.FileType.FILE
+    symlink_target = None
+    if followed or is_symlink:
+        try:
+            symlink_target = workspace_files.resolved_path(workspace, path)
+        except (OSError, ValueError):
+            symlink_target = _raw_link(workspace, path) if is_symlink else None
+    metadata: dict[str, str] = {}
+    if not is_symlink:
+        with suppress(OSError, ValueError):
+            metadata = workspace_files.read_metadata(workspace, path)
     return pb.EntryInfo(
         name=posixpath.basename(path) or path,
         type=file_type,
@@ -205,7 +367,24 @@ def _entry(path: str, info: os.stat_result) -> pb.EntryInfo:
         group=_group_name(info.st_gid),
         modified_time=Timestamp(seconds=int(info.st_mtime), nanos=info.st_mtime_ns % 1_000_000_000),
         is_symlink=is_symlink,
+        symlink_target=symlink_target,
+        metadata=metadata,
     )
+
+
+def _raw_link(workspace: Any, path: str) -> str | None:
+    """A dangling (or escaping) symlink's own text, read without following anything."""
+    parent, name = posixpath.split(path)
+    try:
+        fd = workspace_files.open_directory(workspace, parent)
+    except (OSError, ValueError):
+        return None
+    try:
+        return os.readlink(name, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _user_name(uid: int) -> str:
@@ -251,6 +430,8 @@ def _http_error(record: SandboxRecord, path: str, error: Exception) -> HttpAnswe
         return _json_error(400, str(error))
     if isinstance(error, (NotADirectoryError, IsADirectoryError)):
         return _json_error(400, f"path {path!r}: {error.strerror}")
+    if isinstance(error, OSError) and error.errno == errno.ENOTSUP:
+        return _json_error(400, f"path {path!r}: this workspace's filesystem cannot keep file metadata (no xattrs)")
     raise error
 
 

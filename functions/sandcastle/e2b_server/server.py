@@ -12,13 +12,17 @@ SDK's generated ``ProcessWSGIApplication`` / ``FilesystemWSGIApplication``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from connectrpc.code import Code
@@ -31,6 +35,7 @@ from sandcastle.e2b_server.api import LifecycleApi
 from sandcastle.e2b_server.filesystem import FilesystemService, HttpAnswer
 from sandcastle.e2b_server.processes import ProcessService
 from sandcastle.e2b_server.registry import SandboxRecord, SandboxRegistry
+from sandcastle.e2b_server.templates import TemplateStore
 from sandcastle.errors import SandboxNotFound
 from sandcastle.sandbox.local_sandbox import LocalSandboxProvider
 
@@ -49,7 +54,8 @@ class SandboxServer:
 
     ``port=0`` picks a free port. ``api_key`` (when set) must be sent by clients as ``X-API-KEY``;
     unset, any key is accepted. ``provider`` replaces the default ``LocalSandboxProvider(root)``
-    (e.g. to set limits or the sandbox uid).
+    (e.g. to set limits or the sandbox uid). Templates and snapshots live in ``templates_root``
+    (default: ``templates`` next to ``root``), where ``sandcastle templates build`` puts them.
     """
 
     def __init__(
@@ -62,9 +68,13 @@ class SandboxServer:
         provider: LocalSandboxProvider | None = None,
         max_sandboxes: int = 100,
         reap_interval_s: float = 0.25,
+        templates_root: Path | None = None,
     ) -> None:
         self.registry = SandboxRegistry(
-            provider or LocalSandboxProvider(root), max_sandboxes=max_sandboxes, reap_interval_s=reap_interval_s
+            provider or LocalSandboxProvider(root),
+            max_sandboxes=max_sandboxes,
+            reap_interval_s=reap_interval_s,
+            templates=TemplateStore(templates_root or Path(root).parent / "templates"),
         )
         self._host = host
         self._port = port
@@ -128,7 +138,9 @@ class _Router:
     def __init__(self, registry: SandboxRegistry, api: LifecycleApi) -> None:
         self._registry = registry
         self._api = api
-        self._process_app = ProcessWSGIApplication(ProcessService(self._sandbox_for_rpc))
+        processes = ProcessService(self._sandbox_for_rpc)
+        registry.start_command = processes.start_in_background
+        self._process_app = ProcessWSGIApplication(processes)
         self._filesystem_app = FilesystemWSGIApplication(FilesystemService(self._sandbox_for_rpc))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -159,7 +171,10 @@ class _Router:
         query = environ.get("QUERY_STRING", "")
         if path in ("/files", "/health"):
             try:
-                record = self._sandbox_for(environ.get("HTTP_E2B_SANDBOX_ID"), environ.get("HTTP_X_ACCESS_TOKEN"))
+                if path == "/files" and "signature" in parse_qs(query) and not environ.get("HTTP_X_ACCESS_TOKEN"):
+                    record = self._sandbox_for_signed_url(environ.get("HTTP_E2B_SANDBOX_ID"), method, query)
+                else:
+                    record = self._sandbox_for(environ.get("HTTP_E2B_SANDBOX_ID"), environ.get("HTTP_X_ACCESS_TOKEN"))
             except SandboxNotFound as error:
                 return filesystem._json_error(502, str(error))
             except PermissionError as error:
@@ -169,12 +184,40 @@ class _Router:
             if method == "GET":
                 return filesystem.download(record, query)
             if method == "POST":
-                return filesystem.upload(record, query, environ.get("CONTENT_TYPE", ""), _read_body(environ))
+                return filesystem.upload(record, query, _request_headers(environ), _read_body(environ))
             return filesystem._json_error(405, f"{method} is not allowed on {path}")
-        headers = {
-            key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
-        }
-        return self._api.handle(method, path, query, headers, _read_body(environ))
+        return self._api.handle(method, path, query, _request_headers(environ), _read_body(environ))
+
+    def _sandbox_for_signed_url(self, sandbox_id: str | None, method: str, query: str) -> SandboxRecord:
+        """The sandbox whose access token signed this ``/files`` URL (``Sandbox.download_url``/``upload_url``).
+
+        A signed URL names no sandbox (it is meant for a plain browser or ``curl``), so the signature
+        is checked against each running sandbox's token: ``v1_`` + base64(sha256(
+        ``path:operation:user:token[:expiration]``)), the SDK's ``get_signature``. ``PermissionError``
+        (401) when none matches or it has expired.
+        """
+        parameters = parse_qs(query)
+        signature = parameters["signature"][0]
+        expiration = parameters.get("signature_expiration", [None])[0]
+        if expiration is not None:
+            try:
+                expires_at = int(expiration)
+            except ValueError:
+                raise PermissionError("signature_expiration must be a Unix time in seconds") from None
+            if expires_at < time.time():
+                raise PermissionError("signature is already expired")
+        parts = [
+            parameters.get("path", [""])[0],
+            "read" if method == "GET" else "write",
+            parameters.get("username", [""])[0],
+        ]
+        candidates = [self._registry.get_running(sandbox_id)] if sandbox_id else self._registry.list(states={"running"})
+        for record in candidates:
+            raw = ":".join([*parts, record.access_token, *([expiration] if expiration is not None else [])])
+            expected = "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode()
+            if hmac.compare_digest(signature, expected):
+                return record
+        raise PermissionError("invalid signature: the URL was not signed by a running sandbox's access token")
 
     def _sandbox_for_rpc(self, headers: Any) -> SandboxRecord:
         try:
@@ -188,7 +231,7 @@ class _Router:
         """The sandbox an envd request names, once its access token checks out (no client reaches another's sandbox)."""
         if not sandbox_id:
             raise SandboxNotFound("no E2b-Sandbox-Id header: the sandbox was not found")
-        record = self._registry.get(sandbox_id)
+        record = self._registry.get_running(sandbox_id)
         if not hmac.compare_digest(access_token or "", record.access_token):
             raise PermissionError(f"wrong or missing X-Access-Token for sandbox {sandbox_id}")
         return record
@@ -204,6 +247,14 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
         logger.debug("sandbox server: " + format, *args)
+
+
+def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's headers, names lowercased (``Content-Type`` included)."""
+    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    if environ.get("CONTENT_TYPE"):
+        headers["content-type"] = environ["CONTENT_TYPE"]
+    return headers
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

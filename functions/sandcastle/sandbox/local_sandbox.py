@@ -127,6 +127,11 @@ class LocalSandboxProvider:
         """
         if spec.allow_internet_access:
             raise SandboxError("the local sandbox backend has no network; use sandbox_backend=e2b for internet access")
+        if spec.template not in (None, "base"):
+            raise SandboxError(
+                f"the local sandbox backend has no templates (asked for {spec.template!r}); use sandbox_backend=e2b "
+                "with `sandcastle sandbox-server`, whose templates `sandcastle templates build` makes"
+            )
         tools = _find_tools()
         if spec.idempotency_key:
             existing = self._sandbox_for_key(spec.idempotency_key)
@@ -392,13 +397,23 @@ class LocalSandbox:
         self.ensure_alive()
         return workspace_files.read_file(self._workspace, path)
 
-    def spawn(self, program: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None) -> SandboxProcess:
+    def spawn(
+        self,
+        program: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        terminal: int | None = None,
+    ) -> SandboxProcess:
         """Start ``program`` (an argv) in a fresh bwrap, under the same isolation and limits as ``run``.
 
         Unlike ``run`` it returns at once: the caller streams ``stdout``/``stderr`` while the
         command runs, then calls ``wait`` (which releases its cgroup). ``kill`` ends the whole
         tree, and so does ``LocalSandboxProvider.kill`` of the sandbox. Used by the E2B-compatible
         sandbox server (``sandcastle.e2b_server``), whose clients stream output and send signals.
+        ``stdin=True`` gives the command a pipe (``SandboxProcess.stdin``) instead of /dev/null;
+        ``terminal`` (the slave fd of a pty the caller opened) becomes its stdin, stdout and stderr.
         """
         limits = self._provider.limits
         cgroups = self._provider.cgroups
@@ -410,7 +425,7 @@ class LocalSandbox:
             argv = (cgroup.join_argv() if cgroup else []) + self._bwrap_argv(
                 "", cwd, envs, cgroup is None, seccomp_fd, program=list(program)
             )
-            process = stack.enter_context(self._registered_process(argv, seccomp_fd))
+            process = stack.enter_context(self._registered_process(argv, seccomp_fd, stdin=stdin, terminal=terminal))
         except BaseException:
             stack.close()
             raise
@@ -452,21 +467,25 @@ class LocalSandbox:
             raise SandboxGone(f"sandbox {self._sandbox_id} was killed")
 
     @contextmanager
-    def _registered_process(self, argv: list[str], seccomp_fd: int) -> Iterator[subprocess.Popen[bytes]]:
+    def _registered_process(
+        self, argv: list[str], seccomp_fd: int, *, stdin: bool = False, terminal: int | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
         """Start bwrap while the sandbox provably exists, and keep it findable by ``kill``.
 
         Its environment is ``_HELPER_ENV`` alone, and only the seccomp filter's fd is passed on
-        (this closes it: bwrap holds its own copy once started).
+        (this closes it: bwrap holds its own copy once started). Its stdin is /dev/null, or a pipe
+        (``stdin``), or all three streams are ``terminal``.
         """
         try:
             self.ensure_alive()
             with _live_commands_lock:
                 self._ensure_not_killed()
+                pipes = (subprocess.PIPE if stdin else subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
                 process = subprocess.Popen(
                     argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stdin=pipes[0] if terminal is None else terminal,
+                    stdout=pipes[1] if terminal is None else terminal,
+                    stderr=pipes[2] if terminal is None else terminal,
                     start_new_session=True,
                     env=_HELPER_ENV,
                     pass_fds=(seccomp_fd,),
@@ -567,6 +586,16 @@ class SandboxProcess:
         self._exit_code: int | None = None
         self.limit_note: str | None = None
         """Why a limit ended the command (e.g. ``killed: memory limit ...``), once it has exited."""
+
+    @property
+    def pid(self) -> int:
+        """The host pid of the command's outermost helper (its process tree hangs below it)."""
+        return self._process.pid
+
+    @property
+    def stdin(self) -> IO[bytes] | None:
+        """The command's standard input (a pipe) when spawned with ``stdin=True``, else None."""
+        return self._process.stdin
 
     @property
     def stdout(self) -> IO[bytes]:

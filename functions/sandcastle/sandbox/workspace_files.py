@@ -26,7 +26,19 @@ from pathlib import Path, PurePosixPath
 
 from sandcastle.sandbox.base import SANDBOX_HOME
 
-__all__ = ["list_dir", "make_dir", "move_path", "read_file", "remove_path", "stat_path", "write_file"]
+__all__ = [
+    "list_dir",
+    "make_dir",
+    "move_path",
+    "open_directory",
+    "read_file",
+    "read_metadata",
+    "remove_path",
+    "resolved_path",
+    "stat_path",
+    "write_file",
+    "write_metadata",
+]
 
 _MAX_SYMLINK_HOPS = 40
 
@@ -42,7 +54,8 @@ def write_file(workspace: Path, path: str, data: bytes, *, owner: int | None) ->
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = _open_regular_file(name, flags, parent_fd, path)
         with os.fdopen(fd, "wb") as file:
-            os.ftruncate(file.fileno(), 0)
+            if os.fstat(file.fileno()).st_size:  # a new file is not truncated: watchers see no extra WRITE
+                os.ftruncate(file.fileno(), 0)
             if owner is not None:
                 os.fchown(file.fileno(), owner, owner)
             file.write(data)
@@ -187,7 +200,13 @@ def _workspace_relative_parts(path: str) -> list[str]:
 
 @contextmanager
 def _resolve_in_workspace(
-    workspace: Path, path: str, *, create_parents: bool, owner: int | None = None, follow_final: bool = True
+    workspace: Path,
+    path: str,
+    *,
+    create_parents: bool,
+    owner: int | None = None,
+    follow_final: bool = True,
+    trail: list[str] | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(parent_dir_fd, name)`` for a sandbox path, following symlinks as the sandbox would.
 
@@ -198,10 +217,11 @@ def _resolve_in_workspace(
     symlink at the time of the walk; callers open it with ``O_NOFOLLOW``. Directories it creates
     are given to ``owner`` (uid and gid) when set, so the sandbox user can write into them.
     With ``follow_final=False`` a final symlink is returned as it is (to remove or rename the link).
+    ``trail`` (when given) receives the names of the directories walked into, workspace-relative.
     """
     directory_fds = [os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
     try:
-        name = _walk_to_final_name(directory_fds, path, create_parents, owner, follow_final)
+        name = _walk_to_final_name(directory_fds, path, create_parents, owner, follow_final, trail)
         yield directory_fds[-1], name
     finally:
         for fd in directory_fds:
@@ -209,9 +229,15 @@ def _resolve_in_workspace(
 
 
 def _walk_to_final_name(
-    directory_fds: list[int], path: str, create_parents: bool, owner: int | None, follow_final: bool = True
+    directory_fds: list[int],
+    path: str,
+    create_parents: bool,
+    owner: int | None,
+    follow_final: bool = True,
+    trail: list[str] | None = None,
 ) -> str:
     """Descend ``directory_fds`` (workspace first) to the directory holding ``path``'s final name."""
+    trail = [] if trail is None else trail
     pending = deque(_workspace_relative_parts(path))
     symlink_hops = 0
     while pending:
@@ -220,6 +246,7 @@ def _walk_to_final_name(
             if len(directory_fds) == 1:
                 raise ValueError(f"path {path!r} is outside the sandbox workspace {SANDBOX_HOME}")
             os.close(directory_fds.pop())
+            trail.pop()
             continue
         try:
             mode = os.stat(part, dir_fd=directory_fds[-1], follow_symlinks=False).st_mode
@@ -249,6 +276,7 @@ def _walk_to_final_name(
                     ) from None
                 while len(directory_fds) > 1:
                     os.close(directory_fds.pop())
+                trail.clear()
             else:
                 target_parts = [part for part in target.split("/") if part not in ("", ".")]
             pending.extendleft(reversed(target_parts))
@@ -259,6 +287,7 @@ def _walk_to_final_name(
             raise NotADirectoryError(errno.ENOTDIR, "a path component is not a directory", path)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         directory_fds.append(_open_no_follow(part, flags, directory_fds[-1], path))
+        trail.append(part)
     raise IsADirectoryError(errno.EISDIR, "the path names a directory, not a file", path)
 
 
@@ -294,3 +323,93 @@ def _open_no_follow(name: str, flags: int, dir_fd: int, path: str) -> int:
         if error.errno == errno.ENOENT:
             raise FileNotFoundError(errno.ENOENT, "no such file in the sandbox", path) from None
         raise
+
+
+# --- where a symlink leads, and file metadata (extended attributes) ---
+
+METADATA_XATTR_PREFIX = "user.e2b."
+"""User metadata of a file lives in its ``user.e2b.<key>`` extended attributes (E2B's convention)."""
+
+
+def resolved_path(workspace: Path, path: str) -> str | None:
+    """Where ``path`` leads when it is a symlink (the absolute sandbox path, links followed); else None.
+
+    ``ValueError`` when it leads outside the workspace, ``FileNotFoundError`` when it does not exist.
+    """
+    if _is_workspace_root(path):
+        return None
+    with _resolve_in_workspace(workspace, path, create_parents=False, follow_final=False) as (parent_fd, name):
+        if not stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            return None
+    trail: list[str] = []
+    try:
+        with _resolve_in_workspace(workspace, path, create_parents=False, trail=trail) as (_, name):
+            return posixpath.join(SANDBOX_HOME, *trail, name)
+    except IsADirectoryError:  # it leads to /home/user itself
+        return SANDBOX_HOME
+
+
+def read_metadata(workspace: Path, path: str) -> dict[str, str]:
+    """The ``user.e2b.*`` attributes of a file or directory (symlinks followed), prefix stripped."""
+    with _opened_entry(workspace, path) as fd:
+        if fd is None:
+            return {}
+        metadata = {}
+        for attribute in os.listxattr(fd):
+            if attribute.startswith(METADATA_XATTR_PREFIX):
+                with suppress(OSError):
+                    value = os.getxattr(fd, attribute)
+                    metadata[attribute[len(METADATA_XATTR_PREFIX) :]] = value.decode("utf-8", "replace")
+        return metadata
+
+
+def write_metadata(workspace: Path, path: str, metadata: dict[str, str]) -> None:
+    """Replace a file's ``user.e2b.*`` attributes with ``metadata`` (keys lowercased); {} removes them all.
+
+    ``OSError`` (``ENOTSUP``) when the workspace's filesystem has no user extended attributes.
+    """
+    with _opened_entry(workspace, path) as fd:
+        if fd is None:
+            raise ValueError(f"path {path!r} is neither a file nor a directory; it cannot carry metadata")
+        wanted = {METADATA_XATTR_PREFIX + key.lower(): value.encode() for key, value in metadata.items()}
+        try:
+            present = [attribute for attribute in os.listxattr(fd) if attribute.startswith(METADATA_XATTR_PREFIX)]
+        except OSError as error:
+            if error.errno == errno.ENOTSUP and not wanted:
+                return
+            raise
+        for attribute in present:
+            if attribute not in wanted:
+                with suppress(OSError):
+                    os.removexattr(fd, attribute)
+        for attribute, value in wanted.items():
+            os.setxattr(fd, attribute, value)
+
+
+@contextmanager
+def _opened_entry(workspace: Path, path: str) -> Iterator[int | None]:
+    """A read-only fd of a regular file or directory of the workspace (None for anything else)."""
+    if _is_workspace_root(path):
+        fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        with _resolve_in_workspace(workspace, path, create_parents=False) as (parent_fd, name):
+            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                yield None
+                return
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = _open_no_follow(name, flags, parent_fd, path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_directory(workspace: Path, path: str) -> int:
+    """A file descriptor (the caller closes it) of a workspace directory, reached without leaving the workspace.
+
+    ``FileNotFoundError`` when missing, ``NotADirectoryError`` when not a directory, ``ValueError``
+    when the path leads outside the workspace.
+    """
+    with _open_directory(workspace, path) as fd:
+        return os.dup(fd)
