@@ -29,9 +29,9 @@ CLOUD_REQUIRED = ("table_name", "artifacts_bucket", "inbox_bucket")
 class Settings(BaseSettings):
     """Sandcastle's settings, read from the environment (names are the upper-cased field names)."""
 
-    model_config = SettingsConfigDict(
-        extra="ignore", frozen=True, env_ignore_empty=True, use_attribute_docstrings=True, hide_input_in_errors=True
-    )
+    # Each field's docstring documents it (tests/unit/test_settings.py checks there is one). Not
+    # ``use_attribute_docstrings``: reading them back parses this file's source at every cold start.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, env_ignore_empty=True, hide_input_in_errors=True)
 
     # --- AWS resources (names/ARNs, injected by template.yaml) ---
     table_name: str = "sandcastle-runs"

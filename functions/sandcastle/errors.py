@@ -136,6 +136,10 @@ class RunNotLive(SandcastleError):
     """The run has ended: it takes no more messages (follow-ups on a finished run are not supported yet)."""
 
 
+class RunBusy(SandcastleError):
+    """A message could not be placed: the run kept moving to new turns meanwhile (send it again)."""
+
+
 class TaskNotFound(SandcastleError):
     """No task of that name for the tenant."""
 

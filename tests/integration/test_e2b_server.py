@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,53 @@ def test_output_streams_while_the_command_runs(sbx: Sandbox) -> None:
 
     assert [text for _, text in seen] == ["first\n", "second\n"]
     assert seen[0][0] - started < 0.8  # the first line arrived before the command ended
+
+
+def _served(caplog: pytest.LogCaptureFixture) -> Counter[str]:
+    """The requests the server logged so far, by method and path (sandbox ids left out)."""
+    messages = (r.getMessage() for r in caplog.records if r.name == "sandcastle.e2b_server.server")
+    lines = [message for message in messages if message.startswith('sandbox server: "')]  # the request log
+    return Counter(
+        re.sub(r"/sandboxes/[^/ ]+", "/sandboxes/{id}", line.split('"')[1].rsplit(" ", 1)[0]) for line in lines
+    )
+
+
+def _when_served(caplog: pytest.LogCaptureFixture, expected: Counter[str]) -> Counter[str]:
+    """The requests served, once at least ``expected`` were (the request log is written just after each answer)."""
+    for _ in range(200):
+        served = _served(caplog)
+        if all(served[route] >= count for route, count in expected.items()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)  # anything more would land now
+    return _served(caplog)
+
+
+def test_tool_calls_in_one_container_make_one_connect_and_one_keep_alive_over_http(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a server of this test's own, a sandbox another container created, and this container's provider
+    caplog.set_level(logging.DEBUG, logger="sandcastle.e2b_server.server")
+    with SandboxServer(tmp_path / "sandboxes", api_key=API_KEY) as server:
+        options = {"api_url": server.url, "sandbox_url": server.url}
+        created = E2BSandboxProvider(API_KEY, "base", **options).create(
+            SandboxSpec(run_id="run-http-count", tenant="acme", timeout_s=120)
+        )
+        _when_served(caplog, Counter({"POST /v2/sandboxes": 1}))
+        caplog.clear()
+        container = E2BSandboxProvider(API_KEY, "base", **options)
+
+        # When it runs 8 tool calls, each connecting with the run's keep-alive as RunTool does
+        for call in range(8):
+            sandbox = container.connect(created.sandbox_id, keep_alive_s=300 - call)
+            assert sandbox.run("true", timeout_s=10).exit_code == 0
+
+        # Then the server saw one connect, one timeout and the 8 commands
+        expected = Counter(
+            {"POST /v2/sandboxes/{id}/connect": 1, "POST /sandboxes/{id}/timeout": 1, "POST /process.Process/Start": 8}
+        )
+        assert _when_served(caplog, expected) == expected
+        container.kill(created.sandbox_id)
 
 
 def test_large_and_non_utf8_output_survive_byte_exact_through_the_adapter(connection: dict[str, Any]) -> None:

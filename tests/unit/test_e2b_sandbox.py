@@ -219,9 +219,8 @@ def test_run_metadata_cannot_override_the_tenant_tag(
     assert fake_e2b.calls[0][1]["metadata"]["tenant"] == "acme"
 
 
-def test_connect_and_kill_use_the_api_key(
-    provider: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]
-) -> None:
+def test_connect_and_kill_use_the_api_key(sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]) -> None:
+    provider = E2BSandboxProvider(API_KEY, "sandcastle-template", sandbox_factory=fake_e2b)  # another container's
     reconnected = provider.connect(sandbox.sandbox_id)
 
     assert reconnected.sandbox_id == sandbox.sandbox_id
@@ -232,6 +231,114 @@ def test_connect_and_kill_use_the_api_key(
         ("kill", {"sandbox_id": "sbx-1", "api_key": API_KEY}),
         ("kill", {"sandbox_id": "sbx-1", "api_key": API_KEY}),
     ]
+
+
+# --- a container keeps its connected sandboxes ---
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def container(fake_e2b: type[FakeE2BSandbox], clock: FakeClock) -> E2BSandboxProvider:
+    """A provider of a container that did not create the sandbox (another Lambda's PrepareRun did)."""
+    return E2BSandboxProvider(API_KEY, "sandcastle-template", sandbox_factory=fake_e2b, clock=clock)
+
+
+def _sdk_calls(fake_e2b: type[FakeE2BSandbox], sandbox_id: str) -> list[str]:
+    return [name for name, call in fake_e2b.calls if call.get("sandbox_id") == sandbox_id]
+
+
+def test_tool_calls_in_one_container_connect_once_and_keep_the_sandbox_alive_once(
+    container: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox], clock: FakeClock
+) -> None:
+    # Given a run with 900 s left, whose tool calls this container runs one after another
+    for call in range(10):
+        fake_e2b.live[sandbox.sandbox_id].commands.scripts.append(ScriptedCommand(stdout=["ok\n"]))
+        connected = container.connect(sandbox.sandbox_id, keep_alive_s=900 - 10 * call)
+        assert connected.run("true", timeout_s=5).stdout == b"ok\n"
+        clock.now += 10
+
+    # Then one connect and one keep-alive served all ten
+    assert _sdk_calls(fake_e2b, sandbox.sandbox_id) == ["connect"]
+    assert fake_e2b.live[sandbox.sandbox_id].timeouts == [900]
+
+
+def test_the_keep_alive_is_sent_again_when_less_than_half_of_it_remains(
+    container: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox], clock: FakeClock
+) -> None:
+    timeouts = fake_e2b.live[sandbox.sandbox_id].timeouts
+    container.connect(sandbox.sandbox_id, keep_alive_s=600)
+    clock.now += 299  # 301 s of 600 left: more than half
+    container.connect(sandbox.sandbox_id, keep_alive_s=600)
+    assert timeouts == [600]
+
+    clock.now += 2  # 299 s left: less than half of the 600 asked
+    container.connect(sandbox.sandbox_id, keep_alive_s=600)
+    assert timeouts == [600, 600]
+    assert _sdk_calls(fake_e2b, sandbox.sandbox_id) == ["connect"]
+
+
+def test_a_sandbox_whose_timeout_passed_is_connected_again(
+    container: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox], clock: FakeClock
+) -> None:
+    container.connect(sandbox.sandbox_id, keep_alive_s=60)
+    clock.now += 61
+    del fake_e2b.live[sandbox.sandbox_id]  # E2B ended it
+
+    with pytest.raises(SandboxGone):
+        container.connect(sandbox.sandbox_id)
+    assert _sdk_calls(fake_e2b, sandbox.sandbox_id) == ["connect", "connect"]
+
+
+def test_a_sandbox_this_container_killed_is_never_served_again(
+    container: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]
+) -> None:
+    container.connect(sandbox.sandbox_id)
+    container.kill(sandbox.sandbox_id)
+
+    with pytest.raises(SandboxGone):
+        container.connect(sandbox.sandbox_id)
+
+
+def test_a_sandbox_found_gone_is_dropped_and_connected_again(
+    container: E2BSandboxProvider, sandbox: E2BSandbox, fake_e2b: type[FakeE2BSandbox]
+) -> None:
+    # Given a sandbox this container holds, killed elsewhere (the reaper, a cancel, another container)
+    held = container.connect(sandbox.sandbox_id)
+    fake = fake_e2b.live.pop(sandbox.sandbox_id)
+    fake.commands.scripts.append(ScriptedCommand(raises=e2b_errors.SandboxNotRunningException("sandbox not running")))
+
+    # When a tool call uses it, it is gone, as a fresh connect would have said
+    with pytest.raises(SandboxGone):
+        held.run("true", timeout_s=5)
+
+    # Then the next connect asks E2B again instead of serving the dead one
+    with pytest.raises(SandboxGone):
+        container.connect(sandbox.sandbox_id)
+    assert _sdk_calls(fake_e2b, sandbox.sandbox_id) == ["connect", "connect"]
+
+
+def test_a_container_keeps_a_bounded_number_of_sandboxes(
+    container: E2BSandboxProvider, fake_e2b: type[FakeE2BSandbox]
+) -> None:
+    ids = [container.create(SPEC).sandbox_id for _ in range(40)]
+
+    container.connect(ids[-1])
+    container.connect(ids[0])
+
+    assert _sdk_calls(fake_e2b, ids[-1]) == []
+    assert _sdk_calls(fake_e2b, ids[0]) == ["connect"]
 
 
 def test_connect_to_a_vanished_sandbox_raises_gone(provider: E2BSandboxProvider) -> None:

@@ -88,3 +88,95 @@ def test_the_openai_model_is_what_loads_openai(tmp_path: Path) -> None:
     loaded = _loaded_after_first_use("agent_step", ("store",), "openai", tmp_path)
 
     assert "openai" in loaded
+
+
+# --- what importing a handler module pulls in (its cold start before the first invocation) ---
+
+HANDLERS = (
+    "api",
+    "authorizer",
+    "submit_run",
+    "prepare_run",
+    "agent_step",
+    "run_tool",
+    "finish_run",
+    "fail_run",
+    "on_execution_end",
+    "on_upload",
+    "on_schedule",
+    "on_run_finished",
+    "reaper",
+)
+TOOL_REGISTRY = "sandcastle.tools"
+"""The tools' schemas and execution code (patch parsing, file walks): for AgentStep and RunTool only."""
+ARTIFACT_CODE = "sandcastle.runs.artifacts"
+"""Copying ``~/output/`` to S3: for the endings, imported when they export."""
+XRAY_SDK = "aws_xray_sdk"
+
+#: handler -> the modules its import must not load (with tracing off, as the benchmark and the local runtime run)
+NOT_AT_IMPORT: dict[str, set[str]] = {
+    handler: {XRAY_SDK, ARTIFACT_CODE} | ({TOOL_REGISTRY} if handler not in ("agent_step", "run_tool") else set())
+    for handler in HANDLERS
+}
+
+_MODULES_PROBE = """
+import json, sys
+import sandcastle.handlers.{handler}
+print(json.dumps(sorted(name for name in {watched!r} if name in sys.modules)))
+"""
+
+
+def _loaded_by_import(handler: str, cwd: Path, **environment: str) -> set[str]:
+    watched = (TOOL_REGISTRY, ARTIFACT_CODE, XRAY_SDK)
+    script = _MODULES_PROBE.format(handler=handler, watched=watched)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "sandcastle",
+        **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},
+        **environment,
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, f"importing {handler} failed:\n{completed.stderr}"
+    return set(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_handler_module_imports_neither_tracing_nor_code_it_does_not_run(handler: str, tmp_path: Path) -> None:
+    # Given a fresh interpreter with tracing off; When the handler module is imported
+    loaded = _loaded_by_import(handler, tmp_path, POWERTOOLS_TRACE_DISABLED="true")
+
+    # Then no X-Ray SDK, and no tool registry or artifact export where the handler needs at most their names
+    assert not loaded & NOT_AT_IMPORT[handler], f"importing {handler} loaded {sorted(loaded & NOT_AT_IMPORT[handler])}"
+
+
+def test_with_tracing_on_a_handler_is_traced_through_the_xray_sdk(tmp_path: Path) -> None:
+    # In a Lambda with tracing on (the cloud) the Tracer is built, loading the X-Ray SDK: the check above is not void.
+    loaded = _loaded_by_import("run_tool", tmp_path, LAMBDA_TASK_ROOT=str(tmp_path))
+
+    assert XRAY_SDK in loaded and TOOL_REGISTRY in loaded
+
+
+@pytest.mark.parametrize(
+    ("environment", "traced"),
+    [
+        ({"LAMBDA_TASK_ROOT": "/var/task"}, True),
+        ({"LAMBDA_TASK_ROOT": "/var/task", "POWERTOOLS_TRACE_DISABLED": "true"}, False),
+        ({"LAMBDA_TASK_ROOT": "/var/task", "AWS_SAM_LOCAL": "true"}, False),
+        ({}, False),  # not in a Lambda: no X-Ray daemon to send to
+    ],
+)
+def test_tracing_is_on_where_powertools_would_trace(
+    environment: dict[str, str], traced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandcastle.handlers._observability import tracing_enabled
+
+    for name in ("LAMBDA_TASK_ROOT", "POWERTOOLS_TRACE_DISABLED", "AWS_SAM_LOCAL", "AWS_CHALICE_CLI_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    assert tracing_enabled() is traced

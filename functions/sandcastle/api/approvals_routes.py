@@ -17,7 +17,7 @@ from sandcastle.api import examples as ex
 from sandcastle.api.errors import error_response
 from sandcastle.api.models import ApprovalDecision, ApprovalList, MessageRequest
 from sandcastle.api.responses import error_contents, json_content, ok, principal
-from sandcastle.errors import ApprovalConflict, ApprovalNotFound, RunNotLive
+from sandcastle.errors import ApprovalConflict, ApprovalNotFound, RunBusy, RunNotLive
 from sandcastle.runs.approvals import decide, list_approvals
 from sandcastle.runs.messages import send_message
 from sandcastle.runs.policy import PolicyDocument
@@ -153,3 +153,8 @@ def _approval_conflict(error: ApprovalConflict) -> Response:
 @router.exception_handler(RunNotLive)
 def _run_not_live(error: RunNotLive) -> Response:
     return error_response(HTTPStatus.CONFLICT, "run_ended", str(error))
+
+
+@router.exception_handler(RunBusy)
+def _run_busy(error: RunBusy) -> Response:
+    return error_response(HTTPStatus.CONFLICT, "run_busy", str(error))

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Logger
 
 from sandcastle.errors import SandboxGone
-from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.records import Artifact, Run
 from sandcastle.wiring import Dependencies
 
@@ -52,6 +51,8 @@ def keep_artifacts(run: Run, deps: Dependencies) -> KeptArtifacts:
 
     For endings that must end the run whatever happens to its files (a failed or overdue run).
     """
+    from sandcastle.runs.artifacts import export_artifacts  # here: kill_sandbox's users (cancel, the API) need none
+
     try:
         return KeptArtifacts(export_artifacts(run, deps))
     except Exception as error:

@@ -13,7 +13,6 @@ from aws_lambda_powertools import Logger
 
 from sandcastle.errors import ConditionFailed, RunEnded
 from sandcastle.large_values import RESULT_LIMIT_BYTES, clip_text
-from sandcastle.runs.artifacts import export_artifacts
 from sandcastle.runs.cleanup import keep_artifacts, kill_sandbox
 from sandcastle.runs.payloads import FailInput, StepState
 from sandcastle.runs.records import (
@@ -39,7 +38,6 @@ from sandcastle.runs.transcript import (
 )
 from sandcastle.sandbox.base import Sandbox, SandboxSpec
 from sandcastle.store.dynamo import RunUpdate
-from sandcastle.tools import TOOLS
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
@@ -63,6 +61,8 @@ def prepare_run(run_id: str, deps: Dependencies) -> StepState:
         sandbox.write_file(f"input/{file.name}", deps.objects.get(file.s3_key))
     sandbox.run("mkdir -p ~/output", timeout_s=30)
     run = prepare_repository(run, sandbox, deps)
+
+    from sandcastle.tools import TOOLS  # only their names: the registry stays out of the other endings' imports
 
     deps.store.append_event(
         system_event(
@@ -101,11 +101,24 @@ def finish_run(state: StepState, deps: Dependencies) -> dict[str, str]:
 
     reason = state.stop_reason or StopReason.COMPLETED
     status = STOP_STATUS[reason]
-    answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
+    answer = Transcript(deps.store.read_transcript(run.run_id)).last_answer()
+    from sandcastle.runs.artifacts import export_artifacts  # here: cancel and the API import this module too
+
     artifacts = export_artifacts(run, deps)
     delivery = deliver(run, deps, push=status is RunStatus.SUCCEEDED)
     kill_sandbox(run.sandbox_id, deps)
-    end_run(run, deps, status=status, stop_reason=reason, result=answer, artifacts=artifacts, delivery=delivery)
+    # The loop has stopped (the last AgentStep returned "finish"): nothing changes the run's usage or step
+    # any more, so the record read above is the one the END event accounts for.
+    end_run(
+        run,
+        deps,
+        status=status,
+        stop_reason=reason,
+        result=answer,
+        artifacts=artifacts,
+        delivery=delivery,
+        current=True,
+    )
     logger.info("run finished", extra={"status": status.value, "stop_reason": reason.value})
     return {"run_id": run.run_id, "status": status.value}
 
@@ -128,7 +141,7 @@ def fail_run(failure: FailInput, deps: Dependencies) -> dict[str, str]:
     error.message = deps.redactor.text(error.message)
     status = RunStatus.TIMED_OUT if error.type == "States.Timeout" else RunStatus.FAILED
     deps.store.append_event(error_event(run.run_id, run.step, error))
-    answer = Transcript(deps.store.list_events(run.run_id)).last_answer()
+    answer = Transcript(deps.store.read_transcript(run.run_id)).last_answer()
     end_run(run, deps, status=status, result=answer, error=error, artifacts=artifacts)
     logger.warning("run failed", extra={"status": status.value, "error_type": error.type, "error": error.message})
     return {"run_id": run.run_id, "status": status.value}
@@ -144,15 +157,18 @@ def end_run(
     error: RunError | None = None,
     artifacts: list[Artifact] | None = None,
     delivery: Delivery | None = None,
+    current: bool = False,
 ) -> Run:
     """Bring the run to its terminal ``status`` once: the END event, the run's fields and the release of
     its tenant's active-run slot in one transaction that requires the run not to have ended yet; then
     announce it.
 
+    The END event accounts for the run's usage as stored: ``run`` is read again first, unless the caller
+    says it is ``current`` (read after the last write that could change its usage or step).
     Returns the run as stored afterwards (ended by this call or by an earlier one).
     """
     now = utcnow()
-    fresh = deps.store.get_run(run.run_id)
+    fresh = run if current else deps.store.get_run(run.run_id)
     if result is not None and len(result.encode()) > RESULT_LIMIT_BYTES:  # the whole answer is in the transcript
         result = clip_text(result.encode(), RESULT_LIMIT_BYTES)["text"]
     outcome = RunOutcome(
@@ -176,13 +192,15 @@ def end_run(
     if delivery:
         fields["delivery"] = delivery
     try:
-        deps.store.append_event(
+        written = deps.store.append_event(
             end_event(run.run_id, fresh.step, outcome),
             RunUpdate(set=fields, require_not_terminal=True, release_slot_of=run.tenant),
         )
     except ConditionFailed:
         logger.info("run had already ended")
-    ended = deps.store.get_run(run.run_id)
+        written = False
+    # Written: the item now holds exactly ``fresh`` with ``fields`` set. Otherwise an earlier ending won: read it.
+    ended = fresh.model_copy(update=fields) if written else deps.store.get_run(run.run_id)
     announce_run_end(ended, deps)
     return ended
 

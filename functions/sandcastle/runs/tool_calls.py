@@ -13,7 +13,7 @@ from sandcastle.runs.budget import seconds_left
 from sandcastle.runs.payloads import ToolTask
 from sandcastle.runs.records import Run, ToolCall, Usage, utcnow
 from sandcastle.runs.tool_outputs import ToolOutput
-from sandcastle.runs.transcript import AssistantEvent, ToolResultData, assistant_key, tool_result_event, tool_result_key
+from sandcastle.runs.transcript import AssistantEvent, ToolResultData, tool_result_event, tool_result_key
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import ToolContext, parse_tool_call
 from sandcastle.wiring import Dependencies
@@ -40,13 +40,14 @@ def run_tool(task: ToolTask, deps: Dependencies) -> ToolCallDone:
     if run.status.terminal:
         return {"tool_call_id": task.tool_call_id, "skipped": f"run ended {run.status.value}"}
 
-    assistant = deps.store.get_event(run.run_id, assistant_key(task.step))
-    calls = assistant.data.tool_calls if isinstance(assistant, AssistantEvent) else []
+    step = deps.store.step_events(run.run_id, task.step)  # the turn and its results so far: one read
+    assistant = next((event for event in step if isinstance(event, AssistantEvent)), None)
+    calls = assistant.data.tool_calls if assistant is not None else []
     index = next((i for i, call in enumerate(calls) if call.id == task.tool_call_id), None)
     if index is None:
         raise SandcastleError(f"turn {task.step} of run {run.run_id} has no tool call {task.tool_call_id}")
     call = calls[index]
-    if result_recorded(run.run_id, task.step, index, deps):
+    if any(event.key == tool_result_key(task.step, index) for event in step):
         logger.info("tool call already recorded; a retry does nothing")
         return {"tool_call_id": call.id}
     execute_tool_call(run, task.step, index, call, deps)

@@ -241,6 +241,21 @@ ERROR_KEY = event_key(_LAST_STEP - 1, 0, EventKind.ERROR)
 END_KEY = event_key(_LAST_STEP, 0, EventKind.END)
 
 
+def key_step(key: str) -> int:
+    """The step an event key stands at (``EVT#000003#002#tool_result`` → 3; the error and END keys → 999998, 999999)."""
+    return int(key.split("#", 2)[1])
+
+
+def is_run_end_key(key: str) -> bool:
+    """Whether ``key`` is one of the keys written when the run ends (its error, its END), past every turn's."""
+    return key_step(key) >= _LAST_STEP - 1
+
+
+def step_bounds(step: int) -> tuple[str, str]:
+    """The lowest and highest possible key of step ``step``'s events (a Query's ``BETWEEN`` bounds)."""
+    return f"EVT#{step:06d}#", f"EVT#{step:06d}#~"
+
+
 def assistant_key(step: int) -> str:
     return event_key(step, 0, EventKind.ASSISTANT)
 

@@ -14,7 +14,14 @@ from sandcastle.runs.budget import budget_stop, seconds_left
 from sandcastle.runs.payloads import StepState
 from sandcastle.runs.records import Run, RunStatus, StopReason, Usage, utcnow
 from sandcastle.runs.tool_calls import execute_tool_call, result_recorded
-from sandcastle.runs.transcript import AssistantData, AssistantEvent, Transcript, assistant_event, assistant_key
+from sandcastle.runs.transcript import (
+    AssistantData,
+    AssistantEvent,
+    Transcript,
+    assistant_event,
+    assistant_key,
+    tool_result_key,
+)
 from sandcastle.store.dynamo import RunUpdate
 from sandcastle.tools import tool_schemas
 from sandcastle.wiring import Dependencies
@@ -50,7 +57,9 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
         inline_tool_call=state.inline_tool_call,
     )
 
-    reply_data = _recorded_reply(run.run_id, turn, deps)
+    transcript = Transcript(deps.store.read_transcript(run.run_id))
+    reply_data = transcript.assistant(turn)  # a retry finds the turn's reply already recorded
+    from_transcript = reply_data is not None
     recorded_here = False
     if reply_data is None:
         now = utcnow()
@@ -58,7 +67,6 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
         if stop is not None:
             logger.info("budget spent", extra={"stop_reason": stop.value})
             return base.model_copy(update={"step": state.step, "next": "finish", "stop_reason": stop})
-        transcript = Transcript(deps.store.list_events(run.run_id))
         model = deps.model_for(run)
         timeout = max(MIN_MODEL_TIMEOUT_S, min(time_left_s, seconds_left(run, now)))
         reply = model.complete(transcript, tool_schemas(), model=run.model, timeout_s=timeout)
@@ -71,7 +79,7 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
     ids = [call.id for call in calls]
     inline = state.inline_tool_call and len(calls) == 1
     # A reply this invocation recorded has no result yet (results are written after their turn's reply).
-    if inline and not recorded_here and result_recorded(run.run_id, turn, 0, deps):
+    if inline and not recorded_here and _call_recorded(transcript if from_transcript else None, run.run_id, turn, deps):
         logger.info("the turn's tool call is already recorded; a retry runs nothing")
         resume_running(run, deps)  # after a wait for approval, should the first attempt have stopped short
         return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
@@ -97,6 +105,14 @@ def agent_step(state: StepState, deps: Dependencies, *, time_left_s: float) -> S
             return base.model_copy(update={"next": "agent", "tool_call_ids": ids})
         logger.info("too little time left to run the call here; RunTool runs it", extra={"needed_s": needed})
     return base.model_copy(update={"next": "tools", "tool_call_ids": runnable})
+
+
+def _call_recorded(transcript: Transcript | None, run_id: str, turn: int, deps: Dependencies) -> bool:
+    """Whether the turn's one call has its result: in the transcript this invocation read with the turn's reply
+    (the turn's events are always read fresh), else — the reply came from a concurrent attempt — in the table."""
+    if transcript is not None:
+        return any(event.key == tool_result_key(turn, 0) for event in transcript)
+    return result_recorded(run_id, turn, 0, deps)
 
 
 def _longest_call_s(run: Run, deps: Dependencies) -> float:

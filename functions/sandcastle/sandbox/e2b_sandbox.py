@@ -13,9 +13,12 @@ import math
 import posixpath
 import re
 import shlex
+import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sandcastle.errors import DiskQuotaExceeded, ProcessNotFound, SandboxError, SandboxGone, SandboxUnavailable
@@ -29,6 +32,17 @@ _SIGKILL_EXIT_CODE = 128 + 9
 _TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _AUTHENTICATION_FAILED = "E2B rejected the API key; check E2B_API_KEY / the E2B secret"
 _PROCESS_ID_IN_ARGS = re.compile(r"(?<=/\.sandcastle/processes/)proc-[0-9a-f]+")
+_MAX_HELD = 32
+"""Connected sandboxes a provider keeps (most recently used): one container serves a handful of runs."""
+
+
+@dataclass
+class _Held:
+    """A sandbox this container is connected to, and when E2B will end it as far as this container set it."""
+
+    sandbox: E2BSandbox
+    alive_until: float | None
+    """Monotonic time of the timeout this container last set (at create or keep-alive); None when unknown."""
 
 
 class E2BSandboxProvider:
@@ -40,6 +54,13 @@ class E2BSandboxProvider:
     ``api_url`` and ``sandbox_url`` point the SDK at another E2B-compatible service — the local
     sandbox server (``sandcastle.e2b_server``) sets both to its own URL; ``debug`` is the SDK's
     debug mode. Unset, the SDK uses E2B's cloud (or its own ``E2B_*`` environment variables).
+
+    The provider keeps the sandboxes it created or connected to (one provider per container:
+    ``wiring``), so a run's next tool call in this container costs no connect round trip, and it
+    tracks the timeout it set, so the keep-alive is sent again only when less than half of what the
+    caller asks remains. A kept sandbox is dropped when this provider kills it, when its timeout
+    passed, and when E2B answers that it is gone (killed elsewhere: the reaper, a cancel, another
+    container's FinishRun) — that use raises ``SandboxGone`` as a fresh connect would.
     """
 
     name = "e2b"
@@ -53,8 +74,12 @@ class E2BSandboxProvider:
         api_url: str | None = None,
         sandbox_url: str | None = None,
         debug: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_key = api_key
+        self._clock = clock
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._lock = threading.Lock()
         self._template = template
         self._sandbox_factory = sandbox_factory
         self._connection: dict[str, Any] = {"api_key": api_key}
@@ -85,22 +110,56 @@ class E2BSandboxProvider:
                 **options,
                 **self._connection,
             )
-        return E2BSandbox(sandbox, self._api_key)
+        # The timeout an idempotent retry's create answers is the first attempt's, of unknown age: not tracked.
+        return self._hold(sandbox, alive_until=None).sandbox
 
     def connect(self, sandbox_id: str, *, keep_alive_s: int | None = None) -> E2BSandbox:
         """Reconnect to a live sandbox. Raises ``SandboxGone`` when it was killed or timed out.
 
         With ``keep_alive_s`` the sandbox's timeout is reset to that many seconds from now (the
         run's remaining time plus a margin): the sandbox follows its run instead of dying mid-run.
+        A sandbox this container already holds is reused without a round trip, and its timeout is
+        reset only when less than half of ``keep_alive_s`` is left of the one this container set.
         """
-        with _translated_errors(self._api_key):
-            sandbox = self._sdk_sandbox().connect(sandbox_id, **self._connection)
-            if keep_alive_s is not None:
-                sandbox.set_timeout(max(1, int(keep_alive_s)))
-        return E2BSandbox(sandbox, self._api_key)
+        now = self._clock()
+        held = self._kept(sandbox_id, now)
+        if held is None:
+            with _translated_errors(self._api_key):
+                sdk_sandbox = self._sdk_sandbox().connect(sandbox_id, **self._connection)
+            held = self._hold(sdk_sandbox, alive_until=None)
+        if keep_alive_s is not None and (held.alive_until is None or held.alive_until - now < keep_alive_s / 2):
+            timeout = max(1, int(keep_alive_s))
+            with held.sandbox.errors():
+                held.sandbox.sdk_sandbox.set_timeout(timeout)
+            held.alive_until = now + timeout
+        return held.sandbox
+
+    def _kept(self, sandbox_id: str, now: float) -> _Held | None:
+        with self._lock:
+            held = self._held.get(sandbox_id)
+            if held is None:
+                return None
+            if held.alive_until is not None and held.alive_until <= now:  # its timeout passed: E2B ended it
+                del self._held[sandbox_id]
+                return None
+            self._held.move_to_end(sandbox_id)
+            return held
+
+    def _hold(self, sdk_sandbox: Any, *, alive_until: float | None) -> _Held:
+        held = _Held(E2BSandbox(sdk_sandbox, self._api_key, on_gone=self._forget), alive_until)
+        with self._lock:
+            self._held[held.sandbox.sandbox_id] = held
+            while len(self._held) > _MAX_HELD:
+                self._held.popitem(last=False)
+        return held
+
+    def _forget(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._held.pop(sandbox_id, None)
 
     def kill(self, sandbox_id: str) -> bool:
         """Kill a sandbox. Idempotent: False when E2B no longer knows it."""
+        self._forget(sandbox_id)
         try:
             with _translated_errors(self._api_key):
                 return bool(self._sdk_sandbox().kill(sandbox_id, **self._connection))
@@ -139,15 +198,32 @@ class E2BSandboxProvider:
 class E2BSandbox:
     """A live E2B sandbox, wrapping an ``e2b.Sandbox``."""
 
-    def __init__(self, sandbox: Any, api_key: str) -> None:
+    def __init__(self, sandbox: Any, api_key: str, *, on_gone: Callable[[str], None] | None = None) -> None:
         self._sandbox = sandbox
         self._api_key = api_key
+        self._on_gone = on_gone
         self._commands = _ByteCommands.wrapping(sandbox)
 
     @property
     def sandbox_id(self) -> str:
         """E2B's id of the sandbox."""
         return str(self._sandbox.sandbox_id)
+
+    @property
+    def sdk_sandbox(self) -> Any:
+        """The ``e2b.Sandbox`` this wraps."""
+        return self._sandbox
+
+    @contextmanager
+    def errors(self, *, path: str | None = None) -> Iterator[None]:
+        """Our errors for the SDK's (``_translated_errors``); a sandbox found gone is reported to ``on_gone``."""
+        try:
+            with _translated_errors(self._api_key, path=path):
+                yield
+        except SandboxGone:
+            if self._on_gone is not None:
+                self._on_gone(self.sandbox_id)
+            raise
 
     def run(
         self, command: str, *, timeout_s: float, cwd: str | None = None, env: dict[str, str] | None = None
@@ -180,7 +256,7 @@ class E2BSandbox:
         stdout: list[bytes | str] = []
         stderr: list[bytes | str] = []
         started = time.monotonic()
-        with _translated_errors(self._api_key):
+        with self.errors():
             handle = self._commands.run(
                 _under_deadline(command, deadline_s),
                 background=True,
@@ -213,12 +289,12 @@ class E2BSandbox:
         A path envd refuses (outside the workspace, not a regular file) raises ``ValueError``;
         a full disk raises ``DiskQuotaExceeded``: both are the model's to fix, not a failed run.
         """
-        with _translated_errors(self._api_key, path=path):
+        with self.errors(path=path):
             self._sandbox.files.write(_sandbox_path(path), data)
 
     def read_file(self, path: str) -> bytes:
         """Read a file; ``FileNotFoundError`` when it does not exist, ``ValueError`` when envd refuses the path."""
-        with _translated_errors(self._api_key, path=path):
+        with self.errors(path=path):
             return bytes(self._sandbox.files.read(_sandbox_path(path), format="bytes"))
 
     # --- background processes: envd keeps them (and their stdin); their output is kept in files ---
@@ -234,7 +310,7 @@ class E2BSandbox:
         directory = background.process_dir(process_id)
         self.write_file(f"{directory}/command", command.encode())
         line = f"exec setsid -w bash -c {shlex.quote(background.wrapper(process_id, command))}"
-        with _translated_errors(self._api_key):
+        with self.errors():
             handle = self._sandbox.commands.run(
                 line, background=True, stdin=True, cwd=_sandbox_path(cwd) if cwd else None, envs=env, timeout=0
             )
@@ -252,7 +328,7 @@ class E2BSandbox:
         pid = self._envd_pid(process_id)
         if process_id not in self.list_processes():
             raise ProcessNotFound(f"process {process_id} is not running")
-        with _translated_errors(self._api_key):
+        with self.errors():
             self._sandbox.commands.send_stdin(pid, data)
 
     def kill_process(self, process_id: str) -> bool:
@@ -262,7 +338,7 @@ class E2BSandbox:
         if process_id not in self.list_processes():
             return False
         self.run(f"kill -KILL -- -$(cat {shlex.quote(directory)}/pgid) 2>/dev/null", timeout_s=30)
-        with _translated_errors(self._api_key):
+        with self.errors():
             self._sandbox.commands.kill(pid)
         try:
             self.read_file(f"{directory}/exit")
@@ -272,7 +348,7 @@ class E2BSandbox:
 
     def list_processes(self) -> list[str]:
         """The background processes envd still runs (told by the process id in their command line)."""
-        with _translated_errors(self._api_key):
+        with self.errors():
             processes = self._sandbox.commands.list()
         running = []
         for process in processes:

@@ -28,8 +28,9 @@ from pydantic_core import to_jsonable_python
 
 from sandcastle.errors import ActiveRunLimitReached, ConditionFailed, RunNotFound
 from sandcastle.runs.records import TERMINAL_STATUSES, Run, RunStatus, Usage
-from sandcastle.runs.transcript import Event, dump_data, parse_event
+from sandcastle.runs.transcript import Event, dump_data, parse_event, step_bounds
 from sandcastle.store.item_size import check_request_fits
+from sandcastle.store.transcript_cache import ReadEvent, TranscriptCache
 
 _META = "META"
 _ACTIVE_RUNS = "ACTIVE_RUNS"
@@ -60,6 +61,9 @@ class RunUpdate:
     """Apply only while the run is in one of these statuses."""
     require_not_terminal: bool = False
     """Apply only while the run has not ended."""
+    require_step: int | None = None
+    """Apply only while the run's ``step`` is still this one: an event placed by the run's step (a steering
+    message) is never written into a step a reader may already hold as complete (``transcript_cache``)."""
     release_slot_of: str | None = None
     """The run's tenant, when this update sets a terminal status: its active-run slot is freed in the
     same transaction. Required then, together with a condition that the run has not ended."""
@@ -68,7 +72,14 @@ class RunUpdate:
 class RunStore:
     """Runs and transcript events in one DynamoDB table."""
 
-    def __init__(self, table_name: str, client: Any | None = None, *, ttl_days: int = 30) -> None:
+    def __init__(
+        self,
+        table_name: str,
+        client: Any | None = None,
+        *,
+        ttl_days: int = 30,
+        transcripts: TranscriptCache | None = None,
+    ) -> None:
         if client is None:
             import boto3
 
@@ -76,6 +87,13 @@ class RunStore:
         self._client = client
         self._table = table_name
         self._ttl = timedelta(days=ttl_days)
+        self.transcripts = transcripts if transcripts is not None else TranscriptCache()
+        """The transcripts read so far (``read_transcript``): one cache per store, so per container."""
+
+    @property
+    def client(self) -> Any:
+        """The boto3 DynamoDB client every request of this store goes through."""
+        return self._client
 
     # --- runs ---
 
@@ -217,7 +235,33 @@ class RunStore:
         return self._item_to_event(_deserialize(item)) if item else None
 
     def list_events(self, run_id: str, *, after: str | None = None, limit: int | None = None) -> list[Event]:
-        """The transcript in order, optionally from after the event key ``after``."""
+        """The transcript in order, optionally from after the event key ``after`` (read from the table)."""
+        return [read.event for read in self._query_events(run_id, after=after, limit=limit)]
+
+    def read_transcript(self, run_id: str) -> list[Event]:
+        """The whole transcript in order, querying only the events this container has not kept yet.
+
+        What was read before comes from ``transcripts`` (its sealed steps: ``store/transcript_cache.py``
+        says why they cannot have changed); the Query starts after the last of them, so a turn's read
+        costs the same at step 50 as at step 2.
+        """
+        kept, after = self.transcripts.sealed(run_id)
+        fresh = self._query_events(run_id, after=after)
+        self.transcripts.add(run_id, after, fresh)
+        return kept + [read.event for read in fresh]
+
+    def step_events(self, run_id: str, step: int) -> list[Event]:
+        """The events of one step (its assistant turn and the tool results so far), in order: one Query."""
+        low, high = step_bounds(step)
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {":pk": {"S": run_pk(run_id)}, ":low": {"S": low}, ":high": {"S": high}},
+            "ConsistentRead": True,
+        }
+        return [read.event for read in self._paged(request)]
+
+    def _query_events(self, run_id: str, *, after: str | None = None, limit: int | None = None) -> list[ReadEvent]:
         request: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
@@ -226,12 +270,16 @@ class RunStore:
         }
         if after:
             request["ExclusiveStartKey"] = _key(run_pk(run_id), after)
-        events: list[Event] = []
+        return self._paged(request, limit=limit)
+
+    def _paged(self, request: dict[str, Any], *, limit: int | None = None) -> list[ReadEvent]:
+        events: list[ReadEvent] = []
         while True:
             if limit is not None:
                 request["Limit"] = limit - len(events)
             response = self._client.query(**request)
-            events.extend(self._item_to_event(_deserialize(item)) for item in response.get("Items", []))
+            for item in response.get("Items", []):
+                events.append(ReadEvent(self._item_to_event(_deserialize(item)), _stored_size(item)))
             last = response.get("LastEvaluatedKey")
             if not last or (limit is not None and len(events) >= limit):
                 return events
@@ -359,6 +407,10 @@ class RunStore:
                 values[f":ts{index}"] = status.value
                 placeholders.append(f":ts{index}")
             conditions.append(f"NOT (#status IN ({', '.join(placeholders)}))")
+        if update.require_step is not None:
+            names["#step"] = "step"
+            values[":rstep"] = update.require_step
+            conditions.append("#step = :rstep")
         request: dict[str, Any] = {
             "Key": _key(run_pk(run_id), _META),
             "UpdateExpression": expression,
@@ -448,6 +500,11 @@ def _serialize(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def _deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
     return {name: _deserializer.deserialize(value) for name, value in item.items()}
+
+
+def _stored_size(item: Mapping[str, Any]) -> int:
+    """About what an item weighs (its ``data`` text dominates), for the transcript cache's byte budget."""
+    return 128 + len(item.get("data", {}).get("S", ""))
 
 
 def _is_condition_failure(error: ClientError) -> bool:
