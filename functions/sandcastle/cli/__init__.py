@@ -3,10 +3,14 @@
 sandcastle run "Count the rows of ~/input/data.csv" --file data.csv
 sandcastle run "Analyse the sales" --file sales.csv --playbook playbook.json
 
-One module per concept: ``run`` (run, cancel), ``serve`` (serve, sandbox-server), ``keys``, ``tasks``
-(tasks, schedules), ``inbox`` (upload), ``reap``, ``artifacts``; ``transport`` holds the two ways to
-submit and follow a run (in process, over HTTP) and the one loop that follows it; ``printer`` and
-``spinner`` are what the terminal shows. Each command imports what it runs when it runs.
+One module per concept: ``run`` (run, cancel), ``runs`` (list, get, logs, cancel), ``serve`` (serve,
+sandbox-server), ``keys``, ``tasks`` (tasks, schedules), ``inbox`` (upload), ``reap``, ``artifacts``,
+``completion``; ``transport`` holds the two ways to submit and follow a run (in process, over HTTP) and
+the one loop that follows it; ``printer`` and ``spinner`` are what the terminal shows; ``output`` is
+what every command prints and exits with (the exit-code table, ``--json``). The global options
+(``--json``, ``--url``, ``--api-key``, ``--profile``, ``--region``) are on every command's parser
+(``CommandParser``): a new command gets them by being added to ``commands``. Each command imports
+what it runs when it runs.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ from sandcastle.cli import artifacts, completion, inbox, keys, output, reap, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Parse, then run the command; its exit code is ``cli.output.Exit``'s table, whatever it raised."""
+    return output.run_command(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
     output.configure(json_output=getattr(args, "json", False))
     _apply_global_options(args)
-    return output.run_command(lambda: args.command(args))
+    code: int = args.command(args)
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:

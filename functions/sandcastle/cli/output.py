@@ -19,6 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from typing import Any, TextIO
 
+from sandcastle.errors import CommandFailed
+
+__all__ = ["CommandFailed", "Exit", "configure", "data", "fail", "failure", "human", "run_command", "say", "table"]
+
 
 class Exit(IntEnum):
     OK = 0
@@ -27,14 +31,6 @@ class Exit(IntEnum):
     UNREACHABLE = 3
     INTERRUPTED = 130
     BROKEN_PIPE = 141
-
-
-class CommandFailed(Exception):
-    """Raised by a command to end with ``message`` on stderr and ``code``."""
-
-    def __init__(self, message: str, code: Exit) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 _json_mode = False
@@ -94,7 +90,7 @@ def classify(error: BaseException) -> tuple[str, Exit]:
     from sandcastle.errors import ApiError, InvalidRunRequest
 
     if isinstance(error, CommandFailed):
-        return str(error), error.code
+        return str(error), Exit(error.code)
     if isinstance(error, InvalidRunRequest):
         return str(error), Exit.USAGE
     pydantic = sys.modules.get("pydantic")
@@ -110,32 +106,34 @@ def classify(error: BaseException) -> tuple[str, Exit]:
         return str(error), Exit.NOT_SUCCEEDED
     aws = _aws_problem(error)
     if aws is not None:
-        return aws, Exit.UNREACHABLE
+        return aws
     if isinstance(error, OSError):
         reason = getattr(error, "reason", None) or error.strerror or error
         return f"cannot reach the server: {reason}", Exit.UNREACHABLE
     return str(error), Exit.NOT_SUCCEEDED
 
 
-def _aws_problem(error: BaseException) -> str | None:
+def _aws_problem(error: BaseException) -> tuple[str, Exit] | None:
     botocore = sys.modules.get("botocore.exceptions")
-    if botocore is None:
+    if botocore is None or not isinstance(error, botocore.BotoCoreError | botocore.ClientError):
         return None
     if isinstance(error, botocore.NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
+        return "no AWS region: pass --region or set AWS_REGION", Exit.UNREACHABLE
     if isinstance(error, botocore.NoCredentialsError | botocore.PartialCredentialsError):
-        return "no AWS credentials: pass --profile, set AWS_PROFILE, or run `aws configure`"
+        return "no AWS credentials: pass --profile, set AWS_PROFILE, or run `aws configure`", Exit.UNREACHABLE
     if isinstance(error, botocore.ProfileNotFound):
-        return f"{error}: pass an existing --profile (see `aws configure list-profiles`)"
+        return f"{error}: pass an existing --profile (`aws configure list-profiles`)", Exit.UNREACHABLE
     if isinstance(error, botocore.ClientError):
         code = error.response.get("Error", {}).get("Code", "")
+        message = error.response.get("Error", {}).get("Message", "")
         if code in ("ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException", "InvalidClientTokenId"):
-            return f"AWS refused the credentials ({code}): refresh them or pass another --profile"
+            return f"AWS refused the credentials ({code}): refresh them or pass another --profile", Exit.UNREACHABLE
         if code in ("AccessDenied", "AccessDeniedException"):
-            return f"AWS denied the call ({code}): {error.response['Error'].get('Message', '')}"
-    if isinstance(error, botocore.EndpointConnectionError):
-        return f"cannot reach AWS: {error}"
-    return None
+            return f"AWS denied the call ({code}): {message}", Exit.UNREACHABLE
+        return f"AWS: {code}: {message}", Exit.NOT_SUCCEEDED
+    if isinstance(error, botocore.EndpointConnectionError | botocore.ConnectTimeoutError):
+        return f"cannot reach AWS: {error}", Exit.UNREACHABLE
+    return f"AWS: {error}", Exit.NOT_SUCCEEDED
 
 
 def run_command(command: Callable[[], int]) -> int:
@@ -153,11 +151,17 @@ def run_command(command: Callable[[], int]) -> int:
         print("", file=sys.stderr)
         return int(Exit.INTERRUPTED)
     except Exception as error:
-        from sandcastle.errors import ApiError
+        if not _known(error):
+            raise  # a bug of ours: its traceback is what a report needs
+        return failure(error)
 
-        message, code = classify(error)
-        known = isinstance(error, CommandFailed | ApiError | OSError) or code is not Exit.NOT_SUCCEEDED
-        # anything else is a bug of ours: its traceback is what a report needs
-        if not known:
-            raise
-        return fail(message, code)
+
+def _known(error: BaseException) -> bool:
+    from sandcastle.errors import ApiError, InvalidRunRequest
+
+    pydantic = sys.modules.get("pydantic")
+    return (
+        isinstance(error, CommandFailed | ApiError | InvalidRunRequest | OSError)
+        or (pydantic is not None and isinstance(error, pydantic.ValidationError))
+        or _aws_problem(error) is not None
+    )

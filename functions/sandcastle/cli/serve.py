@@ -55,9 +55,14 @@ def _serve_command(args: argparse.Namespace) -> int:
                 "model_base_url": runtime.deps.settings.openai_base_url,
             },
         )
-        print(f"Sandcastle API on {gateway.url}  (docs: {gateway.url}/docs)", flush=True)
-        print(f"API key for tenant {key.tenant} ({key.key_id}): {key.key}", flush=True)
-        print(f"state (URL, admin token, this key) in {state_file}; Ctrl-C stops", flush=True)
+        output.data(
+            {"url": gateway.url, "tenant": key.tenant, "key_id": key.key_id, "key": key.key, "state": str(state_file)},
+            [
+                f"Sandcastle API on {gateway.url}  (docs: {gateway.url}/docs)",
+                f"API key for tenant {key.tenant} ({key.key_id}): {key.key}",
+            ],
+        )
+        output.say(f"state (URL, admin token, this key) in {state_file}; Ctrl-C stops")
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         try:
