@@ -77,8 +77,8 @@ def test_a_run_that_does_not_succeed_exits_non_zero(tmp_path: Path) -> None:
     )
 
     assert result.returncode == 1
-    assert "status: BUDGET_EXCEEDED (max_steps)" in result.stdout
-    document = json.loads(result.stdout[result.stdout.index("\n{") :])
+    assert "status: BUDGET_EXCEEDED (max_steps)" in result.stderr  # with --json, words go to stderr
+    document = json.loads(result.stdout)
     assert document["run"]["status"] == "BUDGET_EXCEEDED"
     assert [e["kind"] for e in document["events"]][-1] == "end"
 

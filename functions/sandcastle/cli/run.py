@@ -135,9 +135,8 @@ def _configuration_differs(request: RunRequest, state: dict[str, Any] | None) ->
         )
     else:
         return None
-    return (
-        f"{problem}: pass --local to run in this process with your environment, or restart `sandcastle serve` with it"
-    )
+    fix = "pass --local to run in this process with your environment, or restart `sandcastle serve` with it set"
+    return f"{problem}: {fix}"
 
 
 def _build_request(args: argparse.Namespace) -> RunRequest:

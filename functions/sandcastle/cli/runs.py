@@ -49,15 +49,25 @@ def _list_command(args: argparse.Namespace) -> int:
             run["run_id"],
             run["status"],
             run["source"],
+            run.get("model") or run["model_backend"],
             run["created_at"][:19].replace("T", " "),
+            _duration(run),
             run["usage"]["steps"],
             run["usage"]["tool_calls"],
-            run["instructions"].splitlines()[0][:50] if run["instructions"] else "",
         )
         for run in page["runs"]
     ]
-    output.table(page, ("RUN", "STATUS", "SOURCE", "CREATED", "STEPS", "TOOLS", "INSTRUCTIONS"), rows)
+    output.table(page, ("RUN", "STATUS", "SOURCE", "MODEL", "CREATED", "DURATION", "STEPS", "TOOLS"), rows)
     return 0
+
+
+def _duration(run: dict[str, Any]) -> str | None:
+    from datetime import datetime
+
+    if not run.get("started_at") or not run.get("ended_at"):
+        return None
+    seconds = (datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    return f"{seconds:.1f} s"
 
 
 def _get_command(args: argparse.Namespace) -> int:
