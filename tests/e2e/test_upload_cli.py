@@ -113,7 +113,7 @@ def test_schedules_are_created_listed_and_deleted(serve: Path, tmp_path: Path) -
     assert schedule_id in listed.stdout and "nightly" in listed.stdout
 
     bad = _sandcastle("schedules", "create", "--cron", "0 2 * * *", "--task", "nightly", home=serve, cwd=tmp_path)
-    assert bad.returncode == 1 and "expression: cron() takes 6 fields" in bad.stderr
+    assert bad.returncode == 2 and "sandcastle: expression: cron() takes 6 fields" in bad.stderr
 
     assert _sandcastle("schedules", "delete", schedule_id, home=serve, cwd=tmp_path).returncode == 0
     assert schedule_id not in _sandcastle("schedules", "list", home=serve, cwd=tmp_path).stdout
