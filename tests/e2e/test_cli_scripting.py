@@ -219,6 +219,28 @@ def test_ctrl_c_while_following_leaves_the_run_going_and_says_how_to_reattach(
 
 
 @pytest.mark.bwrap
+def test_ctrl_c_of_a_run_in_this_process_says_it_stops_with_it(tmp_path: Path) -> None:
+    playbook = tmp_path / "slow.json"
+    playbook.write_text(json.dumps([{"tool": "run_command", "arguments": {"command": "sleep 120"}}]))
+    run = subprocess.Popen(
+        [*CLI, "run", "wait", "--playbook", str(playbook), "--local"],
+        env=_env(tmp_path / "home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_id = _until(run, "run ")[0].split()[1]
+    _until(run, "→ run_command sleep 120")
+
+    run.send_signal(signal.SIGINT)
+
+    assert run.wait(timeout=120) == 130
+    stderr = run.stderr.read() if run.stderr else ""
+    assert f"interrupted: run {run_id} ran in this process and stops with it" in stderr
+    _no_traceback(stderr)
+
+
+@pytest.mark.bwrap
 def test_run_through_a_serve_without_the_callers_model_says_so(server: tuple[Path, dict]) -> None:
     home, _ = server
 

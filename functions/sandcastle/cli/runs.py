@@ -119,7 +119,9 @@ def follow_run(
     except KeyboardInterrupt:
         if in_process:
             output.fail(
-                f"interrupted: run {run.run_id} ran in this process (--local) and stops with it", Exit.INTERRUPTED
+                f"interrupted: run {run.run_id} ran in this process and stops with it "
+                "(start `sandcastle serve` first to keep a run going past Ctrl-C)",
+                Exit.INTERRUPTED,
             )
         else:
             output.fail(
