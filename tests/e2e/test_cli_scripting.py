@@ -255,6 +255,18 @@ def test_run_through_a_serve_without_the_callers_model_says_so(server: tuple[Pat
 
 
 @pytest.mark.bwrap
+def test_run_through_a_server_by_url_that_has_no_model_says_so_too(server: tuple[Path, dict]) -> None:
+    home, state = server
+    # by --url, the way a remote server is reached: no state file of it to compare with beforehand
+    by_url = ("--url", state["url"] + "/", "--api-key", state["cli_key"])
+
+    result = _sandcastle("run", "Say hi", *by_url, home=home, OPENAI_API_KEY="sk-mine")
+
+    assert result.returncode == 2
+    assert "model: no model is configured" in result.stderr and "you set OPENAI_API_KEY: pass --local" in result.stderr
+
+
+@pytest.mark.bwrap
 def test_schedule_errors_name_their_field_once_and_hint_a_cli_command(server: tuple[Path, dict]) -> None:
     home, _ = server
 

@@ -102,6 +102,12 @@ def _submit_and_follow(
     try:
         run = transport.submit(request)
     except transport.errors as error:
+        from sandcastle.errors import ApiError
+
+        caller = _callers_model_settings()
+        if isinstance(error, ApiError) and error.field == "model" and caller:
+            # a server we hold no state of (--url) refused for want of a model the caller has set up
+            return output.fail(f"{transport.where}{error}; you set {' and '.join(caller)}: {_FIX}", Exit.USAGE)
         return output.failure(error, where=transport.where)
     return follow_run(
         transport,
@@ -113,6 +119,15 @@ def _submit_and_follow(
     )
 
 
+_FIX = "pass --local to run in this process with your environment, or restart `sandcastle serve` with it set"
+
+
+def _callers_model_settings() -> list[str]:
+    import os
+
+    return [name for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY") if os.environ.get(name)]
+
+
 def _configuration_differs(request: RunRequest, state: dict[str, Any] | None) -> str | None:
     """Why a run through the running ``serve`` would not use the model this caller set up, if it would not.
 
@@ -121,22 +136,19 @@ def _configuration_differs(request: RunRequest, state: dict[str, Any] | None) ->
     """
     import os
 
-    if request.playbook is not None or state is None or "model_configured" not in state:
-        return None
-    caller = [name for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY") if os.environ.get(name)]
-    if not caller:
+    caller = _callers_model_settings()
+    if request.playbook is not None or state is None or "model_configured" not in state or not caller:
         return None
     if not state["model_configured"]:
         problem = f"the running `sandcastle serve` ({state['url']}) has no model, but you set {' and '.join(caller)}"
     elif os.environ.get("OPENAI_BASE_URL", state.get("model_base_url")) != state.get("model_base_url"):
         problem = (
             f"the running `sandcastle serve` ({state['url']}) uses the model at {state.get('model_base_url')}, "
-            f"not your OPENAI_BASE_URL"
+            "not your OPENAI_BASE_URL"
         )
     else:
         return None
-    fix = "pass --local to run in this process with your environment, or restart `sandcastle serve` with it set"
-    return f"{problem}: {fix}"
+    return f"{problem}: {_FIX}"
 
 
 def _build_request(args: argparse.Namespace) -> RunRequest:
