@@ -114,10 +114,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             assert time.monotonic() < deadline, "serve did not start"
             time.sleep(0.1)
-        yield home, json.loads((home / "serve.json").read_text())
+        state = json.loads((home / "serve.json").read_text())
+        yield home, state
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    # serve --json: its URL and key as one JSON document on stdout, the words on stderr
+    started = json.loads(process.stdout.read() if process.stdout else "")
+    assert started["url"] == state["url"] and started["key"] == state["cli_key"]
 
 
 @pytest.mark.bwrap
