@@ -264,6 +264,14 @@ class UnmappedCall(Exception):
 # --- the CLI's HTTP client ---
 
 
+class CommandFailed(Exception):
+    """Raised by a CLI command to end with its message on stderr and ``code`` (``sandcastle.cli.output.Exit``)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ApiError(Exception):
     """The API answered with an error (its ``{"error", "message", "field"}`` body).
 
@@ -275,4 +283,6 @@ class ApiError(Exception):
         self.code = str(body.get("error", "error"))
         self.field = body.get("field")
         message = str(body.get("message", body))
-        super().__init__(f"{self.field}: {message}" if self.field else message)
+        # The API's messages mostly name their field already (``instructions: ...``): name it once.
+        named = not self.field or message.startswith(f"{self.field}:")
+        super().__init__(message if named else f"{self.field}: {message}")

@@ -51,14 +51,15 @@ def test_the_demo_run_succeeds_and_shows_its_transcript(tmp_path: Path) -> None:
     run_id = out.split()[1]
     listing = _sandcastle("artifacts", run_id, "--download", str(tmp_path / "got"), cwd=DEMO, home=tmp_path)
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.startswith("summary.json  ")
+    assert listing.stdout.splitlines()[0].split() == ["NAME", "BYTES", "SHA256", "WHERE"]
+    assert listing.stdout.splitlines()[1].startswith("summary.json  ")
     summary = json.loads((tmp_path / "got" / "summary.json").read_text())
     assert summary["rows"] == 12 and summary["total"] == 1171.0
 
 
 def test_artifacts_of_an_unknown_run_are_a_clear_error(tmp_path: Path) -> None:
     result = _sandcastle("artifacts", "run-nope", cwd=DEMO, home=tmp_path)
-    assert result.returncode == 1 and "no run run-nope on this machine" in result.stderr
+    assert result.returncode == 2 and "no run run-nope on this machine" in result.stderr
 
 
 def test_a_run_that_does_not_succeed_exits_non_zero(tmp_path: Path) -> None:
@@ -77,8 +78,8 @@ def test_a_run_that_does_not_succeed_exits_non_zero(tmp_path: Path) -> None:
     )
 
     assert result.returncode == 1
-    assert "status: BUDGET_EXCEEDED (max_steps)" in result.stdout
-    document = json.loads(result.stdout[result.stdout.index("\n{") :])
+    assert "status: BUDGET_EXCEEDED (max_steps)" in result.stderr  # with --json, words go to stderr
+    document = json.loads(result.stdout)
     assert document["run"]["status"] == "BUDGET_EXCEEDED"
     assert [e["kind"] for e in document["events"]][-1] == "end"
 

@@ -118,7 +118,7 @@ def test_run_uploads_a_file_over_the_inline_cap_through_serve(server: tuple[Path
     result = _sandcastle("run", "Count the bytes", "--file", str(big), "--playbook", str(playbook), "--json", home=home)
 
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout[result.stdout.index('{\n  "run"') :])
+    report = json.loads(result.stdout)
     [stored] = report["run"]["files"]
     assert stored["name"] == big.name and stored["size"] == 3 * 1024 * 1024
     assert f"3145728 /home/user/input/{big.name}" in json.dumps(report["events"], ensure_ascii=False)

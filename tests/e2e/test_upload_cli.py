@@ -68,7 +68,9 @@ def test_save_a_task_upload_a_csv_and_find_the_result_in_the_outbox(serve: Path,
     )  # fmt: skip
     assert saved.returncode == 0, saved.stderr
     listed = _sandcastle("tasks", "list", home=serve, cwd=tmp_path)
-    assert "count-rows\tplaybook\tCount the rows" in listed.stdout
+    assert listed.stdout.splitlines()[1].split() == ["count-rows", "playbook", "Count", "the", "rows"]
+    as_json = _sandcastle("tasks", "list", "--json", home=serve, cwd=tmp_path)
+    assert [task["name"] for task in json.loads(as_json.stdout)["tasks"]] == ["count-rows"]
 
     uploaded = _sandcastle("upload", "sales.csv", "--task", "count-rows", home=serve, cwd=tmp_path)
 
@@ -113,7 +115,7 @@ def test_schedules_are_created_listed_and_deleted(serve: Path, tmp_path: Path) -
     assert schedule_id in listed.stdout and "nightly" in listed.stdout
 
     bad = _sandcastle("schedules", "create", "--cron", "0 2 * * *", "--task", "nightly", home=serve, cwd=tmp_path)
-    assert bad.returncode == 1 and "expression: cron() takes 6 fields" in bad.stderr
+    assert bad.returncode == 2 and "sandcastle: expression: cron() takes 6 fields" in bad.stderr
 
     assert _sandcastle("schedules", "delete", schedule_id, home=serve, cwd=tmp_path).returncode == 0
     assert schedule_id not in _sandcastle("schedules", "list", home=serve, cwd=tmp_path).stdout

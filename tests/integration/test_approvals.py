@@ -292,6 +292,9 @@ def test_the_cli_lists_approves_rejects_and_steers(
     assert main(["approvals", run_id]) == 0
     listed = capsys.readouterr().out
     assert f"{first}  run_command" in listed and "PENDING until" in listed and "commands need a look" in listed
+    assert main(["approvals", run_id, "--json"]) == 0
+    as_json = capsys.readouterr()
+    assert [a["tool_call_id"] for a in json.loads(as_json.out)["approvals"]] == [first, second]
     assert main(["message", run_id, "Only the first one, please."]) == 0
     assert "message recorded" in capsys.readouterr().out
     assert main(["reject", run_id, second, "--comment", "not this one"]) == 0

@@ -9,10 +9,10 @@ sandcastle message RUN "text"                  steer a live run: its next model 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 from urllib.parse import quote
 
+from sandcastle.cli.output import Exit, data, fail
 from sandcastle.cli.remote import call
 
 
@@ -41,10 +41,8 @@ def _approvals_command(args: argparse.Namespace) -> int:
     code, approvals = _approvals(args.run_id)
     if code:
         return code
-    if not approvals:
-        print(f"run {args.run_id}: no approvals")
-    for approval in sorted(approvals, key=lambda a: a.get("decision") is not None):
-        print(_line(approval))
+    ordered = sorted(approvals, key=lambda a: a.get("decision") is not None)
+    data({"approvals": ordered}, [_line(a) for a in ordered] or [f"run {args.run_id}: no approvals"])
     return 0
 
 
@@ -72,20 +70,21 @@ def _decide_command(args: argparse.Namespace) -> int:
             return code
         call_ids = [a["tool_call_id"] for a in approvals if a.get("decision") is None]
         if not call_ids:
-            print(f"sandcastle: run {args.run_id} has no pending approval", file=sys.stderr)
-            return 1
+            return fail(f"run {args.run_id} has no pending approval", Exit.NOT_SUCCEEDED)
     worst = 0
+    decided = []
     for call_id in call_ids:
         body = {"decision": args.decision, **({"comment": args.comment} if args.comment else {})}
         code, approval = call("POST", f"/runs/{quote(args.run_id, safe='')}/approvals/{quote(call_id, safe='')}", body)
         worst = max(worst, code)
         if not code:
-            print(_line(approval))
+            decided.append(approval)
+    data({"approvals": decided}, [_line(a) for a in decided])
     return worst
 
 
 def _message_command(args: argparse.Namespace) -> int:
     code, event = call("POST", f"/runs/{quote(args.run_id, safe='')}/messages", {"text": args.text})
     if not code:
-        print(f"run {args.run_id}: message recorded ({event['key']})")
+        data(event, [f"run {args.run_id}: message recorded ({event['key']})"])
     return code

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from sandcastle.cli import output
+
+_HEADERS = ("NAME", "BYTES", "SHA256", "WHERE")
 
 
 def add_artifacts_command(commands: Any) -> None:
@@ -31,10 +34,10 @@ def _artifacts_command(args: argparse.Namespace) -> int:
         try:
             listing = client.request("GET", f"/runs/{args.run_id}/artifacts")[1]
         except (ApiError, OSError) as error:
-            print(f"sandcastle: {client.base_url}: {error}", file=sys.stderr)
-            return 1
+            return output.failure(error, where=f"{client.base_url}: ")
+        rows = [(a["name"], a["size"], a["sha256"], a["url"]) for a in listing["artifacts"]]
+        output.table(listing, _HEADERS, rows)
         for artifact in listing["artifacts"]:
-            print(f"{artifact['name']}  {artifact['size']} bytes  sha256 {artifact['sha256']}  {artifact['url']}")
             if args.download:
                 target = args.download / artifact["name"]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,15 +46,19 @@ def _artifacts_command(args: argparse.Namespace) -> int:
         return 0
     run = archived_run(home, args.run_id)
     if run is None:
-        print(
-            f"sandcastle: no run {args.run_id} on this machine ({archive_dir(home, args.run_id)}) "
+        return output.fail(
+            f"no run {args.run_id} on this machine ({archive_dir(home, args.run_id)}) "
             "and no server running (sandcastle serve)",
-            file=sys.stderr,
+            output.Exit.USAGE,
         )
-        return 1
     source = archive_dir(home, run.run_id) / "artifacts"
+    document = {
+        "artifacts": [
+            {**artifact.model_dump(mode="json"), "path": str(source / artifact.name)} for artifact in run.artifacts
+        ]
+    }
+    output.table(document, _HEADERS, [(a.name, a.size, a.sha256, source / a.name) for a in run.artifacts])
     for artifact in run.artifacts:
-        print(f"{artifact.name}  {artifact.size} bytes  sha256 {artifact.sha256}  {source / artifact.name}")
         if args.download:
             target = args.download / artifact.name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sandcastle.cli import output
+
 
 def add_upload_command(commands: Any) -> None:
     upload = commands.add_parser("upload", help="drop a file into the local inbox and follow the run it starts")
@@ -37,8 +39,7 @@ def _upload_command(args: argparse.Namespace) -> int:
 
     home = default_home().resolve()
     if not args.file.is_file():
-        print(f"sandcastle: {args.file}: no such file", file=sys.stderr)
-        return 2
+        return output.fail(f"{args.file}: no such file", output.Exit.USAGE)
     # The folder path is made of these: each must be what the inbox key convention allows (no '..').
     problem = tenant_problem(args.tenant) or file_name_problem(args.file.name)
     if problem is None and args.task != AD_HOC_TASK:
@@ -47,11 +48,11 @@ def _upload_command(args: argparse.Namespace) -> int:
         except ValidationError:
             problem = f"task {args.task!r} is not a task name (letters, digits, '_', '.', '-')"
     if problem:
-        print(f"sandcastle: {problem}", file=sys.stderr)
-        return 2
+        return output.fail(problem, output.Exit.USAGE)
     if read_serve_state(home) is None:
-        print("sandcastle: no local server: start `sandcastle serve` first (same SANDCASTLE_HOME)", file=sys.stderr)
-        return 2
+        return output.fail(
+            "no local server: start `sandcastle serve` first (same SANDCASTLE_HOME)", output.Exit.UNREACHABLE
+        )
     relative = f"{args.tenant}/{args.task}/{args.file.name}"
     target = home / "inbox" / relative
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,33 +63,31 @@ def _upload_command(args: argparse.Namespace) -> int:
     partial = target.parent / f".{args.file.name}.partial"
     partial.write_bytes(args.file.read_bytes())
     partial.replace(target)
-    print(f"dropped {args.file} into {target}")
+    output.say(f"dropped {args.file} into {target}")
 
     deadline = time.monotonic() + args.wait_s
     while not receipt_file.exists():
         if time.monotonic() > deadline:
-            print("sandcastle: the server did not pick the file up; is `sandcastle serve` running?", file=sys.stderr)
-            return 1
+            return output.fail(
+                "the server did not pick the file up; is `sandcastle serve` running?", output.Exit.UNREACHABLE
+            )
         time.sleep(0.2)
     receipt = json.loads(receipt_file.read_text())
     run_id = receipt["run_id"]
-    print(f"uploaded s3://{receipt['bucket']}/{receipt['key']} (version {receipt['version_id']}) → run {run_id}")
+    output.say(f"uploaded s3://{receipt['bucket']}/{receipt['key']} (version {receipt['version_id']}) → run {run_id}")
     _follow_upload(run_id)
     result_file = outbox_path(home / "outbox", args.tenant, args.task, run_id) / "result.json"
     while not result_file.exists():
         if time.monotonic() > deadline:
-            print(f"sandcastle: no result yet at {result_file}", file=sys.stderr)
-            return 1
+            return output.fail(f"no result yet at {result_file}", output.Exit.NOT_SUCCEEDED)
         time.sleep(0.2)
     time.sleep(0.2)  # the artifacts are written before result.json; give the mirror a moment
     result = json.loads(result_file.read_text())
-    if result.get("error"):
-        print(f"error: {result['error']['type']}: {result['error']['message']}")
-    print(f"status: {result['status']}")
-    print(f"result: {result_file}")
-    for artifact in result.get("artifacts", []):
-        print(f"  {result_file.parent / artifact['name']}")
-    return 0 if result["status"] == "SUCCEEDED" else 1
+    lines = [f"error: {result['error']['type']}: {result['error']['message']}"] if result.get("error") else []
+    lines += [f"status: {result['status']}", f"result: {result_file}"]
+    lines += [f"  {result_file.parent / artifact['name']}" for artifact in result.get("artifacts", [])]
+    output.data({**result, "result_file": str(result_file)}, lines)
+    return 0 if result["status"] == "SUCCEEDED" else int(output.Exit.NOT_SUCCEEDED)
 
 
 def _follow_upload(run_id: str) -> None:
@@ -98,8 +97,9 @@ def _follow_upload(run_id: str) -> None:
     from sandcastle.cli.remote import api_client
     from sandcastle.cli.transport import HttpTransport, watch
 
-    client = api_client()
-    if client is None:
+    try:
+        client = api_client()
+    except output.CommandFailed:
         return
     transport = HttpTransport(client)
     for _ in range(25):  # a rejected upload starts no run: give up after a few seconds
@@ -111,6 +111,6 @@ def _follow_upload(run_id: str) -> None:
     else:
         return
     try:
-        watch(transport, run, spinner=False)
+        watch(transport, run, spinner=False, out=output.human())
     except transport.errors as error:
         print(f"sandcastle: could not follow the run: {error}", file=sys.stderr)

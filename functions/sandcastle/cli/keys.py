@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from sandcastle.cli import output
 
 
 def add_keys_command(commands: Any) -> None:
@@ -39,11 +40,9 @@ def _keys_command(args: argparse.Namespace, *, create: bool) -> int:
         try:
             answer = keys.create(args.tenant).model_dump(mode="json") if create else keys.revoke(args.key_id)
         except ValueError as error:  # not a tenant name
-            print(f"sandcastle: --tenant: {error}", file=sys.stderr)
-            return 2
+            return output.fail(f"--tenant: {error}", output.Exit.USAGE)
         if answer is None:
-            print(f"sandcastle: no API key {args.key_id}", file=sys.stderr)
-            return 1
+            return output.fail(f"no API key {args.key_id}", output.Exit.USAGE)
         answer = answer if isinstance(answer, dict) else answer.model_dump(mode="json")
     else:
         from sandcastle.client import ApiError, SandcastleClient, read_serve_state
@@ -51,12 +50,11 @@ def _keys_command(args: argparse.Namespace, *, create: bool) -> int:
 
         state = read_serve_state(default_home().resolve())
         if state is None:
-            print(
-                "sandcastle: no local server: start `sandcastle serve` (same SANDCASTLE_HOME), "
+            return output.fail(
+                "no local server: start `sandcastle serve` (same SANDCASTLE_HOME), "
                 "or pass --table/--stack for a deployed stack",
-                file=sys.stderr,
+                output.Exit.UNREACHABLE,
             )
-            return 2
         client = SandcastleClient(state["url"])
         try:
             if create:
@@ -64,11 +62,10 @@ def _keys_command(args: argparse.Namespace, *, create: bool) -> int:
             else:
                 answer = client.revoke_key(args.key_id, state["admin_token"])
         except (ApiError, OSError) as error:
-            print(f"sandcastle: {error}", file=sys.stderr)
-            return 1
+            return output.failure(error)
     if create:
-        print(f"API key for tenant {answer['tenant']} ({answer['key_id']}), shown this once:")
-        print(answer["key"])
+        output.say(f"API key for tenant {answer['tenant']} ({answer['key_id']}), shown this once:")
+        output.data(answer, [answer["key"]])
     else:
-        print(f"revoked {answer['key_id']} (tenant {answer['tenant']})")
+        output.data(answer, [f"revoked {answer['key_id']} (tenant {answer['tenant']})"])
     return 0

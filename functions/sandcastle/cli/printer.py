@@ -130,12 +130,12 @@ class EventPrinter:
         print(text, file=self.out, flush=True)
 
 
-def print_artifacts(run: Run, where: str) -> None:
+def print_artifacts(run: Run, where: str, out: TextIO) -> None:
     if not run.artifacts:
         return
-    print(f"artifacts ({len(run.artifacts)}) in {where}", flush=True)
+    print(f"artifacts ({len(run.artifacts)}) in {where}", file=out, flush=True)
     for artifact in run.artifacts:
-        print(f"  {artifact.name}  {artifact.size} bytes  sha256 {artifact.sha256[:12]}…", flush=True)
+        print(f"  {artifact.name}  {artifact.size} bytes  sha256 {artifact.sha256[:12]}…", file=out, flush=True)
 
 
 def _brief_arguments(arguments: str, limit: int = 100) -> str:

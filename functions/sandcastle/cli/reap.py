@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
+
+from sandcastle.cli import output
 
 
 def add_reap_command(commands: Any) -> None:
@@ -28,15 +29,16 @@ def _reap_command(args: argparse.Namespace) -> int:
 
         home = default_home()
         if read_serve_state(home.resolve()) is not None:
-            print("sandcastle: `sandcastle serve` is running and reaps every 5 minutes itself", file=sys.stderr)
-            return 2
+            return output.fail("`sandcastle serve` is running and reaps every 5 minutes itself", output.Exit.USAGE)
         from sandcastle.runs.reaper import reap
 
         # With no server, no run is live: every local sandbox left under this home is an orphan.
         with LocalRuntime(home=home, log_file=home / "logs" / "functions.log") as runtime:
             report = reap(runtime.deps).__dict__
-    print(f"reaper: {report['seen']} sandboxes seen, {report['killed']} killed, {report['timed_out']} runs timed out")
+    counts = f"{report['seen']} sandboxes seen, {report['killed']} killed, {report['timed_out']} runs timed out"
+    lines = [f"reaper: {counts}"]
     for action in report.get("actions", []):
         where = action.get("sandbox_id") or ""
-        print(f"  {action['action']} {where} (run {action.get('run_id')}) {action.get('reason', '')}")
+        lines.append(f"  {action['action']} {where} (run {action.get('run_id')}) {action.get('reason', '')}")
+    output.data(report, lines)
     return 0 if not report.get("errors") else 1

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from sandcastle.cli import output
+from sandcastle.cli.output import CommandFailed, Exit
 from sandcastle.errors import InvalidRunRequest
 from sandcastle.runs.records import Run, RunStatus
 from sandcastle.runs.requests import RunRequest
@@ -52,7 +54,6 @@ def add_run_command(commands: Any) -> None:
     run.add_argument("--max-tool-calls", type=int, help="tool calls at most")
     run.add_argument("--timeout", type=int, dest="timeout_s", help="seconds the run may take")
     run.add_argument("--template", help="the sandbox template (see `sandcastle templates build`); default: base")
-    run.add_argument("--json", action="store_true", help="print the run and its transcript as JSON at the end")
     run.add_argument(
         "--local", action="store_true", help="always start the runtime in this process, even when a server runs"
     )
@@ -60,17 +61,18 @@ def add_run_command(commands: Any) -> None:
 
 
 def add_cancel_command(commands: Any) -> None:
-    cancel = commands.add_parser("cancel", help="cancel a run (through a running serve or SANDCASTLE_URL)")
+    from sandcastle.cli.runs import cancel_command
+
+    cancel = commands.add_parser("cancel", help="cancel a run (the same as `sandcastle runs cancel`)")
     cancel.add_argument("run_id")
-    cancel.set_defaults(command=_cancel_command)
+    cancel.set_defaults(command=cancel_command)
 
 
 def _run_command(args: argparse.Namespace) -> int:
     try:
         request = _build_request(args)
     except (InvalidRunRequest, ValidationError, OSError, ValueError) as error:
-        print(f"sandcastle: {describe(error)}", file=sys.stderr)
-        return 2
+        return output.fail(describe(error), Exit.USAGE)
 
     from sandcastle.cli.transport import HttpTransport, LocalTransport
     from sandcastle.local.run_archive import archive_run
@@ -81,7 +83,10 @@ def _run_command(args: argparse.Namespace) -> int:
 
         server = find_server(default_home())
         if server is not None:
-            return _submit_and_follow(HttpTransport(server[0]), request, args)
+            problem = _configuration_differs(request, server[1])
+            if problem:
+                return output.fail(problem, Exit.USAGE)
+            return _submit_and_follow(HttpTransport(server[0]), request)
 
     with LocalRuntime(log_file=default_home() / "logs" / "functions.log") as runtime:
 
@@ -89,37 +94,71 @@ def _run_command(args: argparse.Namespace) -> int:
             from sandcastle.cli.printer import print_artifacts
 
             folder = archive_run(final, runtime.deps, runtime.home)
-            print_artifacts(final, f"{folder / 'artifacts'}/")
+            print_artifacts(final, f"{folder / 'artifacts'}/", output.human())
             if final.status is RunStatus.RUNNING:
                 execution = runtime.execution(final.run_id)
                 print(f"execution ended {execution['status']} without ending the run", file=sys.stderr)
+                raise CommandFailed(f"run {final.run_id} did not end", Exit.NOT_SUCCEEDED)
 
-        return _submit_and_follow(LocalTransport(runtime), request, args, finished=archive)
+        return _submit_and_follow(LocalTransport(runtime), request, finished=archive)
 
 
 def _submit_and_follow(
-    transport: Transport,
-    request: RunRequest,
-    args: argparse.Namespace,
-    *,
-    finished: Callable[[Run], None] | None = None,
+    transport: Transport, request: RunRequest, *, finished: Callable[[Run], None] | None = None
 ) -> int:
-    """Submit, show the transcript to its end, then ``finished`` and the JSON if asked; exit 0 on success."""
-    from sandcastle.cli.transport import watch
+    """Submit and follow the run to its end (``runs.follow_run``); exit 0 on success."""
+    from sandcastle.cli.runs import follow_run
 
     try:
         run = transport.submit(request)
-        events = watch(transport, run, spinner=True, timeout_s=run.budgets.timeout_s + 120)
-        final = transport.get_run(run.run_id)
     except transport.errors as error:
-        print(f"sandcastle: {transport.where}{describe(error)}", file=sys.stderr)
-        return 2
-    if finished is not None:
-        finished(final)
-    if args.json:
-        payload = {"run": final.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}
-        print(json.dumps(payload, indent=2))
-    return 0 if final.status is RunStatus.SUCCEEDED else 1
+        from sandcastle.errors import ApiError
+
+        caller = _callers_model_settings()
+        if isinstance(error, ApiError) and error.field == "model" and caller:
+            # a server we hold no state of (--url) refused for want of a model the caller has set up
+            return output.fail(f"{transport.where}{error}; you set {' and '.join(caller)}: {_FIX}", Exit.USAGE)
+        return output.failure(error, where=transport.where)
+    return follow_run(
+        transport,
+        run,
+        spinner=True,
+        in_process=finished is not None,
+        timeout_s=run.budgets.timeout_s + 120,
+        finished=finished,
+    )
+
+
+_FIX = "pass --local to run in this process with your environment, or restart `sandcastle serve` with it set"
+
+
+def _callers_model_settings() -> list[str]:
+    import os
+
+    return [name for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY") if os.environ.get(name)]
+
+
+def _configuration_differs(request: RunRequest, state: dict[str, Any] | None) -> str | None:
+    """Why a run through the running ``serve`` would not use the model this caller set up, if it would not.
+
+    ``serve`` records whether it has a model (never its key) in its state file; a caller who set
+    ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` expects that model to answer.
+    """
+    import os
+
+    caller = _callers_model_settings()
+    if request.playbook is not None or state is None or "model_configured" not in state or not caller:
+        return None
+    if not state["model_configured"]:
+        problem = f"the running `sandcastle serve` ({state['url']}) has no model, but you set {' and '.join(caller)}"
+    elif os.environ.get("OPENAI_BASE_URL", state.get("model_base_url")) != state.get("model_base_url"):
+        problem = (
+            f"the running `sandcastle serve` ({state['url']}) uses the model at {state.get('model_base_url')}, "
+            "not your OPENAI_BASE_URL"
+        )
+    else:
+        return None
+    return f"{problem}: {_FIX}"
 
 
 def _build_request(args: argparse.Namespace) -> RunRequest:
@@ -189,20 +228,3 @@ def describe(error: Exception) -> str:
     if isinstance(error, ValidationError):
         return describe_issues(error.errors())
     return str(error)
-
-
-def _cancel_command(args: argparse.Namespace) -> int:
-    from sandcastle.client import ApiError, find_server
-    from sandcastle.local.runtime import default_home
-
-    server = find_server(default_home())
-    if server is None:
-        print("sandcastle: no server: start `sandcastle serve` or set SANDCASTLE_URL", file=sys.stderr)
-        return 2
-    try:
-        run = server[0].cancel(args.run_id)
-    except (ApiError, OSError) as error:
-        print(f"sandcastle: {error}", file=sys.stderr)
-        return 1
-    print(f"run {run['run_id']}: {run['status']}")
-    return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from sandcastle.cli import output
 
 
 def add_serve_command(commands: Any) -> None:
@@ -29,19 +30,39 @@ def _serve_command(args: argparse.Namespace) -> int:
 
     problem = tenant_problem(args.tenant)
     if problem:
-        print(f"sandcastle: --tenant: {problem}", file=sys.stderr)
-        return 2
+        return output.fail(f"--tenant: {problem}", output.Exit.USAGE)
     home = default_home()
     with LocalRuntime(home=home, log_file=home / "logs" / "functions.log") as runtime:
         admin_token = secrets.token_urlsafe(32)
-        gateway = runtime.start_gateway(host=args.host, port=args.port, admin_token=admin_token)
+        try:
+            gateway = runtime.start_gateway(host=args.host, port=args.port, admin_token=admin_token)
+        except OSError as error:
+            return output.fail(
+                f"cannot serve on {args.host}:{args.port}: {error.strerror or error}; is another "
+                "`sandcastle serve` running? Stop it, or pass another --port",
+                output.Exit.USAGE,
+            )
         key = ApiKeyStore(runtime.deps.settings.table_name).create(args.tenant)
         state_file = write_serve_state(
-            home.resolve(), {"url": gateway.url, "admin_token": admin_token, "cli_key": key.key, "pid": os.getpid()}
+            home.resolve(),
+            {
+                "url": gateway.url,
+                "admin_token": admin_token,
+                "cli_key": key.key,
+                "pid": os.getpid(),
+                # what `run` compares with its caller's environment (the model key is never written)
+                "model_configured": runtime.deps.settings.openai_configured,
+                "model_base_url": runtime.deps.settings.openai_base_url,
+            },
         )
-        print(f"Sandcastle API on {gateway.url}  (docs: {gateway.url}/docs)", flush=True)
-        print(f"API key for tenant {key.tenant} ({key.key_id}): {key.key}", flush=True)
-        print(f"state (URL, admin token, this key) in {state_file}; Ctrl-C stops", flush=True)
+        output.data(
+            {"url": gateway.url, "tenant": key.tenant, "key_id": key.key_id, "key": key.key, "state": str(state_file)},
+            [
+                f"Sandcastle API on {gateway.url}  (docs: {gateway.url}/docs)",
+                f"API key for tenant {key.tenant} ({key.key_id}): {key.key}",
+            ],
+        )
+        output.say(f"state (URL, admin token, this key) in {state_file}; Ctrl-C stops")
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         try:
@@ -77,8 +98,7 @@ def _sandbox_server_command(args: argparse.Namespace) -> int:
     try:
         server.start()
     except OSError as error:
-        print(f"sandcastle: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
-        return 2
+        return output.fail(f"cannot serve on {args.host}:{args.port}: {error.strerror or error}", output.Exit.USAGE)
     print(f"E2B-compatible sandbox server on {server.url} (sandboxes under {root})")
     print("point the e2b SDK or Sandcastle's e2b backend at it:")
     for name, value in server.client_environment(args.api_key or "local").items():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from sandcastle.cli import output
 from sandcastle.cli.remote import call
 
 
@@ -57,8 +57,7 @@ def _tasks_put_command(args: argparse.Namespace) -> int:
         try:
             definition["playbook"] = json.loads(args.playbook.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            print(f"sandcastle: --playbook: {error}", file=sys.stderr)
-            return 2
+            return output.fail(f"--playbook: {error}", output.Exit.USAGE)
     if args.model:
         definition["model"] = args.model
     if args.max_input_bytes:
@@ -67,26 +66,33 @@ def _tasks_put_command(args: argparse.Namespace) -> int:
     definition["budgets"] = {name: value for name, value in budgets.items() if value is not None}
     code, task = call("PUT", f"/tasks/{quote(args.name, safe='')}", definition)
     if task is not None:
-        print(f"saved task {task['name']} (tenant {task['tenant']})")
+        output.data(task, [f"saved task {task['name']} (tenant {task['tenant']})"])
     return code
 
 
 def _tasks_command(args: argparse.Namespace) -> int:
     if args.action == "list":
         code, answer = call("GET", "/tasks")
-        for task in (answer or {}).get("tasks", []):
-            kind = "playbook" if task.get("playbook") else task.get("model") or "model"
-            print(f"{task['name']}\t{kind}\t{task['instructions'][:60]}")
+        if answer is not None:
+            rows = [
+                (
+                    task["name"],
+                    "playbook" if task.get("playbook") else task.get("model") or "model",
+                    task["instructions"][:60],
+                )
+                for task in answer.get("tasks", [])
+            ]
+            output.table(answer, ("TASK", "RUNS WITH", "INSTRUCTIONS"), rows)
         return code
     path = f"/tasks/{quote(args.name, safe='')}"
     if args.action == "delete":
         code, _ = call("DELETE", path)
         if code == 0:
-            print(f"deleted task {args.name}")
+            output.data({"deleted": args.name}, [f"deleted task {args.name}"])
         return code
     code, task = call("GET", path)
     if task is not None:
-        print(json.dumps(task, indent=2))
+        output.data(task, json.dumps(task, indent=2).splitlines())
     return code
 
 
@@ -95,7 +101,8 @@ def _schedules_create_command(args: argparse.Namespace) -> int:
     body = {"expression": expression, "timezone": args.timezone, "task": args.task, "overlap": args.overlap}
     code, schedule = call("POST", "/schedules", body)
     if schedule is not None:
-        print(f"schedule {schedule['schedule_id']}: {schedule['expression']} ({schedule['timezone']}) → {args.task}")
+        line = f"schedule {schedule['schedule_id']}: {schedule['expression']} ({schedule['timezone']}) → {args.task}"
+        output.data(schedule, [line])
     return code
 
 
@@ -103,14 +110,20 @@ def _schedules_command(args: argparse.Namespace) -> int:
     if getattr(args, "schedule_id", None):
         code, _ = call("DELETE", f"/schedules/{quote(args.schedule_id, safe='')}")
         if code == 0:
-            print(f"deleted schedule {args.schedule_id}")
+            output.data({"deleted": args.schedule_id}, [f"deleted schedule {args.schedule_id}"])
         return code
     code, answer = call("GET", "/schedules")
-    for schedule in (answer or {}).get("schedules", []):
-        last = schedule.get("last_run_id") or "-"
-        skips = len(schedule.get("skips") or [])
-        print(
-            f"{schedule['schedule_id']}\t{schedule['expression']}\t{schedule['timezone']}\t"
-            f"{schedule.get('task') or 'inline'}\tlast run {last}\t{skips} skips"
-        )
+    if answer is not None:
+        rows = [
+            (
+                schedule["schedule_id"],
+                schedule["expression"],
+                schedule["timezone"],
+                schedule.get("task") or "inline",
+                schedule.get("last_run_id"),
+                len(schedule.get("skips") or []),
+            )
+            for schedule in answer.get("schedules", [])
+        ]
+        output.table(answer, ("SCHEDULE", "EXPRESSION", "TIME ZONE", "TASK", "LAST RUN", "SKIPS"), rows)
     return code

@@ -10,9 +10,10 @@ background when it starts; a run picks it with ``sandbox.template`` (``--templat
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from sandcastle.cli.output import Exit, data, fail, table
 
 
 def add_templates_command(commands: Any) -> None:
@@ -44,24 +45,48 @@ def _build_command(args: argparse.Namespace) -> int:
     try:
         info = store.build(args.name, args.source, start_cmd=args.start_cmd)
     except InvalidSandboxRequest as error:
-        print(f"sandcastle: {error}", file=sys.stderr)
-        return 2
-    print(f"template {info.template_id} built in {store.root / info.template_id}")
-    print(f'create sandboxes from it with Sandbox.create("{info.template_id}") or a run\'s --template')
+        return fail(str(error), Exit.USAGE)
+    data(
+        _document(info) | {"path": str(store.root / info.template_id)},
+        [
+            f"template {info.template_id} built in {store.root / info.template_id}",
+            f'create sandboxes from it with Sandbox.create("{info.template_id}") or a run\'s --template',
+        ],
+    )
     return 0
 
 
+def _document(info: Any) -> dict[str, Any]:
+    return {
+        "template_id": info.template_id,
+        "kind": info.kind,
+        "created_at": info.created_at.isoformat(timespec="seconds"),
+        "start_cmd": info.start_cmd,
+        "names": list(info.names),
+    }
+
+
 def _list_command(args: argparse.Namespace) -> int:
-    for info in _store().list():
-        extra = f"  start: {info.start_cmd}" if info.start_cmd else ""
-        names = f"  names: {', '.join(info.names)}" if info.names else ""
-        print(f"{info.template_id}  {info.kind}  {info.created_at.isoformat(timespec='seconds')}{names}{extra}")
+    infos = _store().list()
+    table(
+        {"templates": [_document(info) for info in infos]},
+        ["NAME", "KIND", "CREATED", "ALSO NAMED", "START COMMAND"],
+        (
+            [
+                info.template_id,
+                info.kind,
+                info.created_at.isoformat(timespec="seconds"),
+                ", ".join(info.names) or None,
+                info.start_cmd,
+            ]
+            for info in infos
+        ),
+    )
     return 0
 
 
 def _delete_command(args: argparse.Namespace) -> int:
     if not _store().delete(args.name):
-        print(f"sandcastle: no template or snapshot named {args.name}", file=sys.stderr)
-        return 1
-    print(f"deleted {args.name}")
+        return fail(f"no template or snapshot named {args.name}", Exit.USAGE)
+    data({"deleted": args.name}, [f"deleted {args.name}"])
     return 0

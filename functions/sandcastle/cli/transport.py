@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from pydantic import ValidationError
 
@@ -68,12 +68,14 @@ def follow(source: EventSource, run_id: str, *, timeout_s: float | None = None) 
             raise TimeoutError(f"run {run_id} did not end within {timeout_s} s")
 
 
-def watch(source: EventSource, run: Run, *, spinner: bool, timeout_s: float | None = None) -> list[Event]:
+def watch(
+    source: EventSource, run: Run, *, spinner: bool, timeout_s: float | None = None, out: TextIO | None = None
+) -> list[Event]:
     """Print the run's header and its transcript as it lands (a spinner while the model thinks); return the events."""
     from sandcastle.cli.printer import EventPrinter
     from sandcastle.cli.spinner import Spinner
 
-    printer = EventPrinter(sys.stdout)
+    printer = EventPrinter(out or sys.stdout)
     printer.header(run)
     events = []
     if not spinner:
@@ -88,6 +90,17 @@ def watch(source: EventSource, run: Run, *, spinner: bool, timeout_s: float | No
             printer.event(event)
             spin.resume(thinking=event.kind in (EventKind.USER, EventKind.TOOL_RESULT))
     return events
+
+
+class Snapshot:
+    """The events there are now, as if the run had ended: what ``runs logs`` without ``-f`` prints."""
+
+    def __init__(self, source: EventSource) -> None:
+        self.source = source
+
+    def events_after(self, run_id: str, cursor: str | None) -> EventPage:
+        page = self.source.events_after(run_id, cursor)
+        return EventPage(events=page.events, cursor=page.cursor, ended=True)
 
 
 class LocalTransport:

@@ -31,7 +31,7 @@ from sandcastle.runs.records import RunOrigin, Schedule, ScheduleSkip, utcnow
 from sandcastle.runs.requests import ScheduleRequest
 from sandcastle.runs.schedule_expressions import check_timezone, parse_expression
 from sandcastle.runs.submit import submit_run
-from sandcastle.runs.tasks import run_request
+from sandcastle.runs.tasks import run_request, save_task_hint
 from sandcastle.store.schedules import FIRE_RETRY_WINDOW_S
 from sandcastle.wiring import Dependencies
 
@@ -66,7 +66,8 @@ def create_schedule(tenant: str, request: ScheduleRequest, deps: Dependencies) -
     if (request.task is None) == (request.run is None):
         raise InvalidRunRequest("give exactly one of task (a saved task's name) and run (a run template)", "task")
     if request.task is not None and deps.tasks.get(tenant, request.task) is None:
-        raise InvalidRunRequest(f"no task named {request.task!r}; save it first with PUT /tasks/{request.task}", "task")
+        hint = save_task_hint(request.task)
+        raise InvalidRunRequest(f"no task named {request.task!r}; save it first: {hint}", "task")
     if request.run is not None:
         resolve_budgets(request.run.budgets, deps.settings)
     schedule = Schedule(

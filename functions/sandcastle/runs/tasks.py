@@ -31,11 +31,16 @@ def put_task(tenant: str, name: str, definition: TaskDefinition, deps: Dependenc
     return task
 
 
+def save_task_hint(name: str) -> str:
+    """How to save a task, for a message that found none: the CLI command, and the API call behind it."""
+    return f"`sandcastle tasks put {name} --instructions ...` (PUT /tasks/{name})"
+
+
 def get_task(tenant: str, name: str, deps: Dependencies) -> Task:
     """The tenant's task, or ``TaskNotFound``."""
     task = deps.tasks.get(tenant, name)
     if task is None:
-        raise TaskNotFound(f"no task named {name!r}; save it first with PUT /tasks/{name}")
+        raise TaskNotFound(f"no task named {name!r}; save it first: {save_task_hint(name)}")
     return task
 
 

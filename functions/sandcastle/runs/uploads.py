@@ -33,7 +33,7 @@ from sandcastle.names import file_name_problem, tenant_problem
 from sandcastle.runs.records import Artifact, OutcomeFields, Run, RunError, RunOrigin, RunStatus
 from sandcastle.runs.requests import InputFile, TaskDefinition
 from sandcastle.runs.submit import submit_run
-from sandcastle.runs.tasks import run_request
+from sandcastle.runs.tasks import run_request, save_task_hint
 from sandcastle.validation import describe_issues
 from sandcastle.wiring import Dependencies
 
@@ -267,9 +267,8 @@ def _definition(place: _Place, metadata: dict[str, str], deps: Dependencies) -> 
     if place.task != AD_HOC_TASK:
         task = deps.tasks.get(place.tenant, place.task)
         if task is None:
-            raise UploadRejected(
-                "UnknownTask", f"tenant {place.tenant!r} has no task named {place.task!r}; save it with PUT /tasks/..."
-            )
+            missing = f"tenant {place.tenant!r} has no task named {place.task!r}"
+            raise UploadRejected("UnknownTask", f"{missing}; save it first: {save_task_hint(place.task)}")
         return task
     instructions = unquote(metadata.get(INSTRUCTIONS_METADATA, "")).strip()
     if not instructions:
