@@ -25,6 +25,8 @@ CSV = b"region,units\nnorth,3\nsouth,4\n"
 COUNT_ROWS = [
     {"tool": "run_command", "arguments": {"command": "ls input && wc -l < input/*.csv > output/rows.txt"}},
 ]
+REPORT = [{"tool": "run_command", "arguments": {"command": "date -u +%FT%TZ > output/fired-at.txt"}}]
+"""A scheduled task's playbook: a schedule brings no input files (``ls input`` would fail the run)."""
 
 
 class FakeClock:
@@ -38,8 +40,8 @@ class FakeClock:
         self.now += timedelta(**delta)
 
 
-def _task(runtime: LocalRuntime, name: str = "count-rows", **extra: Any) -> None:
-    definition = TaskDefinition(instructions="Count the rows", playbook=COUNT_ROWS, **extra)
+def _task(runtime: LocalRuntime, name: str = "count-rows", playbook: list | None = None, **extra: Any) -> None:
+    definition = TaskDefinition(instructions="Count the rows", playbook=playbook or COUNT_ROWS, **extra)
     put_task("acme", name, definition, runtime.deps)
 
 
@@ -172,7 +174,7 @@ def test_a_schedule_fires_at_its_time_once(runtime: LocalRuntime) -> None:
     assert triggers is not None
     clock = FakeClock(datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1))
     triggers.scheduler.set_clock(clock)
-    _task(runtime)
+    _task(runtime, playbook=REPORT)
     schedule = create_schedule("acme", ScheduleRequest(expression="rate(10 minutes)", task="count-rows"), runtime.deps)
 
     clock.advance(minutes=9, seconds=59)
@@ -199,7 +201,7 @@ def test_a_cron_schedule_in_a_time_zone(runtime: LocalRuntime) -> None:
     assert triggers is not None
     clock = FakeClock(datetime(2031, 3, 3, 8, 59, tzinfo=UTC))  # 09:59 in Berlin, a Monday
     triggers.scheduler.set_clock(clock)
-    _task(runtime)
+    _task(runtime, playbook=REPORT)
     schedule = create_schedule(
         "acme",
         ScheduleRequest(expression="cron(0 10 ? * 2-6 *)", timezone="Europe/Berlin", task="count-rows"),
