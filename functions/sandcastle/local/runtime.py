@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from sandcastle.errors import LambdaInvocationError
+from sandcastle.local.moto_patches import MotoPatches
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
 from sandcastle.runs.records import Run
@@ -132,6 +133,7 @@ class LocalRuntime:
         self._mock: Any = None
         self._patch: Any = None
         self._serial_dynamodb: Any = None
+        self._moto_patches = MotoPatches()
         self.permissions: PermissionGuard | None = (
             PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
         )
@@ -174,6 +176,7 @@ class LocalRuntime:
         )
         self._mock.start()
         try:
+            self._moto_patches.start()  # before the state machine is created: it is parsed once, here
             boto3.setup_default_session(region_name=self.region)
             boto3.DEFAULT_SESSION.events.register("before-call", self._count_api_call)
             create_tables(self.template, self.deps_client("dynamodb"))
@@ -224,6 +227,7 @@ class LocalRuntime:
             self._serial_dynamodb = None
         if self.permissions is not None:
             self.permissions.stop()
+        self._moto_patches.stop()
         if self._mock is not None:
             self._mock.stop()
             self._mock = None

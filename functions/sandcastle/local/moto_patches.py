@@ -1,0 +1,202 @@
+"""Costs of moto that grow with a run or a table, removed while the local runtime runs.
+
+``MotoPatches().start()`` / ``.stop()`` (called by ``LocalRuntime.start``/``stop``) apply and undo,
+in this one place:
+
+* **JSONPath parsed once per path.** moto's ASL interpreter calls ``jsonpath_ng`` ``parse(path)``
+  for every ``InputPath``/``Parameters``/``ResultSelector``/``ResultPath`` evaluation, and each
+  parse builds a PLY lexer and parser (about 9 % of a local run's CPU). A parsed path is an
+  immutable expression, so one per path string is shared by every evaluation and thread.
+* **The state machine definition parsed once.** moto parses the ASL with ANTLR when the state
+  machine is created and again at every execution start. The ANTLR tree of a definition text is
+  kept; each execution still builds its own evaluation components from it (the preprocessor), so
+  no state is shared between executions.
+* **TransactWriteItems without whole-table copies.** moto deep-copies every table a transaction
+  touches, for rollback, and its instance tracker keeps each copy alive: a transaction's cost and
+  the process's memory grow with the table. Here the transaction snapshots only the items it
+  names (the only ones it can change) and puts exactly those back when it fails, whatever the
+  failure: all or nothing, as before. (The runtime serializes emulated DynamoDB requests, so no
+  other writer runs between the snapshot and the restore.)
+* **moto's Step Functions parser imported without AWS Batch and EC2.** Its Batch task imports
+  ``moto.batch.utils`` for an enum, which imports all of ``moto.batch`` and ``moto.ec2`` (about a
+  second, cold). That one module is loaded on its own; a later ``import moto.batch`` is unaffected.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import importlib.util
+import sys
+import threading
+import types
+from typing import Any
+from unittest import mock
+
+_in_transaction = threading.local()
+
+
+class MotoPatches:
+    """The patches above, started and stopped together."""
+
+    def __init__(self) -> None:
+        self._patches: list[Any] = []
+
+    def start(self) -> None:
+        if self._patches:
+            return
+        _import_stepfunctions_parser()
+        from moto.dynamodb import models as dynamodb_models
+        from moto.stepfunctions.parser.asl.component.common.path import result_path
+        from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+        from moto.stepfunctions.parser.asl.utils import json_path
+
+        self._patches = [
+            mock.patch.object(json_path, "parse", _cached(json_path.parse)),
+            mock.patch.object(result_path, "parse", _cached(result_path.parse)),
+            mock.patch.object(AmazonStateLanguageParser, "parse", staticmethod(_parse_definition)),
+            mock.patch.object(dynamodb_models, "copy", _TransactionCopy()),
+            mock.patch.object(
+                dynamodb_models.DynamoDBBackend,
+                "transact_write_items",
+                _item_level_rollback(dynamodb_models.DynamoDBBackend.transact_write_items),
+            ),
+        ]
+        for patch in self._patches:
+            patch.start()
+
+    def stop(self) -> None:
+        for patch in reversed(self._patches):
+            patch.stop()
+        self._patches = []
+
+
+# --- JSONPath ---
+
+
+@functools.cache
+def _cached(parse: Any) -> Any:
+    """``parse`` memoized by path string (one wrapper per original, so a restart reuses its cache)."""
+    return functools.lru_cache(maxsize=4096)(parse)
+
+
+# --- the definition ---
+
+
+@functools.lru_cache(maxsize=16)
+def _definition_tree(definition: str) -> Any:
+    """The ANTLR tree of an ASL text (syntax errors raise ``ASLParserException`` and are not cached)."""
+    from antlr4 import CommonTokenStream, InputStream
+    from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
+    from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
+    from moto.stepfunctions.parser.asl.parse.asl_parser import ASLParserException, SyntaxErrorListener
+
+    listener = SyntaxErrorListener()
+    parser = ASLParser(CommonTokenStream(ASLLexer(InputStream(definition))))
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    tree = parser.state_machine()
+    if listener.errors:
+        raise ASLParserException(errors=listener.errors)
+    return tree
+
+
+def _parse_definition(definition: str) -> tuple[Any, Any]:
+    """What ``AmazonStateLanguageParser.parse`` returns: fresh evaluation components, from a kept tree."""
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+    tree = _definition_tree(definition)
+    return Preprocessor().visit(tree), tree
+
+
+# --- TransactWriteItems ---
+
+
+class _TransactionCopy:
+    """``copy`` for moto's DynamoDB models: inside a transaction a ``Table`` is not deep-copied (the
+    transaction's own snapshot of its items replaces that copy); everything else is copied as usual."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        from moto.dynamodb.models.table import Table
+
+        if getattr(_in_transaction, "active", False) and isinstance(value, Table):
+            return value
+        return copy.deepcopy(value, memo)
+
+
+def _item_level_rollback(transact_write_items: Any) -> Any:
+    @functools.wraps(transact_write_items)
+    def wrapper(backend: Any, transact_items: list[dict[str, Any]]) -> Any:
+        snapshot = _snapshot(backend, transact_items)
+        _in_transaction.active = True
+        try:
+            return transact_write_items(backend, transact_items)
+        except BaseException:
+            _restore(snapshot)
+            raise
+        finally:
+            _in_transaction.active = False
+
+    return wrapper
+
+
+def _snapshot(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
+    """``(table, hash key, range key, a copy of the item or None)`` for each item the transaction names."""
+    taken = []
+    for entry in transact_items:
+        for operation, request in entry.items():
+            try:
+                table = backend.tables[request["TableName"]]
+                if operation == "Put":
+                    attributes = request["Item"]
+                    key = {table.hash_key_attr: attributes[table.hash_key_attr]}
+                    if table.range_key_attr is not None:
+                        key[table.range_key_attr] = attributes[table.range_key_attr]
+                else:
+                    key = request["Key"]
+                hash_key, range_key = backend.get_keys_value(table, key)
+            except Exception:  # a malformed entry: moto refuses it before it writes anything for it
+                continue
+            current = table.get_item(hash_key, range_key)
+            taken.append((table, hash_key, range_key, None if current is None else copy.deepcopy(current)))
+    return taken
+
+
+def _restore(snapshot: list[tuple[Any, Any, Any, Any]]) -> None:
+    for table, hash_key, range_key, item in reversed(snapshot):
+        if item is None:
+            table.delete_item(hash_key, range_key)
+        elif range_key is not None:
+            table.items[hash_key][range_key] = item
+        else:
+            table.items[hash_key] = item
+
+
+# --- the import ---
+
+
+def _import_stepfunctions_parser() -> None:
+    """Import moto's Step Functions parser with ``moto.batch.utils`` alone, not the Batch and EC2 backends."""
+    if "moto.stepfunctions.parser.models" in sys.modules or "moto.batch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("moto.batch")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType("moto.batch")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["moto.batch"] = package
+    try:
+        importlib.import_module("moto.batch.utils")
+        importlib.import_module("moto.stepfunctions.parser.models")
+    finally:
+        # A later ``import moto.batch`` runs the real package (``moto.batch.utils`` stays loaded).
+        if sys.modules.get("moto.batch") is package:
+            del sys.modules["moto.batch"]
+        import moto
+
+        if getattr(moto, "batch", None) is package:
+            del moto.batch
