@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from sandcastle.errors import LambdaInvocationError
+from sandcastle.local.changes import ChangeSignal
 from sandcastle.local.moto_patches import MotoPatches
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
@@ -134,6 +135,8 @@ class LocalRuntime:
         self._patch: Any = None
         self._serial_dynamodb: Any = None
         self._moto_patches = MotoPatches()
+        self.changes = ChangeSignal()
+        """Bumped after every emulated DynamoDB write: in-process followers wait on it instead of polling."""
         self.permissions: PermissionGuard | None = (
             PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
         )
@@ -193,7 +196,7 @@ class LocalRuntime:
 
             self._patch = mock.patch.object(LambdaSimpleBackend, "invoke", invoke)
             self._patch.start()
-            self._serial_dynamodb = _serialize_emulated_dynamodb()
+            self._serial_dynamodb = _serialize_emulated_dynamodb(self.changes)
             self._serial_dynamodb.start()
             if self.permissions is not None:
                 self.permissions.start()
@@ -286,6 +289,7 @@ class LocalRuntime:
         after: str | None = None
         deadline = time.monotonic() + timeout_s
         while True:
+            seen = self.changes.version  # before the reads: a write landing after them ends the wait below
             for event in self.events(run_id, after=after):
                 after = event.key
                 yield event
@@ -299,7 +303,9 @@ class LocalRuntime:
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} did not end within {timeout_s} s")
-            time.sleep(poll_s)
+            self.changes.wait(
+                seen, timeout_s=poll_s * 20
+            )  # woken by the next write; the timeout for a stopped execution
 
     def wait(self, run_id: str, *, timeout_s: float = 600) -> Run:
         """Block until the run ends and its execution has stopped; return the run."""
@@ -536,7 +542,10 @@ def create_state_machines(template: Template, client: Any) -> None:
         )
 
 
-def _serialize_emulated_dynamodb() -> Any:
+_DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
+
+
+def _serialize_emulated_dynamodb(changes: ChangeSignal) -> Any:
     """A patch that lets one emulated DynamoDB request run at a time.
 
     DynamoDB is linearizable per item and its transactions are isolated; moto's emulation is
@@ -545,6 +554,7 @@ def _serialize_emulated_dynamodb() -> Any:
     snapshot of the table that undoes another thread's commit. Serializing the emulated calls
     restores the guarantees the code relies on in the cloud. Only DynamoDB requests take the lock:
     they never call out to another service, so it cannot deadlock with a Lambda invocation.
+    Every write bumps ``changes`` once it is done.
     """
     from moto.core.botocore_stubber import BotocoreStubber
 
@@ -555,6 +565,10 @@ def _serialize_emulated_dynamodb() -> Any:
         if "//dynamodb." not in str(request.url):
             return original(stubber, request)
         with lock:
-            return original(stubber, request)
+            response = original(stubber, request)
+        target = request.headers.get("X-Amz-Target") or b""
+        if (target.decode() if isinstance(target, bytes) else target).endswith(_DYNAMODB_WRITES):
+            changes.bump()
+        return response
 
     return mock.patch.object(BotocoreStubber, "process_request", process_request)
