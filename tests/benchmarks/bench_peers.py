@@ -43,7 +43,6 @@ from typing import Any
 from tests.benchmarks import section, table
 from tests.fakes.openai_server import FakeOpenAIServer
 
-REPO = Path(__file__).resolve().parents[2]
 E2B_KEY = "bench-local-e2b"
 MODEL = "fake-model"
 TOOL_DESCRIPTION = "Run a shell command in the sandbox."
@@ -211,8 +210,11 @@ def _sandcastle(model_url: str, e2b_url: str, home: Path) -> Iterator[Peer]:
             )
             started_epoch = time.time()
             submitted = runtime.submit(request)
-            while (execution := runtime.execution(submitted.run_id))["status"] == "RUNNING":
-                time.sleep(0.05)  # slow polling on purpose: it competes with the run for the GIL
+            while True:  # woken when an execution ends: no polling competing with the run for the GIL
+                seen = runtime.executions_ended.version
+                if (execution := runtime.execution(submitted.run_id))["status"] != "RUNNING":
+                    break
+                runtime.executions_ended.wait(seen, timeout_s=5.0)
             run = runtime.get_run(submitted.run_id)
             if run.status is not RunStatus.SUCCEEDED or run.usage.tool_calls != steps:
                 raise RuntimeError(f"benchmark run {run.run_id} ended {run.status.value}: {run.error}")
@@ -262,7 +264,9 @@ def _cli_one_step_ms(runs: int) -> list[float]:
         for name, value in os.environ.items()
         if not name.startswith(("OPENAI_", "E2B_", "SANDBOX_", "AWS_")) and name != "SANDCASTLE_URL"
     }
-    environment["PYTHONPATH"] = str(REPO / "functions")
+    import sandcastle
+
+    environment["PYTHONPATH"] = str(Path(sandcastle.__file__).parents[1])  # the code this benchmark measures
     timings = []
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as folder:
         playbook = Path(folder) / "playbook.json"

@@ -144,3 +144,12 @@ def test_a_transaction_copies_no_table(local: LocalRuntime, monkeypatch: pytest.
     assert _item(client, table, "D")["v"] == {"S": "kept"}
     assert _item(client, table, "E") is None
     _run(local, calls=1)  # a whole run's transactions
+
+
+def test_every_execution_end_is_announced_to_in_process_waiters(local: LocalRuntime) -> None:
+    before = local.executions_ended.version
+
+    _run(local, calls=1)
+    _run(local, calls=1)
+
+    assert local.executions_ended.version == before + 2

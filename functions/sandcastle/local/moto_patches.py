@@ -17,6 +17,9 @@ in this one place:
   names (the only ones it can change) and puts exactly those back when it fails, whatever the
   failure: all or nothing, as before. (The runtime serializes emulated DynamoDB requests, so no
   other writer runs between the snapshot and the restore.)
+* **Execution ends announced.** moto records an execution's end on its worker thread and tells no
+  one; ``executions_ended`` (a ``ChangeSignal``) is bumped right after, so in-process waiters wait
+  on it instead of polling ``DescribeExecution``.
 * **moto's Step Functions parser imported without AWS Batch and EC2.** Its Batch task imports
   ``moto.batch.utils`` for an enum, which imports all of ``moto.batch`` and ``moto.ec2`` (about a
   second, cold). That one module is loaded on its own; a later ``import moto.batch`` is unaffected.
@@ -34,13 +37,16 @@ import types
 from typing import Any
 from unittest import mock
 
+from sandcastle.local.changes import ChangeSignal
+
 _in_transaction = threading.local()
 
 
 class MotoPatches:
     """The patches above, started and stopped together."""
 
-    def __init__(self) -> None:
+    def __init__(self, executions_ended: ChangeSignal | None = None) -> None:
+        self.executions_ended = executions_ended or ChangeSignal()
         self._patches: list[Any] = []
 
     def start(self) -> None:
@@ -51,6 +57,7 @@ class MotoPatches:
         from moto.stepfunctions.parser.asl.component.common.path import result_path
         from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
         from moto.stepfunctions.parser.asl.utils import json_path
+        from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 
         self._patches = [
             mock.patch.object(json_path, "parse", _cached(json_path.parse)),
@@ -62,6 +69,11 @@ class MotoPatches:
                 "transact_write_items",
                 _item_level_rollback(dynamodb_models.DynamoDBBackend.transact_write_items),
             ),
+            mock.patch.object(
+                BaseExecutionWorkerCommunication,
+                "terminated",
+                _announced(BaseExecutionWorkerCommunication.terminated, self.executions_ended),
+            ),
         ]
         for patch in self._patches:
             patch.start()
@@ -70,6 +82,17 @@ class MotoPatches:
         for patch in reversed(self._patches):
             patch.stop()
         self._patches = []
+
+
+def _announced(terminated: Any, ended: ChangeSignal) -> Any:
+    @functools.wraps(terminated)
+    def wrapper(communication: Any) -> None:
+        try:
+            terminated(communication)
+        finally:
+            ended.bump()
+
+    return wrapper
 
 
 # --- JSONPath ---

@@ -134,9 +134,11 @@ class LocalRuntime:
         self._mock: Any = None
         self._patch: Any = None
         self._serial_dynamodb: Any = None
-        self._moto_patches = MotoPatches()
         self.changes = ChangeSignal()
         """Bumped after every emulated DynamoDB write: in-process followers wait on it instead of polling."""
+        self.executions_ended = ChangeSignal()
+        """Bumped whenever an execution ends (``local/moto_patches.py``)."""
+        self._moto_patches = MotoPatches(self.executions_ended)
         self.permissions: PermissionGuard | None = (
             PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
         )
@@ -313,8 +315,11 @@ class LocalRuntime:
         for _ in self.follow(run_id, timeout_s=timeout_s):
             pass
         # The run's status is written inside the last state; the execution ends just after.
-        while self.execution(run_id)["status"] == "RUNNING" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while True:
+            seen = self.executions_ended.version
+            if self.execution(run_id)["status"] != "RUNNING" or time.monotonic() >= deadline:
+                break
+            self.executions_ended.wait(seen, timeout_s=1.0)
         return self.get_run(run_id)
 
     # --- the HTTP API and the triggers ---
