@@ -153,3 +153,16 @@ def test_every_execution_end_is_announced_to_in_process_waiters(local: LocalRunt
     _run(local, calls=1)
 
     assert local.executions_ended.version == before + 2
+
+
+def test_the_interpreter_makes_one_client_per_service_not_one_per_task(local: LocalRuntime) -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    first = lambda_eval_utils.boto_client_for(region="us-east-1", service="lambda", state_credentials=None)
+    _run(local, calls=2)
+
+    assert lambda_eval_utils.boto_client_for(region="us-east-1", service="lambda", state_credentials=None) is first
+
+
+def test_the_runtime_makes_its_own_clients_once(local: LocalRuntime) -> None:
+    assert local.deps_client("stepfunctions") is local.deps_client("stepfunctions")

@@ -17,6 +17,9 @@ in this one place:
   names (the only ones it can change) and puts exactly those back when it fails, whatever the
   failure: all or nothing, as before. (The runtime serializes emulated DynamoDB requests, so no
   other writer runs between the snapshot and the restore.)
+* **One boto3 client per service for the interpreter.** moto's ASL interpreter makes a new boto3
+  client for every Task state it runs (``boto_client_for``: several ms each, every step); its clients
+  differ by region and service only, so one of each is kept.
 * **Execution ends announced.** moto records an execution's end on its worker thread and tells no
   one; ``executions_ended`` (a ``ChangeSignal``) is bumped right after, so in-process waiters wait
   on it instead of polling ``DescribeExecution``.
@@ -75,6 +78,11 @@ class MotoPatches:
                 _announced(BaseExecutionWorkerCommunication.terminated, self.executions_ended),
             ),
         ]
+        self._patches += [
+            mock.patch.object(module, "boto_client_for", _cached_client(module.boto_client_for))
+            for name, module in list(sys.modules.items())
+            if name.startswith("moto.stepfunctions.parser.") and hasattr(module, "boto_client_for")
+        ]
         for patch in self._patches:
             patch.start()
 
@@ -82,6 +90,26 @@ class MotoPatches:
         for patch in reversed(self._patches):
             patch.stop()
         self._patches = []
+        with _clients_lock:
+            _clients.clear()  # made under this runtime's moto mock
+
+
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _cached_client(boto_client_for: Any) -> Any:
+    """``boto_client_for`` made once per region and service (it builds the same client whatever else it is given)."""
+    original = getattr(boto_client_for, "__wrapped__", boto_client_for)
+
+    @functools.wraps(original)
+    def wrapper(region: str, service: str, state_credentials: Any = None) -> Any:
+        with _clients_lock:
+            if (region, service) not in _clients:
+                _clients[(region, service)] = original(region, service, state_credentials)
+            return _clients[(region, service)]
+
+    return wrapper
 
 
 def _announced(terminated: Any, ended: ChangeSignal) -> Any:

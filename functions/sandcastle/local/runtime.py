@@ -130,6 +130,7 @@ class LocalRuntime:
         self._log_level = log_level
         self._log_file = log_file
         self._handlers: dict[str, Callable[[dict, Any], Any]] = {}
+        self._handlers_lock = threading.Lock()
         self._saved_environ: dict[str, str] | None = None
         self._mock: Any = None
         self._patch: Any = None
@@ -139,6 +140,8 @@ class LocalRuntime:
         self.executions_ended = ChangeSignal()
         """Bumped whenever an execution ends (``local/moto_patches.py``)."""
         self._moto_patches = MotoPatches(self.executions_ended)
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
         self.permissions: PermissionGuard | None = (
             PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
         )
@@ -203,8 +206,9 @@ class LocalRuntime:
             if self.permissions is not None:
                 self.permissions.start()
             reset_dependencies()
-            for spec in self.functions.values():
-                self._handler(spec)
+            # The handlers' shared Powertools logger is made here (its logs routed below); each handler
+            # module is imported at its first invocation, so a run imports only what it runs.
+            importlib.import_module("sandcastle.handlers._observability")
             self._route_logs()
             self._start_triggers()
         except BaseException:
@@ -243,6 +247,7 @@ class LocalRuntime:
         import boto3
 
         boto3.DEFAULT_SESSION = None
+        self._clients.clear()
         reset_dependencies()
 
     # --- what callers use ---
@@ -266,9 +271,13 @@ class LocalRuntime:
         return body
 
     def deps_client(self, service: str) -> Any:
+        """The runtime's own client of ``service``, made once (boto3 clients are thread-safe; making one costs ms)."""
         import boto3
 
-        return boto3.client(service, region_name=self.region)
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = boto3.client(service, region_name=self.region)
+            return self._clients[service]
 
     def submit(self, request: RunRequest) -> Run:
         """Submit a run (validated, stored QUEUED, its execution started)."""
@@ -479,10 +488,14 @@ class LocalRuntime:
         return self.permissions.acting_as(spec.logical_id)
 
     def _handler(self, spec: FunctionSpec) -> Callable[[dict, Any], Any]:
-        if spec.handler not in self._handlers:
-            module_name, _, attribute = spec.handler.rpartition(".")
-            self._handlers[spec.handler] = getattr(importlib.import_module(module_name), attribute)
-        return self._handlers[spec.handler]
+        handler = self._handlers.get(spec.handler)
+        if handler is None:
+            with self._handlers_lock:  # a Map's first tool calls arrive together
+                if spec.handler not in self._handlers:
+                    module_name, _, attribute = spec.handler.rpartition(".")
+                    self._handlers[spec.handler] = getattr(importlib.import_module(module_name), attribute)
+                handler = self._handlers[spec.handler]
+        return handler
 
     def _route_logs(self) -> None:
         """Send the functions' logs to ``log_file`` (when given) instead of stdout.
@@ -550,7 +563,7 @@ def create_state_machines(template: Template, client: Any) -> None:
 _DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
 
 
-def _serialize_emulated_dynamodb(changes: ChangeSignal) -> Any:
+def _serialize_emulated_dynamodb(changes: ChangeSignal | None = None) -> Any:
     """A patch that lets one emulated DynamoDB request run at a time.
 
     DynamoDB is linearizable per item and its transactions are isolated; moto's emulation is
@@ -572,7 +585,9 @@ def _serialize_emulated_dynamodb(changes: ChangeSignal) -> Any:
         with lock:
             response = original(stubber, request)
         target = request.headers.get("X-Amz-Target") or b""
-        if (target.decode() if isinstance(target, bytes) else target).endswith(_DYNAMODB_WRITES):
+        if changes is not None and (target.decode() if isinstance(target, bytes) else target).endswith(
+            _DYNAMODB_WRITES
+        ):
             changes.bump()
         return response
 
