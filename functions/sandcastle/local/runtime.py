@@ -211,6 +211,9 @@ class LocalRuntime:
             importlib.import_module("sandcastle.handlers._observability")
             self._route_logs()
             self._start_triggers()
+            # A client copies the session's event hooks when it is made: the ones made before the
+            # triggers hooked PutObject, StopExecution, ... must not be reused.
+            self._clients.clear()
         except BaseException:
             self.stop()
             raise
