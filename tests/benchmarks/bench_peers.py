@@ -210,11 +210,12 @@ def _sandcastle(model_url: str, e2b_url: str, home: Path) -> Iterator[Peer]:
             )
             started_epoch = time.time()
             submitted = runtime.submit(request)
+            ended = getattr(runtime, "executions_ended", None)  # older runtimes: polled slowly
             while True:  # woken when an execution ends: no polling competing with the run for the GIL
-                seen = runtime.executions_ended.version
+                seen = ended.version if ended is not None else 0
                 if (execution := runtime.execution(submitted.run_id))["status"] != "RUNNING":
                     break
-                runtime.executions_ended.wait(seen, timeout_s=5.0)
+                ended.wait(seen, timeout_s=5.0) if ended is not None else time.sleep(0.05)
             run = runtime.get_run(submitted.run_id)
             if run.status is not RunStatus.SUCCEEDED or run.usage.tool_calls != steps:
                 raise RuntimeError(f"benchmark run {run.run_id} ended {run.status.value}: {run.error}")
