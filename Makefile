@@ -38,9 +38,20 @@ lint: setup
 	$(BIN)/ruff format --check functions tests
 	$(BIN)/mypy
 
-## bench: figures, not pass/fail
-bench: setup
-	$(BIN)/python -m tests.benchmarks
+## bench: figures, not pass/fail, in their own environment (.venv-bench): the project and its peers
+## (the OpenAI Agents SDK, LangGraph), which are no dependency of the project. BENCH_QUICK=1: under ~5 min.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_PEERS := 'openai-agents>=0.24,<1' 'langgraph>=1.2,<2' 'langchain-openai>=1.7,<2'
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -e '.[dev]' $(BENCH_PEERS)
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m tests.benchmarks $(if $(BENCH_QUICK),--quick) $(foreach name,$(BENCH_ONLY),--only $(name))
 
 clean:
-	rm -rf $(VENV) .sandcastle .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .sandcastle .pytest_cache .ruff_cache

@@ -71,6 +71,7 @@ class FakeOpenAIServer:
         self._replies: deque[_Reply] = deque()
         self._requests: list[dict[str, Any]] = []
         self._request_headers: list[dict[str, str]] = []
+        self._request_times: list[float] = []
         self._call_ids = itertools.count(1)
         self._completion_ids = itertools.count(1)
         self._stopping = threading.Event()
@@ -133,6 +134,12 @@ class FakeOpenAIServer:
         """The headers of every request received (lower-cased names), parallel to ``requests``."""
         with self._lock:
             return list(self._request_headers)
+
+    @property
+    def request_times(self) -> list[float]:
+        """When each request arrived (``time.perf_counter()``), parallel to ``requests`` (a copy)."""
+        with self._lock:
+            return list(self._request_times)
 
     @property
     def pending(self) -> int:
@@ -262,6 +269,7 @@ class FakeOpenAIServer:
         with self._lock:
             self._requests.append(body)
             self._request_headers.append(headers)
+            self._request_times.append(time.perf_counter())
             reply = self._replies.popleft() if self._replies else None
         if reply is None:
             return _error_reply(500, NO_REPLY_LEFT, {"x-should-retry": "false"})
@@ -288,6 +296,10 @@ def _error_reply(status: int, message: str, headers: dict[str, str] | None = Non
 def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # A reply's headers and body leave in one write, without Nagle's algorithm: two small writes on a
+        # kept-alive connection otherwise wait out the client's delayed ACK (~40-50 ms per request).
+        disable_nagle_algorithm = True
+        wbufsize = 64 * 1024
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             self._serve()
@@ -313,6 +325,7 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+                self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 # The client gave up (its timeout passed) before a delayed reply was ready.
                 self.close_connection = True

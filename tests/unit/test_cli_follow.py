@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sandcastle.cli.transport import EventPage, HttpTransport, LocalTransport, follow
+from sandcastle.local.changes import ChangeSignal
 from sandcastle.runs.records import RunStatus
 from sandcastle.runs.transcript import Event, UserData, user_event
 
@@ -99,6 +100,7 @@ class FakeRuntime:
     def __init__(self, execution_status: str) -> None:
         self.execution_status = execution_status
         self.reads = 0
+        self.changes = ChangeSignal()
 
     def get_run(self, run_id: str) -> Any:
         return SimpleNamespace(status=RunStatus.RUNNING)
@@ -125,3 +127,50 @@ def test_in_process_a_running_execution_is_not_the_end() -> None:
     page = LocalTransport(FakeRuntime("RUNNING"), poll_s=0).events_after("run-1", "EVT#1")  # type: ignore[arg-type]
 
     assert page == EventPage(events=[], cursor="EVT#1", ended=False)
+
+
+class RecordingSignal(ChangeSignal):
+    """A store whose writes land while the follower reads, and which records what it was waited on with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[int, float]] = []
+
+    def wait(self, seen: int, timeout_s: float) -> int:
+        self.waits.append((seen, timeout_s))
+        return super().wait(seen, timeout_s)
+
+
+class WritingRuntime(FakeRuntime):
+    def events(self, run_id: str, after: str | None = None) -> list[Event]:
+        self.changes.bump()  # an event lands just after the read found nothing
+        return []
+
+
+def test_in_process_the_follower_waits_for_the_next_store_write_seen_from_before_its_reads() -> None:
+    # Given a running run with nothing new, and a write landing while the follower reads
+    runtime = WritingRuntime("RUNNING")
+    runtime.changes = RecordingSignal()
+    transport = LocalTransport(runtime, idle_s=30)  # type: ignore[arg-type]
+
+    # When it asks for the events after its cursor
+    page = transport.events_after("run-1", "EVT#1")
+
+    # Then it waited on the store's version from before the reads (so that write wakes it at once), not a poll
+    assert page == EventPage(events=[], cursor="EVT#1", ended=False)
+    assert runtime.changes.waits == [(0, 30)]
+    assert runtime.changes.version == 1
+
+
+def test_a_change_signal_wakes_a_waiter_and_a_stale_version_returns_at_once() -> None:
+    import threading
+
+    signal = ChangeSignal()
+    woken: list[int] = []
+    waiter = threading.Thread(target=lambda: woken.append(signal.wait(0, timeout_s=60)))
+    waiter.start()
+    signal.bump()
+    waiter.join(timeout=60)
+
+    assert woken == [1]
+    assert signal.wait(0, timeout_s=60) == 1  # already moved: no wait

@@ -667,3 +667,32 @@ def test_only_the_api_and_the_submitter_may_touch_any_item_of_the_table() -> Non
                 if "dynamodb:LeadingKeys" not in leading:
                     whole_table.add(logical_id)
     assert whole_table == {"ApiFunction", "SubmitRunFunction"}
+
+
+def test_the_runtimes_yaml_loader_reads_the_template_as_cfn_lint_does() -> None:
+    from cfnlint.decode import cfn_yaml
+
+    from sandcastle.local.template import load_yaml
+
+    assert load_yaml(TEMPLATE_PATH) == json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE_PATH))))
+
+
+def test_the_sam_transform_is_read_back_from_its_disk_cache_in_a_new_process(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandcastle.local import template as template_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    loaded = template_module.Template.load(TEMPLATE_PATH, region="eu-west-3")
+    template_module._transformed.cache_clear()
+    first = loaded.transformed()
+    template_module._transformed.cache_clear()  # as a new process would start
+
+    def refuse(*_: Any) -> Any:
+        raise AssertionError("translated again")
+
+    monkeypatch.setattr(template_module, "sam_translate", refuse)
+
+    assert loaded.transformed() == first
+    assert list((tmp_path / "sandcastle").glob("sam-*.json"))
+    template_module._transformed.cache_clear()

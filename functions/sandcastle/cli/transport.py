@@ -104,14 +104,17 @@ class Snapshot:
 
 
 class LocalTransport:
-    """The local runtime in this process: the store is read directly, polling every ``poll_s``."""
+    """The local runtime in this process: the store is read directly, and when nothing is new the follower
+    waits for the runtime's next store write (``runtime.changes``) rather than polling; ``idle_s`` bounds a
+    wait (an execution that stops without writing), ``poll_s`` is the grace FailRun gets for its last events."""
 
     errors: tuple[type[Exception], ...] = (InvalidRunRequest, ValidationError)
     where = ""
 
-    def __init__(self, runtime: LocalRuntime, *, poll_s: float = 0.05) -> None:
+    def __init__(self, runtime: LocalRuntime, *, poll_s: float = 0.05, idle_s: float = 1.0) -> None:
         self.runtime = runtime
         self.poll_s = poll_s
+        self.idle_s = idle_s
 
     def submit(self, request: RunRequest) -> Run:
         return self.runtime.submit(request)
@@ -120,10 +123,11 @@ class LocalTransport:
         return self.runtime.get_run(run_id)
 
     def events_after(self, run_id: str, cursor: str | None) -> EventPage:
+        seen = self.runtime.changes.version  # before the reads: a write landing after them ends the wait
         ended = self._ended(run_id)  # read before the events: a run seen ended has written them all
         events = self.runtime.events(run_id, after=cursor)
         if not events and not ended:
-            time.sleep(self.poll_s)
+            self.runtime.changes.wait(seen, timeout_s=self.idle_s)
         return EventPage(events=events, cursor=events[-1].key if events else cursor, ended=ended)
 
     def _ended(self, run_id: str) -> bool:

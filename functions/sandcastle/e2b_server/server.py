@@ -245,6 +245,8 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     """Requests go to the debug log, not to stderr."""
 
+    disable_nagle_algorithm = True  # TCP_NODELAY: headers and body (separate writes) leave at once
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
         logger.debug("sandbox server: " + format, *args)
 

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from sandcastle.errors import LambdaInvocationError
+from sandcastle.local.changes import ChangeSignal
+from sandcastle.local.moto_patches import MotoPatches
 from sandcastle.local.permissions import PermissionGuard
 from sandcastle.local.template import ACCOUNT_ID, FunctionSpec, Template
 from sandcastle.runs.records import Run
@@ -128,11 +130,18 @@ class LocalRuntime:
         self._log_level = log_level
         self._log_file = log_file
         self._handlers: dict[str, Callable[[dict, Any], Any]] = {}
+        self._handlers_lock = threading.Lock()
         self._saved_environ: dict[str, str] | None = None
         self._mock: Any = None
         self._patch: Any = None
         self._serial_dynamodb: Any = None
-        self._stop_waits: Any = None
+        self.changes = ChangeSignal()
+        """Bumped after every emulated DynamoDB write: in-process followers wait on it instead of polling."""
+        self.executions_ended = ChangeSignal()
+        """Bumped whenever an execution ends (``local/moto_patches.py``)."""
+        self._moto_patches = MotoPatches(self.executions_ended)
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
         self.permissions: PermissionGuard | None = (
             PermissionGuard.from_template(self.template, ACCOUNT_ID) if enforce_permissions else None
         )
@@ -175,6 +184,7 @@ class LocalRuntime:
         )
         self._mock.start()
         try:
+            self._moto_patches.start()  # before the state machine is created: it is parsed once, here
             boto3.setup_default_session(region_name=self.region)
             boto3.DEFAULT_SESSION.events.register("before-call", self._count_api_call)
             create_tables(self.template, self.deps_client("dynamodb"))
@@ -191,17 +201,19 @@ class LocalRuntime:
 
             self._patch = mock.patch.object(LambdaSimpleBackend, "invoke", invoke)
             self._patch.start()
-            self._serial_dynamodb = _serialize_emulated_dynamodb()
+            self._serial_dynamodb = _serialize_emulated_dynamodb(self.changes)
             self._serial_dynamodb.start()
-            self._stop_waits = _release_waits_of_stopped_executions()
-            self._stop_waits.start()
             if self.permissions is not None:
                 self.permissions.start()
             reset_dependencies()
-            for spec in self.functions.values():
-                self._handler(spec)
+            # The handlers' shared Powertools logger is made here (its logs routed below); each handler
+            # module is imported at its first invocation, so a run imports only what it runs.
+            importlib.import_module("sandcastle.handlers._observability")
             self._route_logs()
             self._start_triggers()
+            # A client copies the session's event hooks when it is made: the ones made before the
+            # triggers hooked PutObject, StopExecution, ... must not be reused.
+            self._clients.clear()
         except BaseException:
             self.stop()
             raise
@@ -225,11 +237,9 @@ class LocalRuntime:
         if self._serial_dynamodb is not None:
             self._serial_dynamodb.stop()
             self._serial_dynamodb = None
-        if self._stop_waits is not None:
-            self._stop_waits.stop()
-            self._stop_waits = None
         if self.permissions is not None:
             self.permissions.stop()
+        self._moto_patches.stop()
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
@@ -240,6 +250,7 @@ class LocalRuntime:
         import boto3
 
         boto3.DEFAULT_SESSION = None
+        self._clients.clear()
         reset_dependencies()
 
     # --- what callers use ---
@@ -263,9 +274,13 @@ class LocalRuntime:
         return body
 
     def deps_client(self, service: str) -> Any:
+        """The runtime's own client of ``service``, made once (boto3 clients are thread-safe; making one costs ms)."""
         import boto3
 
-        return boto3.client(service, region_name=self.region)
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = boto3.client(service, region_name=self.region)
+            return self._clients[service]
 
     def submit(self, request: RunRequest) -> Run:
         """Submit a run (validated, stored QUEUED, its execution started)."""
@@ -288,6 +303,7 @@ class LocalRuntime:
         after: str | None = None
         deadline = time.monotonic() + timeout_s
         while True:
+            seen = self.changes.version  # before the reads: a write landing after them ends the wait below
             for event in self.events(run_id, after=after):
                 after = event.key
                 yield event
@@ -301,7 +317,9 @@ class LocalRuntime:
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} did not end within {timeout_s} s")
-            time.sleep(poll_s)
+            self.changes.wait(
+                seen, timeout_s=poll_s * 20
+            )  # woken by the next write; the timeout for a stopped execution
 
     def wait(self, run_id: str, *, timeout_s: float = 600) -> Run:
         """Block until the run ends and its execution has stopped; return the run."""
@@ -309,8 +327,11 @@ class LocalRuntime:
         for _ in self.follow(run_id, timeout_s=timeout_s):
             pass
         # The run's status is written inside the last state; the execution ends just after.
-        while self.execution(run_id)["status"] == "RUNNING" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while True:
+            seen = self.executions_ended.version
+            if self.execution(run_id)["status"] != "RUNNING" or time.monotonic() >= deadline:
+                break
+            self.executions_ended.wait(seen, timeout_s=1.0)
         return self.get_run(run_id)
 
     # --- the HTTP API and the triggers ---
@@ -471,10 +492,14 @@ class LocalRuntime:
         return self.permissions.acting_as(spec.logical_id)
 
     def _handler(self, spec: FunctionSpec) -> Callable[[dict, Any], Any]:
-        if spec.handler not in self._handlers:
-            module_name, _, attribute = spec.handler.rpartition(".")
-            self._handlers[spec.handler] = getattr(importlib.import_module(module_name), attribute)
-        return self._handlers[spec.handler]
+        handler = self._handlers.get(spec.handler)
+        if handler is None:
+            with self._handlers_lock:  # a Map's first tool calls arrive together
+                if spec.handler not in self._handlers:
+                    module_name, _, attribute = spec.handler.rpartition(".")
+                    self._handlers[spec.handler] = getattr(importlib.import_module(module_name), attribute)
+                handler = self._handlers[spec.handler]
+        return handler
 
     def _route_logs(self) -> None:
         """Send the functions' logs to ``log_file`` (when given) instead of stdout.
@@ -539,35 +564,10 @@ def create_state_machines(template: Template, client: Any) -> None:
         )
 
 
-def _release_waits_of_stopped_executions() -> Any:
-    """A patch making ``StopExecution`` end an execution that waits on a task token (``AwaitApproval``).
-
-    moto's interpreter marks the program stopped, but the thread waiting for the token keeps waiting, so
-    the execution stays RUNNING (and no ABORTED status change is seen). In AWS a stop ends it: here a stop
-    also answers every callback the execution waits on, so its thread wakes as after any task that was
-    running when the stop came, finds the program stopped, and the execution ends ABORTED. (A failure
-    outcome would not do: the uncaught task error would end it FAILED.)
-    """
-    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackOutcomeSuccess
-    from moto.stepfunctions.parser.backend.execution import Execution
-
-    original = Execution.stop
-
-    def stop(execution: Any, stop_date: Any, error: str | None, cause: str | None) -> None:
-        original(execution, stop_date=stop_date, error=error, cause=cause)
-        worker = execution.exec_worker
-        if worker is None:
-            return
-        pool = worker.env.callback_pool_manager
-        for callback_id in list(pool._pool):
-            outcome = CallbackOutcomeSuccess(callback_id=callback_id, output="{}")
-            with contextlib.suppress(Exception):  # a callback already answered or timed out
-                pool.notify(callback_id, outcome)
-
-    return mock.patch.object(Execution, "stop", stop)
+_DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
 
 
-def _serialize_emulated_dynamodb() -> Any:
+def _serialize_emulated_dynamodb(changes: ChangeSignal | None = None) -> Any:
     """A patch that lets one emulated DynamoDB request run at a time.
 
     DynamoDB is linearizable per item and its transactions are isolated; moto's emulation is
@@ -576,6 +576,7 @@ def _serialize_emulated_dynamodb() -> Any:
     snapshot of the table that undoes another thread's commit. Serializing the emulated calls
     restores the guarantees the code relies on in the cloud. Only DynamoDB requests take the lock:
     they never call out to another service, so it cannot deadlock with a Lambda invocation.
+    Every write bumps ``changes`` once it is done.
     """
     from moto.core.botocore_stubber import BotocoreStubber
 
@@ -586,6 +587,12 @@ def _serialize_emulated_dynamodb() -> Any:
         if "//dynamodb." not in str(request.url):
             return original(stubber, request)
         with lock:
-            return original(stubber, request)
+            response = original(stubber, request)
+        target = request.headers.get("X-Amz-Target") or b""
+        if changes is not None and (target.decode() if isinstance(target, bytes) else target).endswith(
+            _DYNAMODB_WRITES
+        ):
+            changes.bump()
+        return response
 
     return mock.patch.object(BotocoreStubber, "process_request", process_request)

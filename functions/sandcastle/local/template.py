@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +52,7 @@ class Template:
 
     @classmethod
     def load(cls, path: Path, *, region: str, parameter_overrides: Mapping[str, str] | None = None) -> Template:
-        from cfnlint.decode.cfn_yaml import load
-
-        return cls(
-            path=path, body=dict(load(str(path))), region=region, parameter_overrides=dict(parameter_overrides or {})
-        )
+        return cls(path=path, body=load_yaml(path), region=region, parameter_overrides=dict(parameter_overrides or {}))
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
@@ -273,7 +271,56 @@ def sam_translate(template: dict[str, Any], region: str = "us-east-1") -> dict[s
         ArnGenerator.BOTO_SESSION_REGION_NAME = previous_region
 
 
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A CloudFormation YAML template as its JSON form: ``!Ref x`` is ``{"Ref": "x"}``, ``!GetAtt a.b`` is
+    ``{"Fn::GetAtt": ["a", "b"]}``, any other ``!Name`` is ``{"Fn::Name": ...}`` (what cfn-lint's loader
+    gives, without importing cfn-lint: about a second of a ``sandcastle run``)."""
+    import yaml
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        pass
+
+    def intrinsic(loader: Any, suffix: str, node: Any) -> dict[str, Any]:
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        if suffix in ("Ref", "Condition"):
+            return {suffix: value}
+        if suffix == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+        return {f"Fn::{suffix}": value}
+
+    Loader.add_multi_constructor("!", intrinsic)
+    # Dates stay strings, as in JSON (AWSTemplateFormatVersion, policy versions).
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return dict(yaml.load(path.read_text(), Loader=Loader))  # noqa: S506 - a SafeLoader
+
+
 @functools.lru_cache(maxsize=4)
 def _transformed(body_json: str, region: str) -> dict[str, Any]:
-    """``sam_translate`` of one template text, once per process (it takes about half a second)."""
-    return sam_translate(json.loads(body_json), region)
+    """``sam_translate`` of one template text, once per process and cached on disk across processes (the
+    translator's import and run take about a second): keyed by the text, the region and the translator's
+    version, under ``$XDG_CACHE_HOME/sandcastle`` (``~/.cache/sandcastle``)."""
+    from importlib.metadata import version
+
+    key = hashlib.sha256(f"{version('aws-sam-translator')}\0{region}\0{body_json}".encode()).hexdigest()[:32]
+    cached = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sandcastle" / f"sam-{key}.json"
+    try:
+        return dict(json.loads(cached.read_text()))
+    except (OSError, ValueError):
+        pass
+    transformed = sam_translate(json.loads(body_json), region)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(transformed))
+        os.replace(partial, cached)
+    except OSError:
+        pass  # no cache: the next process translates again
+    return transformed
