@@ -625,3 +625,19 @@ def test_the_openapi_document_is_generated_from_the_models(api: Call) -> None:
     body = document["components"]["schemas"]["RunSubmission"]
     assert "instructions" in body["properties"] and "tenant" not in body["properties"]
     assert api("GET", "/nowhere")[0] == 404
+
+
+def test_a_message_the_run_kept_outrunning_is_a_409_not_a_500(api: Call, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandcastle.api import approvals_routes
+    from sandcastle.errors import RunBusy
+
+    run = _submit(api)
+
+    def busy(run_id: str, *args: Any, **kwargs: Any) -> None:
+        raise RunBusy(f"run {run_id} kept moving to new turns while the message was placed; send it again")
+
+    monkeypatch.setattr(approvals_routes, "send_message", busy)
+
+    status, _, body = api("POST", f"/runs/{run['run_id']}/messages", {"text": "hello"})
+
+    assert status == 409 and body["error"] == "run_busy" and "send it again" in body["message"]
