@@ -17,10 +17,12 @@ setup: $(STAMP)
 	@command -v bwrap >/dev/null || { echo "bubblewrap is required: apt-get install bubblewrap"; exit 1; }
 
 $(STAMP): pyproject.toml
+	@echo "creating $(VENV): Sandcastle, its dependencies and its test tools (a minute or two; pip shows each package)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
+	@echo "$(VENV) is ready: $(BIN)/sandcastle --help"
 
 ## demo: a real run, offline — a playbook writes and runs a script on a CSV in the local sandbox
 demo: setup
