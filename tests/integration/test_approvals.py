@@ -93,7 +93,8 @@ def test_a_call_the_policy_asks_about_waits_for_approval_then_runs(
     assert pending["expires_at"] > pending["asked_at"]
     assert "tool_result" not in _kinds(http, run_id)  # nothing ran yet
     assert runtime.execution(run_id)["status"] == "RUNNING"
-    [waiting_event] = [e for e in put_events if e["DetailType"] == "Run Waiting"]
+    # AwaitApproval puts the event right after it sets AWAITING_APPROVAL: it may still be on its way
+    [waiting_event] = _wait_for(lambda: [e for e in put_events if e["DetailType"] == "Run Waiting"])
     detail = json.loads(waiting_event["Detail"])
     assert detail["run_id"] == run_id and detail["tenant"] == "acme"
     assert [a["tool_call_id"] for a in detail["approvals"]] == [call_id]
