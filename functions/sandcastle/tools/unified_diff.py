@@ -257,7 +257,7 @@ def _display_name(file: FilePatch) -> str:
 def apply_hunks(data: bytes, hunks: list[Hunk], display: str, *, creating: bool) -> bytes:
     """``data`` with every hunk applied in order; ``ToolInputError`` naming the first that does not apply."""
     text = data.decode("utf-8", errors="surrogateescape")
-    contents, endings = _split_lines(text)
+    contents, endings = split_lines(text)
     newline = "\r\n" if endings.count("\r\n") > endings.count("\n") else "\n"
     shift = 0
     """How far the lines of the old file have moved: earlier hunks' offsets and growth."""
@@ -296,6 +296,12 @@ def apply_hunks(data: bytes, hunks: list[Hunk], display: str, *, creating: bool)
         if hunk.old_start is not None:
             shift = position - hunk.stated_index + len(new_contents) - len(old)
         floor = position + len(new_contents)
+    return join_lines(contents, endings, newline, display)
+
+
+def join_lines(contents: list[str], endings: list[str], newline: str, display: str) -> bytes:
+    """The file's bytes from its lines and endings (both patch formats): a last line without a newline
+    that other lines now follow gets ``newline``; characters that cannot be encoded are the tool's error."""
     for index in range(len(endings) - 1):
         if endings[index] == "":  # a last line without newline that lines now follow
             endings[index] = newline
@@ -307,7 +313,7 @@ def apply_hunks(data: bytes, hunks: list[Hunk], display: str, *, creating: bool)
         ) from error
 
 
-def _split_lines(text: str) -> tuple[list[str], list[str]]:
+def split_lines(text: str) -> tuple[list[str], list[str]]:
     """Lines without their endings, and the endings (``\\n``, ``\\r\\n`` or ``""`` for a last line without one)."""
     if text == "":
         return [], []

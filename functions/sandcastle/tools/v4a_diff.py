@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sandcastle.errors import ToolInputError
-from sandcastle.tools.unified_diff import ERROR_PREFIX, DiffLine
+from sandcastle.tools.unified_diff import ERROR_PREFIX, DiffLine, join_lines, split_lines
 
 BEGIN_PATCH = "*** Begin Patch"
 END_PATCH = "*** End Patch"
@@ -228,7 +228,7 @@ def _parse_update(path: str, body: list[str]) -> V4AFile:
 def apply_v4a_hunks(data: bytes, hunks: list[V4AHunk], display: str) -> bytes:
     """``data`` with every hunk applied in order; ``ToolInputError`` naming the first that does not apply."""
     text = data.decode("utf-8", errors="surrogateescape")
-    contents, endings = _split_lines(text)
+    contents, endings = split_lines(text)
     newline = "\r\n" if endings.count("\r\n") > endings.count("\n") else "\n"
     cursor = 0
     """Hunks apply in order: each is searched for after the previous one."""
@@ -271,25 +271,7 @@ def apply_v4a_hunks(data: bytes, hunks: list[V4AHunk], display: str) -> bytes:
         contents[position:at] = new_contents
         endings[position:at] = new_endings
         cursor = position + len(new_contents)
-    for index in range(len(endings) - 1):
-        if endings[index] == "":  # a last line without newline that lines now follow
-            endings[index] = newline
-    try:
-        return "".join(c + e for c, e in zip(contents, endings, strict=True)).encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as error:
-        raise ToolInputError(
-            f"{ERROR_PREFIX} {display}: the patch holds characters that cannot be encoded: {error}"
-        ) from error
-
-
-def _split_lines(text: str) -> tuple[list[str], list[str]]:
-    pieces = text.split("\n")
-    contents = [piece.removesuffix("\r") for piece in pieces[:-1]]
-    endings = ["\r\n" if piece.endswith("\r") else "\n" for piece in pieces[:-1]]
-    if pieces[-1] != "":
-        contents.append(pieces[-1])
-        endings.append("")
-    return contents, endings
+    return join_lines(contents, endings, newline, display)
 
 
 def _seek(contents: list[str], pattern: list[str], start: int, *, end_of_file: bool) -> int | None:
