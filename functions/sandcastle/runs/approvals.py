@@ -22,7 +22,6 @@ AgentStep asks nothing twice.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +42,7 @@ from sandcastle.runs.transcript import (
     tool_result_event,
 )
 from sandcastle.store.dynamo import RunUpdate
+from sandcastle.store.event_bus import put_run_event
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
@@ -235,19 +235,7 @@ def _announce_waiting(run: Run, step: int, pending: list[Approval], deps: Depend
             for approval in pending
         ],
     }
-    response = deps.events.put_events(
-        Entries=[
-            {
-                "Source": "sandcastle",
-                "DetailType": "Run Waiting",
-                "Detail": json.dumps(detail),
-                "EventBusName": deps.settings.event_bus_name,
-                "Resources": [run.run_id],
-            }
-        ]
-    )
-    if response.get("FailedEntryCount"):
-        raise RuntimeError(f"EventBridge refused the Run Waiting event: {response['Entries']}")
+    put_run_event(deps.events, deps.settings.event_bus_name, "Run Waiting", run.run_id, detail)
 
 
 # --- people deciding (the API) ---

@@ -38,6 +38,7 @@ from sandcastle.runs.transcript import (
 )
 from sandcastle.sandbox.base import Sandbox, SandboxSpec
 from sandcastle.store.dynamo import RunUpdate
+from sandcastle.store.event_bus import put_run_event
 from sandcastle.wiring import Dependencies
 
 logger = Logger(child=True)
@@ -219,19 +220,7 @@ def announce_run_end(run: Run, deps: Dependencies) -> None:
         **run.outcome().model_dump(mode="json"),
         "ended_at": run.ended_at.isoformat() if run.ended_at else None,
     }
-    response = deps.events.put_events(
-        Entries=[
-            {
-                "Source": "sandcastle",
-                "DetailType": "Run Finished",
-                "Detail": json.dumps(detail),
-                "EventBusName": deps.settings.event_bus_name,
-                "Resources": [run.run_id],
-            }
-        ]
-    )
-    if response.get("FailedEntryCount"):
-        raise RuntimeError(f"EventBridge refused the Run Finished event: {response['Entries']}")
+    put_run_event(deps.events, deps.settings.event_bus_name, "Run Finished", run.run_id, detail)
 
 
 def describe_error(failure: FailInput) -> RunError:
