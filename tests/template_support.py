@@ -35,6 +35,15 @@ def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str,
     }
 
 
+def handler_modules(template: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The handler module of every function in the template (``agent_step``, ``api``…), in template order:
+    checks and benchmarks over "every handler" cover a new function without being told."""
+    functions = resources_of_type(template or load_template(), SAM_FUNCTION).values()
+    return tuple(
+        f["Properties"]["Handler"].removeprefix("sandcastle.handlers.").removesuffix(".handler") for f in functions
+    )
+
+
 def state_machine(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The one SAM state machine: its logical id and properties."""
     [(logical_id, resource)] = resources_of_type(template, SAM_STATE_MACHINE).items()

@@ -27,23 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.benchmarks import Spread, section, table
-from tests.template_support import load_template
+from tests.template_support import handler_modules, load_template
 
-HANDLERS = (
-    "api",
-    "authorizer",
-    "submit_run",
-    "prepare_run",
-    "agent_step",
-    "run_tool",
-    "finish_run",
-    "fail_run",
-    "on_execution_end",
-    "on_upload",
-    "on_schedule",
-    "on_run_finished",
-    "reaper",
-)
+HANDLERS = handler_modules()
 ATTRIBUTED_HANDLER = "run_tool"
 WATCHED = ("openai", "e2b", "moto", "boto3", "pydantic", "aws_lambda_powertools", "aws_xray_sdk")
 TARGET_MS = {"api": 200.0, "authorizer": 200.0, "submit_run": 200.0}

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.template_support import handler_modules
+
 WATCHED = ("openai", "e2b", "moto")
 
 _PROBE = """
@@ -92,21 +94,7 @@ def test_the_openai_model_is_what_loads_openai(tmp_path: Path) -> None:
 
 # --- what importing a handler module pulls in (its cold start before the first invocation) ---
 
-HANDLERS = (
-    "api",
-    "authorizer",
-    "submit_run",
-    "prepare_run",
-    "agent_step",
-    "run_tool",
-    "finish_run",
-    "fail_run",
-    "on_execution_end",
-    "on_upload",
-    "on_schedule",
-    "on_run_finished",
-    "reaper",
-)
+HANDLERS = handler_modules()
 TOOL_REGISTRY = "sandcastle.tools"
 """The tools' schemas and execution code (patch parsing, file walks): for AgentStep and RunTool only."""
 ARTIFACT_CODE = "sandcastle.runs.artifacts"
